@@ -1,0 +1,151 @@
+//! The body extractor: the one place that knows JSON, `text/json` and form bodies, the
+//! content-type rules and the size limit.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::StreamExt;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// How a body is encoded, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Form,
+}
+
+impl Encoding {
+    /// `Ok(None)` when there is no content type at all.
+    fn of(req: &HttpRequest) -> Result<Option<Self>, ApiError> {
+        let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+            return Ok(None);
+        };
+        let value = value.to_str().map_err(|_| ApiError::UnsupportedMediaType)?;
+        let essence = value.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case("application/json")
+            || essence.eq_ignore_ascii_case("text/json")
+        {
+            Ok(Some(Self::Json))
+        } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            Ok(Some(Self::Form))
+        } else {
+            Err(ApiError::UnsupportedMediaType)
+        }
+    }
+}
+
+/// A request body that a type knows how to decode from each encoding.
+pub trait FromBody: Sized + Default {
+    fn from_json(bytes: &[u8]) -> Result<Self, ApiError>;
+    fn from_form(bytes: &[u8]) -> Result<Self, ApiError>;
+}
+
+/// A whole request body, read within `server.max_body_bytes`, with its encoding.
+#[derive(Debug)]
+pub struct Body {
+    encoding: Option<Encoding>,
+    bytes: Bytes,
+}
+
+impl Body {
+    /// Decodes the body; an empty (or all-blank) body is `T::default()`, as `{}` would be.
+    pub fn decode<T: FromBody>(&self) -> Result<T, ApiError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        match self.encoding {
+            Some(Encoding::Json) => T::from_json(&self.bytes),
+            Some(Encoding::Form) => T::from_form(&self.bytes),
+            // A body with no content type: nothing says how to read it.
+            None => Err(ApiError::UnsupportedMediaType),
+        }
+    }
+}
+
+impl FromRequest for Body {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<actix_web::web::Data<AppState>>()
+            .map_or(usize::MAX, |state| state.settings.server.max_body_bytes);
+        let encoding = Encoding::of(req);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let encoding = encoding?;
+            // Refuse a declared oversize body before reading any of it.
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            let mut bytes = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+                if bytes.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Body {
+                encoding,
+                bytes: bytes.freeze(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn encoding_of(content_type: &str) -> Result<Option<Encoding>, ApiError> {
+        let req = TestRequest::default()
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .to_http_request();
+        Encoding::of(&req)
+    }
+
+    #[test]
+    fn json_text_json_and_forms_are_recognised_with_parameters_and_any_case() {
+        assert_eq!(
+            encoding_of("application/json").unwrap(),
+            Some(Encoding::Json)
+        );
+        assert_eq!(
+            encoding_of("Application/JSON; charset=utf-8").unwrap(),
+            Some(Encoding::Json)
+        );
+        assert_eq!(encoding_of("text/json").unwrap(), Some(Encoding::Json));
+        assert_eq!(
+            encoding_of("application/x-www-form-urlencoded; charset=UTF-8").unwrap(),
+            Some(Encoding::Form)
+        );
+        assert!(matches!(
+            encoding_of("text/plain"),
+            Err(ApiError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            encoding_of("multipart/form-data; boundary=x"),
+            Err(ApiError::UnsupportedMediaType)
+        ));
+    }
+
+    #[test]
+    fn no_content_type_is_no_encoding() {
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(Encoding::of(&req).unwrap(), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! The one error type of the HTTP API, answering in the contract's shape:
+//! `{"errors":[{"code":N,"message":"..."}]}`.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::auth::AuthError;
+
+/// Every way a request can fail. Extractor and parse failures go through it too.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body cannot be parsed, or a field has the wrong type. The detail is logged only.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("invalid user id")]
+    InvalidUserId,
+    #[error("too many user ids")]
+    TooManyUserIds,
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] AuthError),
+    /// A cookie-authenticated call without the right CSRF token; carries the right one.
+    #[error("csrf token missing or wrong")]
+    CsrfFailed { token: String },
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// Never shown to the client; logged with its cause.
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// `application/json; charset=utf-8`, shared by every JSON answer.
+pub const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+impl ApiError {
+    fn code_and_message(&self) -> (u8, &'static str) {
+        match self {
+            Self::BadRequest(_) => (0, "BadRequest"),
+            Self::InvalidUserId => (1, "Invalid user id."),
+            Self::TooManyUserIds => (2, "Too many User Ids being sent in the request."),
+            Self::Unauthorized(_) => (0, "Authorization has been denied for this request."),
+            Self::CsrfFailed { .. } => (0, "Token Validation Failed"),
+            Self::NotFound => (0, "NotFound"),
+            Self::MethodNotAllowed { .. } => (0, "MethodNotAllowed"),
+            Self::PayloadTooLarge { .. } => (0, "PayloadTooLarge"),
+            Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
+            Self::Internal(_) => (0, "InternalServerError"),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::InvalidUserId | Self::TooManyUserIds => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::CsrfFailed { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "500"),
+            other => tracing::debug!(error = %other, "request refused"),
+        }
+        let (code, message) = self.code_and_message();
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, JSON_UTF8));
+        match self {
+            Self::CsrfFailed { token } => {
+                response.insert_header(("x-csrf-token", token.as_str()));
+            }
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            _ => {}
+        }
+        // The messages are fixed ASCII without quotes or backslashes: no escaping needed.
+        response.body(format!(
+            r#"{{"errors":[{{"code":{code},"message":"{message}"}}]}}"#
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    async fn body_of(e: ApiError) -> serde_json::Value {
+        let bytes = to_bytes(e.error_response().into_body()).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn every_error_has_the_contract_shape() {
+        let v = body_of(ApiError::TooManyUserIds).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"errors":[{"code":2,"message":"Too many User Ids being sent in the request."}]})
+        );
+    }
+
+    #[actix_web::test]
+    async fn an_internal_error_says_nothing_of_its_cause() {
+        let e = ApiError::Internal(anyhow::anyhow!("disk on fire at /secret/path"));
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        let v = body_of(e).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"errors":[{"code":0,"message":"InternalServerError"}]})
+        );
+    }
+}

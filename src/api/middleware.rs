@@ -1,0 +1,89 @@
+//! Response negotiation and request logs, applied around every route.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpRequest;
+
+use super::error::JSON_UTF8;
+
+const TEXT_JSON_UTF8: HeaderValue = HeaderValue::from_static("text/json; charset=utf-8");
+
+/// Answers `text/json` to clients that ask for it and not for `application/json`, and logs
+/// each request at debug level.
+pub async fn negotiate_and_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let text_json = wants_text_json(req.request());
+    let mut res = next.call(req).await?;
+    if text_json && res.headers().get(header::CONTENT_TYPE) == Some(&JSON_UTF8) {
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, TEXT_JSON_UTF8);
+    }
+    tracing::debug!(
+        method = %res.request().method(),
+        path = res.request().path(),
+        status = res.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(res)
+}
+
+/// True when `Accept` names `text/json` and not `application/json` (ignoring `q=0` entries).
+fn wants_text_json(req: &HttpRequest) -> bool {
+    let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut text_json = false;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let essence = parts.next().unwrap_or_default();
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if refused {
+            continue;
+        }
+        if essence.eq_ignore_ascii_case("application/json") {
+            return false;
+        }
+        text_json |= essence.eq_ignore_ascii_case("text/json");
+    }
+    text_json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn wants(accept: &str) -> bool {
+        wants_text_json(
+            &TestRequest::default()
+                .insert_header((header::ACCEPT, accept))
+                .to_http_request(),
+        )
+    }
+
+    #[test]
+    fn text_json_only_when_asked_for_and_application_json_is_not() {
+        assert!(wants("text/json"));
+        assert!(wants("text/json; q=0.9, */*; q=0.1"));
+        assert!(!wants("application/json, text/json"));
+        assert!(!wants("text/json;q=0"));
+        assert!(!wants("*/*"));
+        assert!(!wants_text_json(&TestRequest::default().to_http_request()));
+    }
+}

@@ -1,0 +1,259 @@
+//! Credentials and CSRF tokens.
+//!
+//! A credential is an HS256 JWT whose `sub` is the user id and whose `exp` is required. The
+//! algorithm is fixed here, never read from the token's header. A CSRF token is an HMAC of
+//! the credential and a 30-minute window, so it is bound to that credential and stays
+//! valid for 30 to 60 minutes with no server-side state.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::presence::UserId;
+
+/// The only algorithm credentials are signed and verified with.
+const ALGORITHM: Algorithm = Algorithm::HS256;
+
+/// A CSRF token is accepted in the window it was issued in and in the next one.
+const CSRF_WINDOW_SECS: u64 = 30 * 60;
+
+/// Bytes of the HMAC kept in a CSRF token: 128 bits.
+const CSRF_TOKEN_BYTES: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a credential was refused. All of them answer 401; the reason is for logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential")]
+    Missing,
+    #[error("malformed Authorization header")]
+    Malformed,
+    #[error("credential refused: {0}")]
+    Invalid(String),
+    #[error("credential has no valid user id in `sub`")]
+    BadSubject,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: serde_json::Value,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Verifies and mints credentials, issues and checks CSRF tokens.
+#[derive(Clone)]
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    csrf: HmacSha256,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        // The CSRF key is derived from the secret, so it changes with it, but a CSRF token
+        // can never be mistaken for a signature made with the JWT key.
+        let mut derive = HmacSha256::new_from_slice(secret.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        derive.update(b"presence-server csrf key v1");
+        let csrf_key = derive.finalize().into_bytes();
+        let csrf = HmacSha256::new_from_slice(&csrf_key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Self {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            validation,
+            csrf,
+        }
+    }
+
+    /// The user a valid, unexpired credential speaks for.
+    pub fn verify(&self, jwt: &str) -> Result<UserId, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(jwt, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        match data.claims.sub {
+            serde_json::Value::String(s) => UserId::parse(&s),
+            serde_json::Value::Number(n) => n.as_u64().and_then(UserId::new),
+            _ => None,
+        }
+        .ok_or(AuthError::BadSubject)
+    }
+
+    /// A credential for `user`, valid for `ttl` from now.
+    pub fn mint(&self, user: UserId, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_secs(SystemTime::now());
+        let claims = Claims {
+            sub: serde_json::Value::String(user.to_string()),
+            exp: now.saturating_add(ttl.as_secs().max(1)),
+            iat: Some(now),
+        };
+        jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
+    }
+
+    /// The CSRF token for `credential` at `now`.
+    pub fn csrf_token(&self, credential: &str, now: SystemTime) -> String {
+        let window = unix_secs(now) / CSRF_WINDOW_SECS;
+        let mac = self.csrf_mac(credential, window).finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(&mac[..CSRF_TOKEN_BYTES])
+    }
+
+    /// Whether `token` was issued for `credential` in this window or the previous one.
+    pub fn csrf_valid(&self, credential: &str, token: &str, now: SystemTime) -> bool {
+        let Ok(given) = URL_SAFE_NO_PAD.decode(token.trim()) else {
+            return false;
+        };
+        if given.len() != CSRF_TOKEN_BYTES {
+            return false;
+        }
+        let window = unix_secs(now) / CSRF_WINDOW_SECS;
+        // Constant-time comparison of the kept prefix.
+        [window, window.saturating_sub(1)].into_iter().any(|w| {
+            self.csrf_mac(credential, w)
+                .verify_truncated_left(&given)
+                .is_ok()
+        })
+    }
+
+    fn csrf_mac(&self, credential: &str, window: u64) -> HmacSha256 {
+        let mut mac = self.csrf.clone();
+        mac.update(&window.to_be_bytes());
+        mac.update(credential.as_bytes());
+        mac
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new("test-secret")
+    }
+
+    fn user(n: u64) -> UserId {
+        UserId::new(n).unwrap()
+    }
+
+    fn sign(claims: serde_json::Value, alg: Algorithm, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn in_an_hour() -> u64 {
+        unix_secs(SystemTime::now()) + 3600
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_its_user() {
+        let a = auth();
+        let jwt = a.mint(user(42), Duration::from_secs(60)).unwrap();
+        assert_eq!(a.verify(&jwt), Ok(user(42)));
+    }
+
+    #[test]
+    fn sub_may_be_a_string_or_a_number() {
+        let a = auth();
+        let jwt = sign(
+            serde_json::json!({"sub": 7, "exp": in_an_hour()}),
+            ALGORITHM,
+            "test-secret",
+        );
+        assert_eq!(a.verify(&jwt), Ok(user(7)));
+        for bad in [
+            serde_json::json!("0"),
+            serde_json::json!(-3),
+            serde_json::json!("x"),
+        ] {
+            let jwt = sign(
+                serde_json::json!({"sub": bad, "exp": in_an_hour()}),
+                ALGORITHM,
+                "test-secret",
+            );
+            assert_eq!(a.verify(&jwt), Err(AuthError::BadSubject));
+        }
+    }
+
+    #[test]
+    fn forged_expired_unsigned_and_exp_less_tokens_are_refused() {
+        let a = auth();
+        let forged = sign(
+            serde_json::json!({"sub": "1", "exp": in_an_hour()}),
+            ALGORITHM,
+            "other-secret",
+        );
+        assert!(a.verify(&forged).is_err());
+        let expired = sign(
+            serde_json::json!({"sub": "1", "exp": unix_secs(SystemTime::now()) - 1}),
+            ALGORITHM,
+            "test-secret",
+        );
+        assert!(a.verify(&expired).is_err());
+        let no_exp = sign(serde_json::json!({"sub": "1"}), ALGORITHM, "test-secret");
+        assert!(a.verify(&no_exp).is_err());
+        let other_alg = sign(
+            serde_json::json!({"sub": "1", "exp": in_an_hour()}),
+            Algorithm::HS512,
+            "test-secret",
+        );
+        assert!(a.verify(&other_alg).is_err());
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"1","exp":{}}}"#, in_an_hour()));
+        assert!(a.verify(&format!("{header}.{body}.")).is_err());
+        assert!(a.verify("not a jwt").is_err());
+    }
+
+    #[test]
+    fn a_csrf_token_is_bound_to_its_credential() {
+        let a = auth();
+        let now = SystemTime::now();
+        let token = a.csrf_token("credential-a", now);
+        assert!(a.csrf_valid("credential-a", &token, now));
+        assert!(!a.csrf_valid("credential-b", &token, now));
+        assert!(!a.csrf_valid("credential-a", "", now));
+        assert!(!a.csrf_valid("credential-a", "garbage!", now));
+    }
+
+    #[test]
+    fn a_csrf_token_lasts_at_least_thirty_minutes_and_not_forever() {
+        let a = auth();
+        let issued =
+            UNIX_EPOCH + Duration::from_secs(CSRF_WINDOW_SECS * 1000 + CSRF_WINDOW_SECS - 1);
+        let token = a.csrf_token("c", issued);
+        assert!(a.csrf_valid("c", &token, issued + Duration::from_secs(30 * 60)));
+        assert!(!a.csrf_valid("c", &token, issued + Duration::from_secs(61 * 60)));
+    }
+
+    #[test]
+    fn csrf_tokens_differ_between_secrets() {
+        let now = SystemTime::now();
+        let token = Authenticator::new("one").csrf_token("c", now);
+        assert!(!Authenticator::new("two").csrf_valid("c", &token, now));
+    }
+}

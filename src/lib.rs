@@ -1,0 +1,23 @@
+//! presence-server: the Presence API v1 — who is online, and where.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings: file → `PRESENCE__*` environment → validation.
+//! - [`app`]: builds the HTTP server and the sweeper from settings, and shuts them down.
+//! - [`auth`]: JWT credentials and CSRF tokens.
+//! - [`presence`]: the domain, no HTTP: ids and views ([`presence::model`]), the sharded
+//!   map ([`presence::store`]), the expiry index and sweeper ([`presence::expiry`]), the
+//!   place catalog ([`presence::places`]) and the two clocks ([`presence::time`]).
+//! - [`api`]: HTTP only: routes, the body extractor, credential extractors, the error type
+//!   and the JSON shapes.
+//! - [`telemetry`]: log set-up.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod presence;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

@@ -1,0 +1,115 @@
+//! The `presence-server` binary: `serve` (the default) and `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use presence_server::auth::Authenticator;
+use presence_server::presence::UserId;
+use presence_server::{telemetry, Application, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The Presence API v1 server: who is online, and where."
+)]
+struct Cli {
+    /// Configuration file; `PRESENCE__SECTION__KEY` environment variables override it.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config.toml",
+        value_name = "PATH"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print a credential (JWT) for a user, signed with the configured secret.
+    Token {
+        /// The user the credential speaks for.
+        #[arg(long, value_name = "N")]
+        user_id: u64,
+        /// How long the credential is valid, such as `30m`, `1h` or `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&cli.config),
+        Command::Token { user_id, ttl } => token(&cli.config, user_id, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(config: &std::path::Path, user_id: u64, ttl: Duration) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let user = UserId::new(user_id).context("--user-id must be a positive int64")?;
+    let jwt = Authenticator::new(&settings.auth.jwt_secret).mint(user, ttl)?;
+    println!("{jwt}");
+    Ok(())
+}
+
+fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    actix_web::rt::System::new().block_on(async move {
+        if settings.uses_development_secret() {
+            tracing::warn!(
+                "auth.jwt_secret is the shipped development value: anyone can mint credentials; \
+                 set PRESENCE__AUTH__JWT_SECRET or auth.jwt_secret before deploying"
+            );
+        }
+        let app = Application::build(settings)?;
+        tracing::info!(address = %app.local_addr(), config = %config.display(), "presence-server listening");
+        let handle = app.handle();
+        actix_web::rt::spawn(async move {
+            wait_for_shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            handle.stop(true).await;
+        });
+        app.run_until_stopped().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,145 @@
+//! The expiry index and the sweeper thread that drains it.
+//!
+//! With one TTL for everyone, deadlines only move forward, so a present user needs one slot
+//! in a coarse time bucket (one sweep interval wide) and a heartbeat never touches the index
+//! again while the user stays present. When a bucket comes due the store re-checks each of
+//! its users under the map's lock: still fresh → rescheduled at its current deadline;
+//! stale → flipped Offline. Work is proportional to the users whose bucket came due.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::model::UserId;
+use super::store::Store;
+use super::time::{duration_millis, Clock, Mono};
+
+/// Buckets keyed by `ceil(deadline / width)`: every deadline in bucket `k` is at most
+/// `k * width`, so a bucket is due, whole, once `now >= k * width`.
+#[derive(Debug)]
+pub struct ExpiryIndex {
+    width_ms: u64,
+    // Held only to push or pop a bucket, never while a map shard is locked.
+    buckets: Mutex<BTreeMap<u64, Vec<UserId>>>,
+}
+
+impl ExpiryIndex {
+    pub fn new(bucket_width: Duration) -> Self {
+        Self {
+            width_ms: duration_millis(bucket_width).max(1),
+            buckets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn bucket_of(&self, deadline: Mono) -> u64 {
+        deadline.0.div_ceil(self.width_ms)
+    }
+
+    pub fn schedule(&self, user: UserId, deadline: Mono) {
+        let key = self.bucket_of(deadline);
+        self.buckets.lock().entry(key).or_default().push(user);
+    }
+
+    pub fn schedule_many(&self, users: impl IntoIterator<Item = (UserId, Mono)>) {
+        let mut buckets = self.buckets.lock();
+        for (user, deadline) in users {
+            buckets
+                .entry(self.bucket_of(deadline))
+                .or_default()
+                .push(user);
+        }
+    }
+
+    /// Removes and returns the earliest bucket if all of its deadlines are `<= now`.
+    pub fn take_due(&self, now: Mono) -> Option<Vec<UserId>> {
+        let mut buckets = self.buckets.lock();
+        let (&key, _) = buckets.first_key_value()?;
+        if key.saturating_mul(self.width_ms) > now.0 {
+            return None;
+        }
+        buckets.pop_first().map(|(_, users)| users)
+    }
+
+    /// How many user slots the index holds (one per present or not-yet-swept user).
+    pub fn len(&self) -> usize {
+        self.buckets.lock().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.lock().is_empty()
+    }
+}
+
+/// The background thread that calls [`Store::sweep`] every interval. Owned by the
+/// application, which stops and joins it on shutdown.
+#[derive(Debug)]
+pub struct Sweeper {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Sweeper {
+    /// A plain thread rather than a task: a sweep is CPU work that must not sit on an HTTP
+    /// worker's runtime, and `recv_timeout` gives both the period and a prompt stop.
+    pub fn spawn(store: Arc<Store>, clock: Clock, interval: Duration) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("presence-sweeper".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let report = store.sweep(clock.now());
+                    if report.expired > 0 {
+                        tracing::debug!(
+                            expired = report.expired,
+                            rescheduled = report.rescheduled,
+                            "sweep"
+                        );
+                    }
+                }
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Asks the thread to stop and waits until it has.
+    pub fn stop(self) {
+        // A send error means the thread already ended; joining is still right.
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("the sweeper thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: u64) -> UserId {
+        UserId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_comes_due_only_when_all_its_deadlines_have_passed() {
+        let index = ExpiryIndex::new(Duration::from_millis(100));
+        index.schedule(user(1), Mono(101));
+        index.schedule(user(2), Mono(200));
+        assert_eq!(index.take_due(Mono(199)), None);
+        assert_eq!(index.take_due(Mono(200)), Some(vec![user(1), user(2)]));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn buckets_come_due_in_deadline_order() {
+        let index = ExpiryIndex::new(Duration::from_millis(10));
+        index.schedule_many([(user(3), Mono(35)), (user(1), Mono(5)), (user(2), Mono(15))]);
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.take_due(Mono(100)), Some(vec![user(1)]));
+        assert_eq!(index.take_due(Mono(100)), Some(vec![user(2)]));
+        assert_eq!(index.take_due(Mono(100)), Some(vec![user(3)]));
+        assert_eq!(index.take_due(Mono(100)), None);
+    }
+}

@@ -1,0 +1,359 @@
+//! The domain's values: user ids, presence types, a heartbeat and the view a lookup returns.
+
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::places::PlaceCatalog;
+use super::time::{Mono, WallMillis};
+
+/// A user id: a positive int64, validated once where it enters the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(u64);
+
+impl UserId {
+    /// `Some` for `1..=i64::MAX`, the ids the API accepts.
+    pub fn new(id: u64) -> Option<Self> {
+        (id > 0 && id <= i64::MAX as u64).then_some(Self(id))
+    }
+
+    /// Parses a decimal string of ASCII digits only (no sign, no spaces).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse::<u64>().ok().and_then(Self::new)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a lookup reports. The discriminants are the integer wire values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceType {
+    Offline = 0,
+    Online = 1,
+    InGame = 2,
+    InStudio = 3,
+}
+
+impl PresenceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "Offline",
+            Self::Online => "Online",
+            Self::InGame => "InGame",
+            Self::InStudio => "InStudio",
+        }
+    }
+
+    pub fn as_int(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The place fields of an InGame or InStudio session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaceInfo {
+    pub place_id: i64,
+    pub root_place_id: i64,
+    pub universe_id: Option<i64>,
+}
+
+/// What a present user is doing; lives only while the user is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `Online`, `InGame` or `InStudio`, never `Offline`.
+    pub kind: PresenceType,
+    pub place: Option<PlaceInfo>,
+    pub game_id: Option<Uuid>,
+}
+
+/// What a client reported in one `register-app-presence` call, already typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppReport {
+    pub location: Option<String>,
+    pub place_id: Option<i64>,
+    pub disconnect: bool,
+    pub game_id: Option<Uuid>,
+    pub universe_id: Option<i64>,
+}
+
+/// The effect of one heartbeat, decided before the store is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The user leaves now; session details are dropped, the last location kept.
+    Disconnect,
+    /// The user is present until `now + heartbeat_ttl`, at `location`.
+    Present {
+        location: Arc<str>,
+        session: Session,
+    },
+}
+
+/// Locations that every user shares rather than copying.
+pub mod locations {
+    use std::sync::{Arc, LazyLock};
+
+    pub static WEBSITE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Website"));
+    pub static PLAYING: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Playing"));
+    pub static STUDIO: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Studio"));
+    pub static NEVER_SEEN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+}
+
+impl Heartbeat {
+    /// Applies the contract's rules (section 1) to a report, using the place catalog.
+    pub fn from_report(report: AppReport, catalog: &PlaceCatalog) -> Self {
+        if report.disconnect {
+            return Self::Disconnect;
+        }
+        let location = report.location.filter(|l| !l.is_empty());
+        let place_id = report.place_id.filter(|&id| id > 0);
+        let known = place_id.and_then(|id| catalog.get(id));
+        let place = place_id.map(|place_id| PlaceInfo {
+            place_id,
+            root_place_id: known.map_or(place_id, |p| p.root_place_id),
+            universe_id: report.universe_id.or(known.map(|p| p.universe_id)),
+        });
+
+        let is_studio = location.as_deref().is_some_and(starts_with_studio);
+        if is_studio {
+            let location = match known {
+                Some(p) => p.studio_location.clone(),
+                None => locations::STUDIO.clone(),
+            };
+            let session = Session {
+                kind: PresenceType::InStudio,
+                place,
+                game_id: None,
+            };
+            return Self::Present { location, session };
+        }
+        if place.is_some() {
+            let location = match (known, location) {
+                (Some(p), _) => p.name.clone(),
+                (None, Some(given)) => Arc::from(given),
+                (None, None) => locations::PLAYING.clone(),
+            };
+            let session = Session {
+                kind: PresenceType::InGame,
+                place,
+                game_id: report.game_id,
+            };
+            return Self::Present { location, session };
+        }
+        let location = match location {
+            Some(given) => Arc::from(given),
+            None => locations::WEBSITE.clone(),
+        };
+        let session = Session {
+            kind: PresenceType::Online,
+            place: None,
+            game_id: None,
+        };
+        Self::Present { location, session }
+    }
+}
+
+fn starts_with_studio(location: &str) -> bool {
+    location
+        .as_bytes()
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"studio"))
+}
+
+/// One user's presence as a lookup reports it: an owned copy, no lock held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceView {
+    pub user_id: UserId,
+    pub kind: PresenceType,
+    pub last_location: Arc<str>,
+    pub place: Option<PlaceInfo>,
+    pub game_id: Option<Uuid>,
+    /// `None` for a user never seen.
+    pub last_online: Option<WallMillis>,
+}
+
+impl PresenceView {
+    pub fn never_seen(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            kind: PresenceType::Offline,
+            last_location: locations::NEVER_SEEN.clone(),
+            place: None,
+            game_id: None,
+            last_online: None,
+        }
+    }
+}
+
+/// When a heartbeat arrived, on both clocks (see `time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Mono,
+    pub wall: WallMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PlaceSettings;
+
+    fn catalog() -> PlaceCatalog {
+        PlaceCatalog::new(&[PlaceSettings {
+            id: 1818,
+            universe_id: 13058,
+            root_place_id: 1818,
+            name: "Classic: Crossroads".into(),
+        }])
+    }
+
+    fn present(hb: Heartbeat) -> (String, Session) {
+        match hb {
+            Heartbeat::Present { location, session } => (location.to_string(), session),
+            Heartbeat::Disconnect => panic!("expected a present heartbeat"),
+        }
+    }
+
+    #[test]
+    fn user_ids_must_be_positive_int64() {
+        assert_eq!(UserId::new(0), None);
+        assert!(UserId::new(1).is_some());
+        assert!(UserId::new(i64::MAX as u64).is_some());
+        assert_eq!(UserId::new(i64::MAX as u64 + 1), None);
+        assert_eq!(UserId::parse("42").map(UserId::get), Some(42));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "0",
+            "9223372036854775808",
+            "1e3",
+        ] {
+            assert_eq!(UserId::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_report_is_online_on_the_website() {
+        let (loc, s) = present(Heartbeat::from_report(AppReport::default(), &catalog()));
+        assert_eq!(loc, "Website");
+        assert_eq!(s.kind, PresenceType::Online);
+        assert_eq!(s.place, None);
+    }
+
+    #[test]
+    fn a_location_without_place_is_online_there() {
+        let r = AppReport {
+            location: Some("Xbox".into()),
+            ..Default::default()
+        };
+        let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!((loc.as_str(), s.kind), ("Xbox", PresenceType::Online));
+    }
+
+    #[test]
+    fn a_known_place_is_in_game_under_the_catalog_name() {
+        let r = AppReport {
+            location: Some("ignored".into()),
+            place_id: Some(1818),
+            game_id: Some(Uuid::nil()),
+            ..Default::default()
+        };
+        let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!(loc, "Classic: Crossroads");
+        assert_eq!(s.kind, PresenceType::InGame);
+        assert_eq!(
+            s.place,
+            Some(PlaceInfo {
+                place_id: 1818,
+                root_place_id: 1818,
+                universe_id: Some(13058)
+            })
+        );
+        assert_eq!(s.game_id, Some(Uuid::nil()));
+    }
+
+    #[test]
+    fn an_unknown_place_is_in_game_at_the_given_location_or_playing() {
+        let r = AppReport {
+            location: Some("Obby".into()),
+            place_id: Some(77),
+            ..Default::default()
+        };
+        let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!(loc, "Obby");
+        assert_eq!(
+            s.place,
+            Some(PlaceInfo {
+                place_id: 77,
+                root_place_id: 77,
+                universe_id: None
+            })
+        );
+        let r = AppReport {
+            place_id: Some(77),
+            universe_id: Some(9),
+            ..Default::default()
+        };
+        let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!(loc, "Playing");
+        assert_eq!(s.place.and_then(|p| p.universe_id), Some(9));
+    }
+
+    #[test]
+    fn studio_in_any_case_wins_over_the_place_and_drops_the_game_id() {
+        let r = AppReport {
+            location: Some("sTuDiO session".into()),
+            place_id: Some(1818),
+            game_id: Some(Uuid::nil()),
+            ..Default::default()
+        };
+        let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!(loc, "Studio - Classic: Crossroads");
+        assert_eq!(s.kind, PresenceType::InStudio);
+        assert_eq!(s.game_id, None);
+        assert!(s.place.is_some());
+
+        let r = AppReport {
+            location: Some("Studio".into()),
+            place_id: Some(5),
+            ..Default::default()
+        };
+        let (loc, _) = present(Heartbeat::from_report(r, &catalog()));
+        assert_eq!(loc, "Studio");
+    }
+
+    #[test]
+    fn a_zero_or_negative_place_means_none() {
+        for id in [0, -5] {
+            let r = AppReport {
+                place_id: Some(id),
+                ..Default::default()
+            };
+            let (_, s) = present(Heartbeat::from_report(r, &catalog()));
+            assert_eq!(s.kind, PresenceType::Online);
+        }
+    }
+
+    #[test]
+    fn disconnect_wins_over_everything_else() {
+        let r = AppReport {
+            disconnect: true,
+            place_id: Some(1818),
+            ..Default::default()
+        };
+        assert_eq!(Heartbeat::from_report(r, &catalog()), Heartbeat::Disconnect);
+    }
+}
