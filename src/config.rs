@@ -123,7 +123,9 @@ pub struct PlaceSettings {
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     Missing(PathBuf),
-    #[error("configuration file {path}: {message}")]
+    #[error(
+        "invalid configuration (file {path}, then PRESENCE__* environment variables): {message}"
+    )]
     Invalid { path: PathBuf, message: String },
 }
 
@@ -194,14 +196,19 @@ fn describe_figment_errors(error: figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| match &m.source {
+            let source = match e.metadata.as_ref() {
+                Some(m) if m.name.contains("environment") => {
+                    format!(
+                        " (from environment variable {ENV_PREFIX}{})",
+                        e.path.join("__").to_uppercase()
+                    )
+                }
+                Some(m) => match &m.source {
                     Some(source) => format!(" (from {} {source})", m.name),
                     None => format!(" (from {})", m.name),
-                })
-                .unwrap_or_default();
+                },
+                None => String::new(),
+            };
             if key.is_empty() {
                 format!("{}{source}", e.kind)
             } else {

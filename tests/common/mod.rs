@@ -1,0 +1,153 @@
+//! The test harness: the real server, built by the same `Application::build` as `main`, on
+//! a free loopback port, plus a few helpers that read as the contract does.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use presence_server::auth::Authenticator;
+use presence_server::presence::UserId;
+use presence_server::{Application, Settings};
+use serde_json::Value;
+
+pub const SECRET: &str = "integration-test-secret";
+pub const REGISTER: &str = "/v1/presence/register-app-presence";
+pub const USERS: &str = "/v1/presence/users";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub auth: Authenticator,
+    handle: ServerHandle,
+}
+
+/// Settings for tests: a free port, one worker, a known secret.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.server.workers = 1;
+    settings.auth.jwt_secret = SECRET.into();
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings();
+    change(&mut settings);
+    settings.validate().expect("test settings must be valid");
+    let app = Application::build(settings.clone()).expect("the server builds");
+    let addr = app.local_addr();
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        auth: Authenticator::new(&settings.auth.jwt_secret),
+        settings,
+        handle,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A valid credential for `user`, signed with the server's secret.
+    pub fn token(&self, user: u64) -> String {
+        self.auth
+            .mint(UserId::new(user).unwrap(), Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    /// `POST path` with a JSON body and no credential.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A Bearer heartbeat of `user` with a JSON body; asserts the contract's `200 {}`.
+    pub async fn heartbeat(&self, user: u64, body: Value) {
+        let res = self
+            .client
+            .post(self.url(REGISTER))
+            .bearer_auth(self.token(user))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "heartbeat of {user} with {body}");
+        assert_eq!(res.text().await.unwrap(), "{}");
+    }
+
+    /// The `userPresences` array for `ids`, asserting a 200.
+    pub async fn lookup(&self, ids: &[u64]) -> Vec<Value> {
+        let res = self
+            .post_json(USERS, &serde_json::json!({ "userIds": ids }))
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["userPresences"].as_array().unwrap().clone()
+    }
+
+    /// The presence of one user.
+    pub async fn presence_of(&self, id: u64) -> Value {
+        self.lookup(&[id]).await.remove(0)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The body of an error response, checked against the contract's shape.
+pub async fn error_of(res: reqwest::Response) -> (u16, i64, String) {
+    let status = res.status().as_u16();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        content_type.contains("json"),
+        "error content type {content_type:?}"
+    );
+    let body: Value = res.json().await.unwrap();
+    let errors = body["errors"].as_array().expect("an errors array");
+    assert_eq!(errors.len(), 1, "{body}");
+    (
+        status,
+        errors[0]["code"].as_i64().unwrap(),
+        errors[0]["message"].as_str().unwrap().to_owned(),
+    )
+}
