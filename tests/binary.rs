@@ -51,6 +51,8 @@ struct Running {
     rest: mpsc::Receiver<String>,
 }
 
+// The child is reaped by `Running`'s drop; if start-up fails the test fails anyway.
+#[allow(clippy::zombie_processes)]
 fn start(mut cmd: Command) -> Running {
     let mut child = cmd
         .stdin(Stdio::null())
