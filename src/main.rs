@@ -76,11 +76,12 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
                  set PRESENCE__AUTH__JWT_SECRET or auth.jwt_secret before deploying"
             );
         }
+        let signals = ShutdownSignals::install()?;
         let app = Application::build(settings)?;
         tracing::info!(address = %app.local_addr(), config = %config.display(), "presence-server listening");
         let handle = app.handle();
         actix_web::rt::spawn(async move {
-            wait_for_shutdown_signal().await;
+            signals.recv().await;
             tracing::info!("shutting down: finishing in-flight requests");
             handle.stop(true).await;
         });
@@ -90,26 +91,40 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-async fn wait_for_shutdown_signal() {
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on, so that a signal sent as
+/// soon as the server says it is listening is never missed.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
