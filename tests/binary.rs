@@ -261,3 +261,39 @@ fn the_development_secret_is_warned_about_and_a_real_one_is_not() {
         server.logs
     );
 }
+
+#[test]
+fn a_request_in_flight_at_sigterm_is_answered_before_the_server_exits() {
+    use std::io::Read;
+    use std::net::TcpStream;
+
+    let f = config_file(BASE);
+    let mut server = start(command(f.path()));
+    let body = br#"{"userIds":[77]}"#;
+    let mut conn = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/presence/users HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body[..5]).unwrap();
+
+    server.signal("TERM");
+    // Shutdown has begun once the listener refuses new connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&server.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    conn.write_all(&body[5..]).unwrap();
+    let mut answer = String::new();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""userId":77"#), "{answer}");
+    assert!(server.wait_exit(), "exit status 0 after SIGTERM");
+}
