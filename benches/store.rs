@@ -1,86 +1,111 @@
-//! Store operations without HTTP: heartbeat, lookup of 50 ids, and sweeps.
+//! Store operations without HTTP, timed by criterion: heartbeat (one and two threads),
+//! lookup of 50 ids, a sweep with nothing due at 1M and 4M users, and a sweep that expires
+//! 10k users among 1M.
 //!
-//! Run: `cargo bench --bench store`.
+//! Run: `cargo bench --bench store` (about three minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use presence_server::presence::model::Session;
-use presence_server::presence::time::{Mono, WallMillis};
-use presence_server::presence::{Heartbeat, Now, PresenceType, Store, UserId};
+use common::*;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use presence_server::presence::time::Mono;
+use presence_server::presence::UserId;
 
-const TTL: Duration = Duration::from_secs(60);
-const TICK: Duration = Duration::from_secs(1);
-
-fn at(ms: u64) -> Now {
-    Now {
-        mono: Mono(ms),
-        wall: WallMillis(1_700_000_000_000 + ms as i64),
-    }
-}
-
-fn online() -> Heartbeat {
-    Heartbeat::Present {
-        location: Arc::from("Website"),
-        session: Session {
-            kind: PresenceType::Online,
-            place: None,
-            game_id: None,
-        },
-    }
-}
-
-fn user(n: u64) -> UserId {
-    UserId::new(n).unwrap()
-}
-
-fn filled(users: u64) -> Store {
-    let store = Store::new(TTL, TICK);
-    for n in 1..=users {
-        store.heartbeat(user(n), online(), at(0));
-    }
-    store
-}
+const MILLION: u64 = 1_000_000;
 
 fn heartbeat(c: &mut Criterion) {
-    let store = filled(100_000);
-    let mut n = 0u64;
-    c.bench_function("store/heartbeat (100k users)", |b| {
+    let store = Arc::new(present_users(MILLION, 0));
+    let mut group = c.benchmark_group("store/heartbeat (1M present users)");
+    group.throughput(Throughput::Elements(1));
+    let mut ids = Ids::new(7);
+    group.bench_function("1 thread", |b| {
+        b.iter(|| store.heartbeat(ids.next_in(MILLION), online(), at(10)))
+    });
+    // Two threads each do `iters` heartbeats; time per heartbeat is total time over both.
+    group.throughput(Throughput::Elements(2));
+    group.bench_function("2 threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for seed in [11, 13] {
+                    let store = &store;
+                    s.spawn(move || {
+                        let mut ids = Ids::new(seed);
+                        for _ in 0..iters {
+                            store.heartbeat(ids.next_in(MILLION), online(), at(10));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn lookup_50(c: &mut Criterion) {
+    let store = present_users(MILLION, 0);
+    let mut ids = Ids::new(3);
+    let batches: Vec<Vec<UserId>> = (0..1024)
+        .map(|_| (0..50).map(|_| ids.next_in(MILLION)).collect())
+        .collect();
+    let mut i = 0;
+    c.bench_function("store/get_many 50 (1M present users)", |b| {
         b.iter(|| {
-            n = n % 100_000 + 1;
-            store.heartbeat(user(n), online(), at(10));
+            i = (i + 1) % batches.len();
+            black_box(store.get_many(&batches[i], Mono(10)))
         })
     });
 }
 
-fn lookup_50(c: &mut Criterion) {
-    let store = filled(100_000);
-    let ids: Vec<UserId> = (1..=50).map(|i| user(i * 1999 % 100_000 + 1)).collect();
-    c.bench_function("store/get_many 50 (100k users)", |b| {
-        b.iter(|| black_box(store.get_many(black_box(&ids), Mono(10))))
-    });
+fn sweep_nothing_due(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/sweep nothing due");
+    for users in [MILLION, 4 * MILLION] {
+        let store = present_users(users, 0);
+        group.bench_function(format!("{}M present users", users / MILLION), |b| {
+            b.iter(|| black_box(store.sweep(at(1_000))))
+        });
+    }
+    group.finish();
 }
 
-fn sweep(c: &mut Criterion) {
-    let store = filled(100_000);
-    c.bench_function("store/sweep nothing due (100k users)", |b| {
-        b.iter(|| black_box(store.sweep(at(1_000))))
+fn sweep_10k_due(c: &mut Criterion) {
+    const DUE: u64 = 10_000;
+    let store = offline_users(MILLION);
+    let mut group = c.benchmark_group("store/sweep 10k due among 1M users");
+    group.throughput(Throughput::Elements(DUE));
+    group.sample_size(20);
+    let mut round = 1u64;
+    group.bench_function("expire", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                // Each round: 10k random users come online at `t`, and expire at `t + TTL`.
+                round += 2;
+                let t = round * ms(TTL);
+                // Distinct ids spread over the whole map (99_991 is prime).
+                for k in 0..DUE {
+                    store.heartbeat(user((k * 99_991 + round) % MILLION + 1), online(), at(t));
+                }
+                let start = Instant::now();
+                let report = store.sweep(at(t + ms(TTL)));
+                spent += start.elapsed();
+                assert_eq!(report.expired as u64, DUE);
+            }
+            spent
+        })
     });
-    c.bench_function("store/sweep 10k due", |b| {
-        b.iter_batched(
-            || filled(10_000),
-            |store| black_box(store.sweep(at(120_000))),
-            BatchSize::LargeInput,
-        )
-    });
+    group.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3));
-    targets = heartbeat, lookup_50, sweep
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = heartbeat, lookup_50, sweep_nothing_due, sweep_10k_due
 }
 criterion_main!(benches);

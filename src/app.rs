@@ -31,6 +31,7 @@ impl Application {
         let store = Arc::new(Store::new(
             settings.presence.heartbeat_ttl,
             settings.presence.sweep_interval,
+            settings.presence.offline_retention,
         ));
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),

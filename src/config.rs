@@ -53,6 +53,10 @@ pub struct PresenceSettings {
     pub heartbeat_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Offline users whose `lastOnline` is older than this are forgotten; `None` (written
+    /// `"forever"`) keeps them.
+    #[serde(deserialize_with = "duration_or_forever")]
+    pub offline_retention: Option<Duration>,
 }
 
 impl Default for PresenceSettings {
@@ -60,8 +64,22 @@ impl Default for PresenceSettings {
         Self {
             heartbeat_ttl: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
+            offline_retention: None,
         }
     }
+}
+
+/// `"forever"`, or a duration such as `"30d"`.
+fn duration_or_forever<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    humantime::parse_duration(text.trim())
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("expected \"forever\" or a duration: {e}")))
 }
 
 /// How `userPresenceType` is written on the wire.
@@ -162,6 +180,9 @@ impl Settings {
         }
         if self.presence.sweep_interval < Duration::from_millis(1) {
             return Err("presence.sweep_interval must be at least 1ms".into());
+        }
+        if self.presence.offline_retention.is_some_and(|d| d.is_zero()) {
+            return Err("presence.offline_retention must be longer than 0s, or \"forever\"".into());
         }
         if self.api.max_user_ids == 0 {
             return Err("api.max_user_ids must be at least 1".into());
@@ -326,6 +347,24 @@ mod tests {
         assert_eq!(s.presence.sweep_interval, Duration::from_secs(2));
         assert_eq!(s.places.len(), 1);
         assert_eq!(s.places[0].name, "Five");
+    }
+
+    #[test]
+    fn offline_retention_is_forever_or_a_duration() {
+        let f = write_config("[presence]\noffline_retention = \"30d\"\n");
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        assert_eq!(
+            s.presence.offline_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let f = write_config("[presence]\noffline_retention = \"Forever\"\n");
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        assert_eq!(s.presence.offline_retention, None);
+        let f = write_config("[presence]\noffline_retention = \"later\"\n");
+        let err = Settings::load_with_env(f.path(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("presence.offline_retention"), "{err}");
     }
 
     #[test]

@@ -41,9 +41,11 @@ impl Encoding {
 }
 
 /// A request body that a type knows how to decode from each encoding.
-pub trait FromBody: Sized + Default {
-    fn from_json(bytes: &[u8]) -> Result<Self, ApiError>;
-    fn from_form(bytes: &[u8]) -> Result<Self, ApiError>;
+/// A request body that a type knows how to decode from each encoding; it may borrow from
+/// the body's bytes.
+pub trait FromBody<'a>: Sized + Default {
+    fn from_json(bytes: &'a [u8]) -> Result<Self, ApiError>;
+    fn from_form(bytes: &'a [u8]) -> Result<Self, ApiError>;
 }
 
 /// A whole request body, read within `server.max_body_bytes`, with its encoding.
@@ -55,7 +57,7 @@ pub struct Body {
 
 impl Body {
     /// Decodes the body; an empty (or all-blank) body is `T::default()`, as `{}` would be.
-    pub fn decode<T: FromBody>(&self) -> Result<T, ApiError> {
+    pub fn decode<'a, T: FromBody<'a>>(&'a self) -> Result<T, ApiError> {
         if self.bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
         }

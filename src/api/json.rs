@@ -1,6 +1,7 @@
 //! The wire shapes: request bodies as clients send them, and the one serializer of
 //! presences (the one place that knows string versus integer presence types).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -20,11 +21,13 @@ fn bad_request(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
 
-/// The body of `register-app-presence`. Unknown fields are ignored; `null` is absent.
+/// The body of `register-app-presence`. Unknown fields are ignored; `null` is absent. The
+/// location borrows from the body when it needs no unescaping.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RegisterAppPresenceRequest {
-    pub location: Option<String>,
+pub struct RegisterAppPresenceRequest<'a> {
+    #[serde(borrow)]
+    pub location: Option<Cow<'a, str>>,
     pub place_id: Option<i64>,
     pub disconnect: Option<bool>,
     /// Extension: the game-server instance.
@@ -33,24 +36,25 @@ pub struct RegisterAppPresenceRequest {
     pub universe_id: Option<i64>,
 }
 
-impl FromBody for RegisterAppPresenceRequest {
-    fn from_json(bytes: &[u8]) -> Result<Self, ApiError> {
+impl<'a> FromBody<'a> for RegisterAppPresenceRequest<'a> {
+    fn from_json(bytes: &'a [u8]) -> Result<Self, ApiError> {
         serde_json::from_slice(bytes).map_err(bad_request)
     }
 
-    fn from_form(bytes: &[u8]) -> Result<Self, ApiError> {
+    fn from_form(bytes: &'a [u8]) -> Result<Self, ApiError> {
         serde_html_form::from_bytes(bytes).map_err(bad_request)
     }
 }
 
-impl From<RegisterAppPresenceRequest> for AppReport {
-    fn from(r: RegisterAppPresenceRequest) -> Self {
+impl<'a> RegisterAppPresenceRequest<'a> {
+    /// The report, borrowing the location text from this request.
+    pub fn report(&'a self) -> AppReport<'a> {
         AppReport {
-            location: r.location,
-            place_id: r.place_id,
-            disconnect: r.disconnect.unwrap_or(false),
-            game_id: r.game_id,
-            universe_id: r.universe_id,
+            location: self.location.as_deref(),
+            place_id: self.place_id,
+            disconnect: self.disconnect.unwrap_or(false),
+            game_id: self.game_id,
+            universe_id: self.universe_id,
         }
     }
 }
@@ -121,7 +125,7 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IdItem>, D::Erro
     Ok(Option::<Vec<IdItem>>::deserialize(d)?.unwrap_or_default())
 }
 
-impl FromBody for LookupRequest {
+impl FromBody<'_> for LookupRequest {
     fn from_json(bytes: &[u8]) -> Result<Self, ApiError> {
         serde_json::from_slice(bytes).map_err(bad_request)
     }
@@ -198,10 +202,10 @@ pub fn user_presences(
             .iter()
             .map(|v| Item {
                 user_presence_type: TypeRepr(v.kind, format),
-                last_location: &v.last_location,
+                last_location: v.last_location.as_str(),
                 place_id: v.place.map(|p| p.place_id),
                 root_place_id: v.place.map(|p| p.root_place_id),
-                universe_id: v.place.and_then(|p| p.universe_id),
+                universe_id: v.place.and_then(|p| p.universe_id).map(|u| u.get()),
                 game_id: v.game_id,
                 user_id: v.user_id.get(),
                 last_online: LastOnline(v.last_online.map(|w| w.0)),
@@ -331,7 +335,7 @@ mod tests {
         .unwrap();
         let f = RegisterAppPresenceRequest::from_form(b"location=Xbox&placeId=5&disconnect=false")
             .unwrap();
-        assert_eq!(AppReport::from(j), AppReport::from(f));
+        assert_eq!(j.report(), f.report());
         assert!(matches!(
             RegisterAppPresenceRequest::from_json(br#"{"placeId":"five"}"#),
             Err(ApiError::BadRequest(_))

@@ -34,7 +34,7 @@ async fn register_app_presence(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let request: RegisterAppPresenceRequest = body.decode()?;
-    let heartbeat = Heartbeat::from_report(request.into(), &state.catalog);
+    let heartbeat = Heartbeat::from_report(request.report(), &state.catalog);
     state.store.heartbeat(user.0, heartbeat, state.clock.now());
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))

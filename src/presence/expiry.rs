@@ -35,7 +35,8 @@ impl ExpiryIndex {
         }
     }
 
-    fn bucket_of(&self, deadline: Mono) -> u64 {
+    /// The bucket a deadline is filed under.
+    pub fn bucket_of(&self, deadline: Mono) -> u64 {
         deadline.0.div_ceil(self.width_ms)
     }
 
@@ -54,14 +55,15 @@ impl ExpiryIndex {
         }
     }
 
-    /// Removes and returns the earliest bucket if all of its deadlines are `<= now`.
-    pub fn take_due(&self, now: Mono) -> Option<Vec<UserId>> {
+    /// Removes and returns the earliest bucket, with its key, if all of its deadlines are
+    /// `<= now`.
+    pub fn take_due(&self, now: Mono) -> Option<(u64, Vec<UserId>)> {
         let mut buckets = self.buckets.lock();
         let (&key, _) = buckets.first_key_value()?;
         if key.saturating_mul(self.width_ms) > now.0 {
             return None;
         }
-        buckets.pop_first().map(|(_, users)| users)
+        buckets.pop_first()
     }
 
     /// How many user slots the index holds (one per present or not-yet-swept user).
@@ -128,7 +130,7 @@ mod tests {
         index.schedule(user(1), Mono(101));
         index.schedule(user(2), Mono(200));
         assert_eq!(index.take_due(Mono(199)), None);
-        assert_eq!(index.take_due(Mono(200)), Some(vec![user(1), user(2)]));
+        assert_eq!(index.take_due(Mono(200)), Some((2, vec![user(1), user(2)])));
         assert!(index.is_empty());
     }
 
@@ -137,9 +139,9 @@ mod tests {
         let index = ExpiryIndex::new(Duration::from_millis(10));
         index.schedule_many([(user(3), Mono(35)), (user(1), Mono(5)), (user(2), Mono(15))]);
         assert_eq!(index.len(), 3);
-        assert_eq!(index.take_due(Mono(100)), Some(vec![user(1)]));
-        assert_eq!(index.take_due(Mono(100)), Some(vec![user(2)]));
-        assert_eq!(index.take_due(Mono(100)), Some(vec![user(3)]));
+        assert_eq!(index.take_due(Mono(100)), Some((1, vec![user(1)])));
+        assert_eq!(index.take_due(Mono(100)), Some((2, vec![user(2)])));
+        assert_eq!(index.take_due(Mono(100)), Some((4, vec![user(3)])));
         assert_eq!(index.take_due(Mono(100)), None);
     }
 }

@@ -1,13 +1,15 @@
 //! The presence domain: who is online and where. No HTTP in here.
 
 pub mod expiry;
+pub mod location;
 pub mod model;
 pub mod places;
 pub mod store;
 pub mod time;
 
 pub use expiry::Sweeper;
-pub use model::{AppReport, Heartbeat, Now, PresenceType, PresenceView, UserId};
+pub use location::{Location, Locations};
+pub use model::{AppReport, Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
 pub use places::PlaceCatalog;
 pub use store::Store;
 pub use time::Clock;

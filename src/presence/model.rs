@@ -1,10 +1,11 @@
 //! The domain's values: user ids, presence types, a heartbeat and the view a lookup returns.
 
 use std::fmt;
-use std::sync::Arc;
+use std::num::NonZeroI64;
 
 use uuid::Uuid;
 
+use super::location::Location;
 use super::places::PlaceCatalog;
 use super::time::{Mono, WallMillis};
 
@@ -66,7 +67,7 @@ impl PresenceType {
 pub struct PlaceInfo {
     pub place_id: i64,
     pub root_place_id: i64,
-    pub universe_id: Option<i64>,
+    pub universe_id: Option<NonZeroI64>,
 }
 
 /// What a present user is doing; lives only while the user is present.
@@ -80,69 +81,78 @@ pub struct Session {
 
 /// What a client reported in one `register-app-presence` call, already typed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AppReport {
-    pub location: Option<String>,
+pub struct AppReport<'a> {
+    pub location: Option<&'a str>,
     pub place_id: Option<i64>,
     pub disconnect: bool,
     pub game_id: Option<Uuid>,
     pub universe_id: Option<i64>,
 }
 
-/// The effect of one heartbeat, decided before the store is touched.
+/// The effect of one heartbeat, decided before the store is touched. Borrows the client's
+/// location text, so that a heartbeat that repeats its location allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Heartbeat {
+pub enum Heartbeat<'a> {
     /// The user leaves now; session details are dropped, the last location kept.
     Disconnect,
     /// The user is present until `now + heartbeat_ttl`, at `location`.
     Present {
-        location: Arc<str>,
+        location: LocationName<'a>,
         session: Session,
     },
 }
 
-/// Locations that every user shares rather than copying.
-pub mod locations {
-    use std::sync::{Arc, LazyLock};
-
-    pub static WEBSITE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Website"));
-    pub static PLAYING: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Playing"));
-    pub static STUDIO: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("Studio"));
-    pub static NEVER_SEEN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+/// Where a heartbeat puts its user: a location already shared, or a client's own text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationName<'a> {
+    Shared(Location),
+    Given(&'a str),
 }
 
-impl Heartbeat {
+impl LocationName<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Shared(location) => location.as_str(),
+            Self::Given(text) => text,
+        }
+    }
+}
+
+impl<'a> Heartbeat<'a> {
     /// Applies the contract's rules (section 1) to a report, using the place catalog.
-    pub fn from_report(report: AppReport, catalog: &PlaceCatalog) -> Self {
+    pub fn from_report(report: AppReport<'a>, catalog: &PlaceCatalog) -> Self {
         if report.disconnect {
             return Self::Disconnect;
         }
         let location = report.location.filter(|l| !l.is_empty());
         let place_id = report.place_id.filter(|&id| id > 0);
         let known = place_id.and_then(|id| catalog.get(id));
+        let universe_id = report.universe_id.and_then(NonZeroI64::new);
         let place = place_id.map(|place_id| PlaceInfo {
             place_id,
             root_place_id: known.map_or(place_id, |p| p.root_place_id),
-            universe_id: report.universe_id.or(known.map(|p| p.universe_id)),
+            universe_id: universe_id.or(known.and_then(|p| NonZeroI64::new(p.universe_id))),
         });
 
-        let is_studio = location.as_deref().is_some_and(starts_with_studio);
+        let is_studio = location.is_some_and(starts_with_studio);
         if is_studio {
             let location = match known {
                 Some(p) => p.studio_location.clone(),
-                None => locations::STUDIO.clone(),
+                None => Location::studio(),
             };
             let session = Session {
                 kind: PresenceType::InStudio,
                 place,
                 game_id: None,
             };
+            let location = LocationName::Shared(location);
             return Self::Present { location, session };
         }
         if place.is_some() {
             let location = match (known, location) {
-                (Some(p), _) => p.name.clone(),
-                (None, Some(given)) => Arc::from(given),
-                (None, None) => locations::PLAYING.clone(),
+                (Some(p), _) => LocationName::Shared(p.name.clone()),
+                (None, Some(given)) => LocationName::Given(given),
+                (None, None) => LocationName::Shared(Location::playing()),
             };
             let session = Session {
                 kind: PresenceType::InGame,
@@ -152,8 +162,8 @@ impl Heartbeat {
             return Self::Present { location, session };
         }
         let location = match location {
-            Some(given) => Arc::from(given),
-            None => locations::WEBSITE.clone(),
+            Some(given) => LocationName::Given(given),
+            None => LocationName::Shared(Location::website()),
         };
         let session = Session {
             kind: PresenceType::Online,
@@ -176,7 +186,7 @@ fn starts_with_studio(location: &str) -> bool {
 pub struct PresenceView {
     pub user_id: UserId,
     pub kind: PresenceType,
-    pub last_location: Arc<str>,
+    pub last_location: Location,
     pub place: Option<PlaceInfo>,
     pub game_id: Option<Uuid>,
     /// `None` for a user never seen.
@@ -188,7 +198,7 @@ impl PresenceView {
         Self {
             user_id,
             kind: PresenceType::Offline,
-            last_location: locations::NEVER_SEEN.clone(),
+            last_location: Location::nowhere(),
             place: None,
             game_id: None,
             last_online: None,
@@ -219,7 +229,7 @@ mod tests {
 
     fn present(hb: Heartbeat) -> (String, Session) {
         match hb {
-            Heartbeat::Present { location, session } => (location.to_string(), session),
+            Heartbeat::Present { location, session } => (location.as_str().to_owned(), session),
             Heartbeat::Disconnect => panic!("expected a present heartbeat"),
         }
     }
@@ -256,7 +266,7 @@ mod tests {
     #[test]
     fn a_location_without_place_is_online_there() {
         let r = AppReport {
-            location: Some("Xbox".into()),
+            location: Some("Xbox"),
             ..Default::default()
         };
         let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
@@ -266,7 +276,7 @@ mod tests {
     #[test]
     fn a_known_place_is_in_game_under_the_catalog_name() {
         let r = AppReport {
-            location: Some("ignored".into()),
+            location: Some("ignored"),
             place_id: Some(1818),
             game_id: Some(Uuid::nil()),
             ..Default::default()
@@ -279,7 +289,7 @@ mod tests {
             Some(PlaceInfo {
                 place_id: 1818,
                 root_place_id: 1818,
-                universe_id: Some(13058)
+                universe_id: NonZeroI64::new(13058)
             })
         );
         assert_eq!(s.game_id, Some(Uuid::nil()));
@@ -288,7 +298,7 @@ mod tests {
     #[test]
     fn an_unknown_place_is_in_game_at_the_given_location_or_playing() {
         let r = AppReport {
-            location: Some("Obby".into()),
+            location: Some("Obby"),
             place_id: Some(77),
             ..Default::default()
         };
@@ -309,13 +319,13 @@ mod tests {
         };
         let (loc, s) = present(Heartbeat::from_report(r, &catalog()));
         assert_eq!(loc, "Playing");
-        assert_eq!(s.place.and_then(|p| p.universe_id), Some(9));
+        assert_eq!(s.place.and_then(|p| p.universe_id), NonZeroI64::new(9));
     }
 
     #[test]
     fn studio_in_any_case_wins_over_the_place_and_drops_the_game_id() {
         let r = AppReport {
-            location: Some("sTuDiO session".into()),
+            location: Some("sTuDiO session"),
             place_id: Some(1818),
             game_id: Some(Uuid::nil()),
             ..Default::default()
@@ -327,7 +337,7 @@ mod tests {
         assert!(s.place.is_some());
 
         let r = AppReport {
-            location: Some("Studio".into()),
+            location: Some("Studio"),
             place_id: Some(5),
             ..Default::default()
         };

@@ -1,18 +1,18 @@
 //! The place catalog: `placeId -> universe, root place, name`, read from `[[places]]`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
+use super::location::Location;
 use crate::config::PlaceSettings;
 
 /// One known place. Names are shared by every user who is there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Place {
     pub universe_id: i64,
     pub root_place_id: i64,
-    pub name: Arc<str>,
+    pub name: Location,
     /// `Studio - <name>`, built once.
-    pub studio_location: Arc<str>,
+    pub studio_location: Location,
 }
 
 /// Immutable after start-up, so readers need no lock.
@@ -29,8 +29,8 @@ impl PlaceCatalog {
                 let place = Place {
                     universe_id: p.universe_id,
                     root_place_id: p.root_place_id,
-                    name: Arc::from(p.name.as_str()),
-                    studio_location: Arc::from(format!("Studio - {}", p.name)),
+                    name: Location::new(&p.name),
+                    studio_location: Location::new(&format!("Studio - {}", p.name)),
                 };
                 (p.id, place)
             })

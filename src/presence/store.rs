@@ -2,51 +2,61 @@
 //!
 //! Every entry carries its own deadline and every read compares it with `now`, so presence
 //! is exact at read time whether or not the sweeper has reached the entry yet.
+//!
+//! An entry is 16 bytes: `lastOnline` and one pointer to a [`Record`]. A present user's
+//! record is its own session; an Offline user's is the shared record of its last location
+//! (see `location`), so an Offline user costs only its map slot.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
-use super::model::{locations, Heartbeat, Now, PresenceType, PresenceView, Session, UserId};
-use super::time::{Mono, WallMillis};
+use super::location::{Live, Location, Locations, Record};
+use super::model::{Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
+use super::time::{duration_millis, Mono, WallMillis};
 
-/// Users re-checked per shard lock during a sweep; bounds how long a lookup can wait.
+/// Users re-checked between two yields of the sweeper.
 const SWEEP_BATCH: usize = 256;
 
-/// What one user looks like in memory. Offline users keep only what a lookup returns.
+/// Sweeps between two purges of location texts nobody uses any more.
+const PURGE_EVERY_SWEEPS: u64 = 64;
+
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug)]
 struct Entry {
     last_online: WallMillis,
-    last_location: Arc<str>,
-    /// Whether the user's id sits in the expiry index (at most once).
-    indexed: bool,
-    /// Present until its deadline; `None` once Offline.
-    live: Option<Box<Live>>,
-}
-
-#[derive(Debug)]
-struct Live {
-    deadline: Mono,
-    session: Session,
+    record: Arc<Record>,
 }
 
 impl Entry {
     fn view(&self, user_id: UserId, now: Mono) -> PresenceView {
-        let session = self
-            .live
-            .as_deref()
-            .filter(|live| now < live.deadline)
-            .map(|live| &live.session);
-        PresenceView {
-            user_id,
-            kind: session.map_or(PresenceType::Offline, |s| s.kind),
-            last_location: self.last_location.clone(),
-            place: session.and_then(|s| s.place),
-            game_id: session.and_then(|s| s.game_id),
-            last_online: Some(self.last_online),
+        match &*self.record {
+            Record::Live(live) if now < live.deadline => PresenceView {
+                user_id,
+                kind: live.session.kind,
+                last_location: live.location.clone(),
+                place: live.session.place,
+                game_id: live.session.game_id,
+                last_online: Some(self.last_online),
+            },
+            record => PresenceView {
+                user_id,
+                kind: PresenceType::Offline,
+                last_location: match record {
+                    Record::Live(live) => live.location.clone(),
+                    Record::Location(_) => {
+                        Location::of_record(&self.record).unwrap_or_else(Location::nowhere)
+                    }
+                },
+                place: None,
+                game_id: None,
+                last_online: Some(self.last_online),
+            },
         }
     }
 }
@@ -58,47 +68,123 @@ pub struct SweepReport {
     pub expired: usize,
     /// Users found fresh (they heartbeated since) and moved to their new deadline's bucket.
     pub rescheduled: usize,
+    /// Offline users forgotten under `presence.offline_retention`.
+    pub dropped: usize,
+}
+
+/// Forgetting Offline users whose `lastOnline` is older than `after`.
+#[derive(Debug)]
+struct Retention {
+    after: Duration,
+    /// One slot per Offline transition, due when that user's `lastOnline + after` passes.
+    index: ExpiryIndex,
 }
 
 /// All users' presence. Shared behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Store {
-    users: DashMap<UserId, Entry>,
+    users: DashMap<UserId, Entry, Hasher>,
     expiry: ExpiryIndex,
+    retention: Option<Retention>,
+    locations: Locations,
     ttl: Duration,
+    sweeps: AtomicU64,
 }
 
 impl Store {
-    /// `bucket_width` is the expiry index's resolution, normally the sweep interval.
-    pub fn new(ttl: Duration, bucket_width: Duration) -> Self {
+    /// `bucket_width` is the expiry index's resolution, normally the sweep interval;
+    /// `offline_retention` of `None` keeps Offline users forever.
+    pub fn new(ttl: Duration, bucket_width: Duration, offline_retention: Option<Duration>) -> Self {
         Self {
-            users: DashMap::new(),
+            users: DashMap::with_hasher(Hasher::default()),
             expiry: ExpiryIndex::new(bucket_width),
+            retention: offline_retention.map(|after| Retention {
+                after,
+                index: ExpiryIndex::new(bucket_width.max(after / 64)),
+            }),
+            locations: Locations::default(),
             ttl,
+            sweeps: AtomicU64::new(0),
         }
     }
 
     /// Records one heartbeat of `user` at `now`.
-    pub fn heartbeat(&self, user: UserId, heartbeat: Heartbeat, now: Now) {
+    pub fn heartbeat(&self, user: UserId, heartbeat: Heartbeat<'_>, now: Now) {
         let deadline = now.mono.saturating_add(self.ttl);
-        // The shard lock is held for this statement only; the index is updated after it is
-        // released, which is safe because only this call may set `indexed` from false.
-        let needs_index = match self.users.entry(user) {
-            MapEntry::Occupied(mut occupied) => apply(occupied.get_mut(), heartbeat, now, deadline),
+        // The shard lock is held for this statement only. The indexes are filed after it is
+        // released: a slot filed late is harmless, since the sweeper re-checks every slot
+        // against the entry (see `sweep`).
+        let filed = match self.users.entry(user) {
+            MapEntry::Occupied(mut occupied) => {
+                self.apply(occupied.get_mut(), heartbeat, now, deadline)
+            }
             MapEntry::Vacant(vacant) => {
                 let mut entry = Entry {
                     last_online: now.wall,
-                    last_location: locations::NEVER_SEEN.clone(),
-                    indexed: false,
-                    live: None,
+                    record: Location::nowhere().record(),
                 };
-                let needs_index = apply(&mut entry, heartbeat, now, deadline);
+                let filed = self.apply(&mut entry, heartbeat, now, deadline);
                 vacant.insert(entry);
-                needs_index
+                filed
             }
         };
-        if needs_index {
-            self.expiry.schedule(user, deadline);
+        match filed {
+            Filed::Nothing => {}
+            Filed::Expiry => self.expiry.schedule(user, deadline),
+            Filed::Retention => self.file_retention(user, now.mono),
+        }
+    }
+
+    /// Applies a heartbeat to an entry; says which index needs a new slot for this user.
+    fn apply(
+        &self,
+        entry: &mut Entry,
+        heartbeat: Heartbeat<'_>,
+        now: Now,
+        deadline: Mono,
+    ) -> Filed {
+        entry.last_online = now.wall;
+        match heartbeat {
+            Heartbeat::Disconnect => {
+                if let Record::Live(live) = &*entry.record {
+                    entry.record = live.location.record();
+                }
+                Filed::Retention
+            }
+            Heartbeat::Present { location, session } => {
+                // A present user's record is its alone, so it is updated in place.
+                if let Some(Record::Live(live)) = Arc::get_mut(&mut entry.record) {
+                    live.deadline = deadline;
+                    live.session = session;
+                    if live.location.as_str() != location.as_str() {
+                        live.location = self.resolve(location);
+                    }
+                    return Filed::Nothing;
+                }
+                entry.record = Arc::new(Record::Live(Live {
+                    location: self.resolve(location),
+                    deadline,
+                    scheduled: deadline,
+                    session,
+                }));
+                Filed::Expiry
+            }
+        }
+    }
+
+    fn resolve(&self, name: LocationName<'_>) -> Location {
+        match name {
+            LocationName::Shared(location) => location,
+            LocationName::Given(text) => self.locations.get(text),
+        }
+    }
+
+    /// Files a retention slot for a user who went Offline with its last heartbeat at `since`.
+    fn file_retention(&self, user: UserId, since: Mono) {
+        if let Some(retention) = &self.retention {
+            retention
+                .index
+                .schedule(user, since.saturating_add(retention.after));
         }
     }
 
@@ -112,35 +198,103 @@ impl Store {
             .collect()
     }
 
-    /// Flips Offline every user whose deadline is `<= now`, working only on the buckets that
-    /// came due. Holds one shard lock at a time, for one user, and yields between batches.
+    /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past
+    /// the retention, working only on the index buckets that came due: nothing is scanned.
+    /// Holds one shard lock at a time, for one user, and yields between batches.
     pub fn sweep(&self, now: Now) -> SweepReport {
         let mut report = SweepReport::default();
-        while let Some(due) = self.expiry.take_due(now.mono) {
+        while let Some((bucket, due)) = self.expiry.take_due(now.mono) {
             for batch in due.chunks(SWEEP_BATCH) {
                 let mut fresh = Vec::new();
+                let mut gone = Vec::new();
                 for &user in batch {
-                    // Re-checked under the entry's lock: a heartbeat that landed first wins.
-                    let Some(mut entry) = self.users.get_mut(&user) else {
-                        continue;
-                    };
-                    match entry.live.as_deref() {
-                        Some(live) if now.mono < live.deadline => {
-                            fresh.push((user, live.deadline));
-                        }
-                        live => {
-                            report.expired += usize::from(live.is_some());
-                            entry.live = None;
-                            entry.indexed = false;
-                        }
+                    match self.expire_one(user, bucket, now.mono) {
+                        Slot::Stale => {}
+                        Slot::Fresh(deadline) => fresh.push((user, deadline)),
+                        Slot::Expired(last_heartbeat) => gone.push((user, last_heartbeat)),
                     }
                 }
                 report.rescheduled += fresh.len();
+                report.expired += gone.len();
                 self.expiry.schedule_many(fresh);
+                if let Some(retention) = &self.retention {
+                    retention.index.schedule_many(
+                        gone.into_iter()
+                            .map(|(user, at)| (user, at.saturating_add(retention.after))),
+                    );
+                }
                 std::thread::yield_now();
             }
         }
+        if let Some(retention) = &self.retention {
+            report.dropped = self.forget_retired(retention, now);
+        }
+        if self
+            .sweeps
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PURGE_EVERY_SWEEPS)
+        {
+            self.locations.purge_unused();
+        }
         report
+    }
+
+    /// Re-checks one expiry slot under the entry's lock: a heartbeat that landed first wins.
+    fn expire_one(&self, user: UserId, bucket: u64, now: Mono) -> Slot {
+        let Some(mut entry) = self.users.get_mut(&user) else {
+            return Slot::Stale;
+        };
+        let entry = &mut *entry;
+        let Some(Record::Live(live)) = Arc::get_mut(&mut entry.record) else {
+            // Offline already (disconnected): the slot outlived its session.
+            return Slot::Stale;
+        };
+        if self.expiry.bucket_of(live.scheduled) != bucket {
+            // A later session of the same user has its own slot.
+            return Slot::Stale;
+        }
+        if now < live.deadline {
+            live.scheduled = live.deadline;
+            return Slot::Fresh(live.deadline);
+        }
+        let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
+        entry.record = live.location.record();
+        Slot::Expired(last_heartbeat)
+    }
+
+    /// Drops the Offline users whose retention slot came due and whose `lastOnline` is
+    /// older than the retention by the wall clock.
+    fn forget_retired(&self, retention: &Retention, now: Now) -> usize {
+        let after_ms = i64::try_from(duration_millis(retention.after)).unwrap_or(i64::MAX);
+        let mut dropped = 0;
+        let mut not_yet = Vec::new();
+        while let Some((_, due)) = retention.index.take_due(now.mono) {
+            for batch in due.chunks(SWEEP_BATCH) {
+                for &user in batch {
+                    let mut wait = None;
+                    let removed = self.users.remove_if(&user, |_, entry| {
+                        if !matches!(&*entry.record, Record::Location(_)) {
+                            return false;
+                        }
+                        let age = now.wall.0.saturating_sub(entry.last_online.0);
+                        if age < after_ms {
+                            // Came back and left again since: its newer slot is filed, but
+                            // a wall clock set back can also land here; keep one slot.
+                            wait = Some(after_ms - age);
+                        }
+                        age >= after_ms
+                    });
+                    if removed.is_some() {
+                        dropped += 1;
+                    } else if let Some(ms) = wait {
+                        not_yet.push((user, Mono(now.mono.0.saturating_add(ms as u64))));
+                    }
+                }
+                std::thread::yield_now();
+            }
+        }
+        retention.index.schedule_many(not_yet);
+        dropped
     }
 
     /// Users held in memory, present or not.
@@ -152,46 +306,37 @@ impl Store {
         self.users.is_empty()
     }
 
-    /// Users whose id sits in the expiry index.
+    /// Slots in the expiry index (one per present user, plus stale ones not yet due).
     pub fn scheduled(&self) -> usize {
         self.expiry.len()
     }
 }
 
-/// Applies a heartbeat to an entry; returns whether the user must now be put in the index.
-fn apply(entry: &mut Entry, heartbeat: Heartbeat, now: Now, deadline: Mono) -> bool {
-    entry.last_online = now.wall;
-    match heartbeat {
-        Heartbeat::Disconnect => {
-            entry.live = None;
-            false
-        }
-        Heartbeat::Present { location, session } => {
-            entry.last_location = location;
-            match entry.live.as_deref_mut() {
-                Some(live) => {
-                    live.deadline = deadline;
-                    live.session = session;
-                }
-                None => entry.live = Some(Box::new(Live { deadline, session })),
-            }
-            let needs_index = !entry.indexed;
-            entry.indexed = true;
-            needs_index
-        }
-    }
+/// Which index a heartbeat must file its user in.
+enum Filed {
+    Nothing,
+    Expiry,
+    Retention,
+}
+
+/// What the sweeper found for one expiry slot.
+enum Slot {
+    Stale,
+    Fresh(Mono),
+    /// Flipped Offline; carries the time of the last heartbeat.
+    Expired(Mono),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::model::PlaceInfo;
+    use crate::presence::model::{PlaceInfo, Session};
     use uuid::Uuid;
 
     const TTL: Duration = Duration::from_millis(1000);
 
     fn store() -> Store {
-        Store::new(TTL, Duration::from_millis(100))
+        Store::new(TTL, Duration::from_millis(100), None)
     }
 
     fn user(n: u64) -> UserId {
@@ -205,9 +350,9 @@ mod tests {
         }
     }
 
-    fn online(location: &str) -> Heartbeat {
+    fn online(location: &str) -> Heartbeat<'_> {
         Heartbeat::Present {
-            location: Arc::from(location),
+            location: LocationName::Given(location),
             session: Session {
                 kind: PresenceType::Online,
                 place: None,
@@ -216,9 +361,9 @@ mod tests {
         }
     }
 
-    fn in_game(place_id: i64) -> Heartbeat {
+    fn in_game(place_id: i64) -> Heartbeat<'static> {
         Heartbeat::Present {
-            location: Arc::from("Playing"),
+            location: LocationName::Shared(Location::playing()),
             session: Session {
                 kind: PresenceType::InGame,
                 place: Some(PlaceInfo {
@@ -233,6 +378,11 @@ mod tests {
 
     fn one(store: &Store, n: u64, now: u64) -> PresenceView {
         store.get_many(&[user(n)], Mono(now)).remove(0)
+    }
+
+    #[test]
+    fn an_entry_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
     #[test]
@@ -265,7 +415,7 @@ mod tests {
         assert_eq!(v.kind, PresenceType::Offline);
         assert_eq!(v.place, None);
         assert_eq!(v.game_id, None);
-        assert_eq!(&*v.last_location, "Playing");
+        assert_eq!(v.last_location.as_str(), "Playing");
         assert_eq!(v.last_online, Some(at(10).wall));
     }
 
@@ -280,7 +430,7 @@ mod tests {
         assert_eq!(report.expired, 1);
         let v = one(&s, 1, 1100);
         assert_eq!(
-            (v.kind, &*v.last_location, v.last_online),
+            (v.kind, v.last_location.as_str(), v.last_online),
             (PresenceType::Offline, "Website", Some(at(0).wall))
         );
         assert_eq!(one(&s, 2, 1100).kind, PresenceType::Online);
@@ -291,19 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_user_points_at_the_shared_location_record() {
+        let s = store();
+        s.heartbeat(user(1), online("Xbox"), at(0));
+        s.heartbeat(user(2), online("Xbox"), at(0));
+        s.sweep(at(2000));
+        let a = s.users.get(&user(1)).unwrap().record.clone();
+        let b = s.users.get(&user(2)).unwrap().record.clone();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
     fn a_user_who_heartbeated_since_is_rescheduled_not_expired() {
         let s = store();
         s.heartbeat(user(1), online("a"), at(0));
         s.heartbeat(user(1), online("b"), at(900));
         let report = s.sweep(at(1000));
-        assert_eq!(
-            report,
-            SweepReport {
-                expired: 0,
-                rescheduled: 1
-            }
-        );
+        assert_eq!(report.expired, 0);
+        assert_eq!(report.rescheduled, 1);
         assert_eq!(one(&s, 1, 1800).kind, PresenceType::Online);
+        assert_eq!(one(&s, 1, 1800).last_location.as_str(), "b");
         assert_eq!(s.scheduled(), 1);
         assert_eq!(s.sweep(at(2000)).expired, 1);
         assert_eq!(s.scheduled(), 0);
@@ -330,16 +487,27 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_after_the_deadline_but_before_the_sweep_is_kept() {
+        let s = store();
+        s.heartbeat(user(1), online("a"), at(0));
+        s.heartbeat(user(1), online("b"), at(1500));
+        let report = s.sweep(at(1600));
+        assert_eq!((report.expired, report.rescheduled), (0, 1));
+        assert_eq!(one(&s, 1, 2499).kind, PresenceType::Online);
+        assert_eq!(s.sweep(at(2500)).expired, 1);
+    }
+
+    #[test]
     fn disconnect_makes_the_user_offline_at_once_and_keeps_the_location() {
         let s = store();
         s.heartbeat(user(1), in_game(9), at(0));
         s.heartbeat(user(1), Heartbeat::Disconnect, at(300));
         let v = one(&s, 1, 301);
         assert_eq!(v.kind, PresenceType::Offline);
-        assert_eq!(&*v.last_location, "Playing");
+        assert_eq!(v.last_location.as_str(), "Playing");
         assert_eq!(v.last_online, Some(at(300).wall));
         assert_eq!(v.place, None);
-        // Its index slot is released by the next due sweep, without counting an expiry.
+        // Its stale index slot is dropped by the next due sweep, without counting an expiry.
         assert_eq!(s.sweep(at(2000)), SweepReport::default());
         assert_eq!(s.scheduled(), 0);
     }
@@ -350,38 +518,90 @@ mod tests {
         s.heartbeat(user(7), Heartbeat::Disconnect, at(42));
         let v = one(&s, 7, 50);
         assert_eq!(v.kind, PresenceType::Offline);
-        assert_eq!(&*v.last_location, "");
+        assert_eq!(v.last_location.as_str(), "");
         assert_eq!(v.last_online, Some(at(42).wall));
         assert_eq!(s.scheduled(), 0);
     }
 
     #[test]
-    fn reconnecting_after_disconnect_before_the_sweep_keeps_one_index_slot() {
+    fn reconnecting_after_disconnect_in_the_same_bucket_is_swept_once() {
+        let s = store();
+        s.heartbeat(user(1), online("a"), at(0));
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(10));
+        s.heartbeat(user(1), online("b"), at(20));
+        assert_eq!(s.scheduled(), 2);
+        let report = s.sweep(at(1100));
+        assert_eq!((report.expired, report.rescheduled), (1, 0));
+        assert_eq!(s.scheduled(), 0);
+    }
+
+    #[test]
+    fn reconnecting_after_disconnect_keeps_only_the_new_sessions_slot_alive() {
         let s = store();
         s.heartbeat(user(1), online("a"), at(0));
         s.heartbeat(user(1), Heartbeat::Disconnect, at(100));
-        s.heartbeat(user(1), online("b"), at(200));
-        assert_eq!(s.scheduled(), 1);
-        assert_eq!(
-            s.sweep(at(1100)),
-            SweepReport {
-                expired: 0,
-                rescheduled: 1
-            }
+        s.heartbeat(user(1), online("b"), at(500));
+        assert_eq!(s.sweep(at(1000)), SweepReport::default());
+        assert_eq!(one(&s, 1, 1000).kind, PresenceType::Online);
+        assert_eq!(s.sweep(at(1500)).expired, 1);
+        assert_eq!(s.scheduled(), 0);
+    }
+
+    #[test]
+    fn retention_forgets_exactly_the_offline_users_past_it() {
+        let s = Store::new(
+            TTL,
+            Duration::from_millis(100),
+            Some(Duration::from_secs(10)),
         );
-        assert_eq!(s.sweep(at(1200)).expired, 1);
+        s.heartbeat(user(1), online("a"), at(0)); // offline at 1000, lastOnline 0
+        s.heartbeat(user(2), Heartbeat::Disconnect, at(5_000)); // lastOnline 5000
+        s.heartbeat(user(3), online("c"), at(0));
+        s.sweep(at(1_000));
+        for t in (1_000..=9_900).step_by(100) {
+            s.heartbeat(user(3), online("c"), at(t)); // stays present throughout
+            assert_eq!(s.sweep(at(t)).dropped, 0, "at {t}");
+        }
+        // Retention slots are a 64th of the retention wide, so a drop may come that late.
+        assert_eq!(s.sweep(at(10_200)).dropped, 1);
+        assert_eq!(one(&s, 1, 10_200), PresenceView::never_seen(user(1)));
+        assert_eq!(one(&s, 2, 10_200).kind, PresenceType::Offline);
+        assert_eq!(s.sweep(at(14_900)).dropped, 0);
+        assert_eq!(s.sweep(at(15_200)).dropped, 1);
+        // User 3's last heartbeat was at 9_900: Offline at 10_900, forgotten from 19_900.
+        assert_eq!(s.sweep(at(19_800)).dropped, 0);
+        assert_eq!(one(&s, 3, 19_800).kind, PresenceType::Offline);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.sweep(at(20_100)).dropped, 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_user_who_comes_back_is_not_forgotten_by_an_old_retention_slot() {
+        let s = Store::new(
+            TTL,
+            Duration::from_millis(100),
+            Some(Duration::from_secs(10)),
+        );
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(0));
+        s.heartbeat(user(1), online("back"), at(9_000));
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(9_500));
+        assert_eq!(s.sweep(at(10_200)).dropped, 0);
+        assert_eq!(one(&s, 1, 10_200).last_location.as_str(), "back");
+        assert_eq!(s.sweep(at(19_400)).dropped, 0);
+        assert_eq!(s.sweep(at(19_700)).dropped, 1);
     }
 
     #[test]
     fn heartbeats_racing_the_sweeper_are_never_lost() {
-        let s = Arc::new(store());
+        let s = std::sync::Arc::new(store());
         let users: Vec<_> = (1..=2000).map(user).collect();
         for &u in &users {
             s.heartbeat(u, online("a"), at(0));
         }
         // Half the users heartbeat again at t=900 while the sweeper expires at t=1000.
         let writer = {
-            let s = Arc::clone(&s);
+            let s = std::sync::Arc::clone(&s);
             let users = users.clone();
             std::thread::spawn(move || {
                 for &u in users.iter().step_by(2) {

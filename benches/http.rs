@@ -1,0 +1,654 @@
+//! HTTP load: the real presence server against a bare actix-web server that only parses the
+//! same request bodies, under the same keep-alive load, in one process.
+//!
+//! Both servers get one worker thread. A load generator on its own thread(s) drives C
+//! keep-alive connections, each writing a pre-built HTTP/1.1 request and reading the whole
+//! response before the next one, and records every request's latency. Two scenarios run
+//! against each server, back to back: Bearer heartbeats of a few thousand distinct users
+//! (`POST /v1/presence/register-app-presence`), and lookups of 50 ids, about half of them
+//! online (`POST /v1/presence/users`). The bare server gets the very same request bytes on
+//! the same paths; it deserializes the body into the same request type and answers `{}`.
+//! What matters is the presence/bare ratio of one run: the load generator shares the cores
+//! with the servers.
+//!
+//! Run: `cargo bench --bench http`. Results are printed as a table and written as JSON to
+//! `target/bench-http.json`. Environment:
+//!
+//! - `BENCH_CONNECTIONS`: keep-alive connections (default 64);
+//! - `BENCH_SECONDS`: measured seconds per scenario and server (default 5), after
+//!   `BENCH_WARMUP_SECONDS` of warm-up (default 1);
+//! - `BENCH_USERS`: distinct heartbeating users (default 4096);
+//! - `BENCH_CLIENT_THREADS`: load generator threads (default 1).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use presence_server::api::json::{LookupRequest, RegisterAppPresenceRequest};
+use presence_server::auth::Authenticator;
+use presence_server::presence::UserId;
+use presence_server::{Application, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "http-bench-secret";
+const REGISTER: &str = "/v1/presence/register-app-presence";
+const USERS: &str = "/v1/presence/users";
+const HEARTBEAT_BODY: &str = r#"{"location":"Website","placeId":0}"#;
+const IDS_PER_LOOKUP: usize = 50;
+/// Distinct lookup bodies; connections cycle through them.
+const LOOKUP_BODIES: usize = 512;
+/// A request not answered within this is an error, and its connection is replaced.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Latencies kept per connection; requests beyond are still counted.
+const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 20;
+/// A response head longer than this is an error.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+const PRESENCE: &str = "presence-server";
+const BARE: &str = "bare actix";
+
+fn main() {
+    // Cargo passes `--bench` (and maybe a filter); there is nothing to choose, so all
+    // arguments are ignored.
+    let config = Config::from_env();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let servers = Servers::start();
+    let auth = Authenticator::new(SECRET);
+    let heartbeats = Arc::new(heartbeat_requests(&auth, config.users));
+    let lookups = Arc::new(lookup_requests(config.users));
+
+    println!(
+        "HTTP load: {cores} cores, {} connections, {} client thread(s), {} users, \
+         {:.1} s warm-up + {:.1} s per run; each server 1 worker",
+        config.connections,
+        config.client_threads,
+        config.users,
+        config.warmup.as_secs_f64(),
+        config.measure.as_secs_f64(),
+    );
+    println!(
+        "{PRESENCE} on {}, {BARE} on {}",
+        servers.presence_addr, servers.bare_addr
+    );
+
+    let mut results = Vec::new();
+    for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
+        for (server, addr) in [(PRESENCE, servers.presence_addr), (BARE, servers.bare_addr)] {
+            eprintln!("running {scenario} against {server} ...");
+            let outcome = run_load(addr, requests, &config);
+            results.push(Row::new(scenario, server, outcome, config.measure));
+        }
+    }
+
+    servers.stop();
+
+    print_table(&results);
+    let json = to_json(&results, cores, &config);
+    let path = json_path();
+    match write_json(&path, &json) {
+        Ok(()) => println!("\nresults written to {}", path.display()),
+        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
+    }
+}
+
+/// What the environment asks for.
+struct Config {
+    connections: usize,
+    client_threads: usize,
+    users: u64,
+    warmup: Duration,
+    measure: Duration,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        Self {
+            connections: env_number("BENCH_CONNECTIONS", 64.0).max(1.0) as usize,
+            client_threads: env_number("BENCH_CLIENT_THREADS", 1.0).max(1.0) as usize,
+            users: env_number("BENCH_USERS", 4096.0).max(1.0) as u64,
+            warmup: Duration::from_secs_f64(env_number("BENCH_WARMUP_SECONDS", 1.0).max(0.0)),
+            measure: Duration::from_secs_f64(env_number("BENCH_SECONDS", 5.0).max(0.1)),
+        }
+    }
+}
+
+fn env_number(name: &str, default: f64) -> f64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .unwrap_or_else(|| panic!("{name} must be a number, not {text:?}")),
+        Err(_) => default,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------------------
+
+/// Both servers, served by one actix system on their own thread.
+struct Servers {
+    presence_addr: SocketAddr,
+    presence: ServerHandle,
+    bare_addr: SocketAddr,
+    bare: ServerHandle,
+    thread: JoinHandle<()>,
+}
+
+impl Servers {
+    fn start() -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-servers".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    let app = Application::build(presence_settings())
+                        .expect("the presence server builds");
+                    let bare = HttpServer::new(|| {
+                        App::new()
+                            .route(REGISTER, web::post().to(bare_heartbeat))
+                            .route(USERS, web::post().to(bare_lookup))
+                    })
+                    .workers(1)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind(("127.0.0.1", 0))
+                    .expect("the bare server binds");
+                    let bare_addr = bare.addrs()[0];
+                    let bare = bare.run();
+                    tx.send((app.local_addr(), app.handle(), bare_addr, bare.handle()))
+                        .expect("main waits for the servers");
+                    let (presence, bare) = tokio::join!(app.run_until_stopped(), bare);
+                    presence.expect("the presence server failed");
+                    bare.expect("the bare server failed");
+                });
+            })
+            .expect("cannot start the server thread");
+        let (presence_addr, presence, bare_addr, bare) =
+            rx.recv().expect("the servers did not start");
+        Self {
+            presence_addr,
+            presence,
+            bare_addr,
+            bare,
+            thread,
+        }
+    }
+
+    /// Stops both servers gracefully and waits for their thread.
+    fn stop(self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to stop the servers");
+        rt.block_on(async {
+            tokio::join!(self.presence.stop(true), self.bare.stop(true));
+        });
+        self.thread.join().expect("the server thread panicked");
+    }
+}
+
+fn presence_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.server.workers = 1;
+    settings.server.shutdown_timeout = Duration::from_secs(2);
+    settings.auth.jwt_secret = SECRET.into();
+    settings.validate().expect("bench settings must be valid");
+    settings
+}
+
+fn json_ok() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+        .body("{}")
+}
+
+/// The baseline heartbeat: parse the same body, answer `{}`.
+async fn bare_heartbeat(body: web::Bytes) -> HttpResponse {
+    match serde_json::from_slice::<RegisterAppPresenceRequest>(&body) {
+        Ok(request) => {
+            std::hint::black_box(&request);
+            json_ok()
+        }
+        Err(_) => HttpResponse::BadRequest().finish(),
+    }
+}
+
+/// The baseline lookup: parse the same 50-id body, answer `{}`.
+async fn bare_lookup(body: web::Bytes) -> HttpResponse {
+    match serde_json::from_slice::<LookupRequest>(&body) {
+        Ok(request) => {
+            std::hint::black_box(&request);
+            json_ok()
+        }
+        Err(_) => HttpResponse::BadRequest().finish(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------
+
+fn http_post(path: &str, authorization: Option<&str>, body: &str) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = authorization {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    request.into_bytes()
+}
+
+/// One heartbeat request per user `1..=users`, each with its own credential.
+fn heartbeat_requests(auth: &Authenticator, users: u64) -> Vec<Vec<u8>> {
+    (1..=users)
+        .map(|n| {
+            let user = UserId::new(n).expect("user ids start at 1");
+            let token = auth
+                .mint(user, Duration::from_secs(3600))
+                .expect("a credential is minted");
+            http_post(REGISTER, Some(&token), HEARTBEAT_BODY)
+        })
+        .collect()
+}
+
+/// Lookup requests of 50 distinct ids drawn from `1..=2 * users`: about half of them are
+/// heartbeating users, the rest were never seen.
+fn lookup_requests(users: u64) -> Vec<Vec<u8>> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let range = users * 2;
+    let distinct = IDS_PER_LOOKUP.min(range as usize);
+    (0..LOOKUP_BODIES)
+        .map(|_| {
+            let mut ids: Vec<u64> = Vec::with_capacity(IDS_PER_LOOKUP);
+            while ids.len() < distinct {
+                let id = next() % range + 1;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            while ids.len() < IDS_PER_LOOKUP {
+                ids.push(ids[ids.len() % distinct]);
+            }
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            http_post(
+                USERS,
+                None,
+                &format!(r#"{{"userIds":[{}]}}"#, list.join(",")),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Load generator
+// ---------------------------------------------------------------------------------------
+
+/// What one connection (or all of them) saw while measuring.
+#[derive(Default)]
+struct Outcome {
+    ok: u64,
+    errors: u64,
+    latencies_ns: Vec<u64>,
+    first_error: Option<String>,
+}
+
+impl Outcome {
+    fn error(&mut self, what: impl FnOnce() -> String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.latencies_ns.extend(other.latencies_ns);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Drives `config.connections` connections at `addr` for warm-up plus measurement.
+/// Connection `c` sends requests `c`, `c + C`, `c + 2C`, ... of `requests`, cyclically.
+fn run_load(addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>, config: &Config) -> Outcome {
+    let start = Instant::now() + config.warmup;
+    let end = start + config.measure;
+    let connections = config.connections;
+    let threads = config.client_threads.min(connections);
+    let workers: Vec<JoinHandle<Outcome>> = (0..threads)
+        .map(|t| {
+            let requests = Arc::clone(requests);
+            std::thread::Builder::new()
+                .name(format!("bench-client-{t}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a client runtime");
+                    rt.block_on(async move {
+                        let tasks: Vec<_> = (t..connections)
+                            .step_by(threads)
+                            .map(|c| {
+                                let mine = own_slice(c, connections, requests.len());
+                                let requests = Arc::clone(&requests);
+                                tokio::spawn(drive(addr, requests, mine, start, end))
+                            })
+                            .collect();
+                        let mut outcome = Outcome::default();
+                        for task in tasks {
+                            outcome.merge(task.await.expect("a connection task panicked"));
+                        }
+                        outcome
+                    })
+                })
+                .expect("cannot start a client thread")
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    for worker in workers {
+        outcome.merge(worker.join().expect("a client thread panicked"));
+    }
+    outcome
+}
+
+/// The request indices connection `c` of `connections` cycles through.
+fn own_slice(c: usize, connections: usize, len: usize) -> Vec<usize> {
+    if len <= connections {
+        vec![c % len]
+    } else {
+        (c..len).step_by(connections).collect()
+    }
+}
+
+/// One keep-alive connection: request, whole response, next request, until `end`. Only
+/// requests that complete in `[start, end)` are counted.
+async fn drive(
+    addr: SocketAddr,
+    requests: Arc<Vec<Vec<u8>>>,
+    mine: Vec<usize>,
+    start: Instant,
+    end: Instant,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut stream: Option<TcpStream> = None;
+    let mut next = 0;
+    while Instant::now() < end {
+        let conn = match stream.as_mut() {
+            Some(conn) => conn,
+            None => match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(conn)) => {
+                    conn.set_nodelay(true).ok();
+                    stream.insert(conn)
+                }
+                failed => {
+                    if Instant::now() >= start {
+                        outcome.error(|| format!("connect: {failed:?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let request = &requests[mine[next % mine.len()]];
+        next += 1;
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(conn, request, &mut buf)).await;
+        let done = Instant::now();
+        let counted = done >= start && done < end;
+        match answer {
+            Ok(Ok(200)) => {
+                if counted {
+                    outcome.ok += 1;
+                    if outcome.latencies_ns.len() < MAX_SAMPLES_PER_CONNECTION {
+                        outcome
+                            .latencies_ns
+                            .push(done.duration_since(sent).as_nanos() as u64);
+                    }
+                }
+            }
+            Ok(Ok(status)) => {
+                if counted {
+                    outcome.error(|| format!("status {status}: {}", String::from_utf8_lossy(&buf)));
+                }
+            }
+            Ok(Err(e)) => {
+                if counted {
+                    outcome.error(|| format!("i/o: {e}"));
+                }
+                stream = None;
+            }
+            Err(_) => {
+                if counted {
+                    outcome.error(|| format!("no answer within {REQUEST_TIMEOUT:?}"));
+                }
+                stream = None;
+            }
+        }
+    }
+    outcome
+}
+
+/// Writes `request` and reads one whole response into `buf`; returns its status.
+async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> io::Result<u16> {
+    conn.write_all(request).await?;
+    buf.clear();
+    let mut searched = 0;
+    let head_len = loop {
+        if let Some(at) = find_head_end(&buf[searched..]) {
+            break searched + at + 4;
+        }
+        searched = buf.len().saturating_sub(3);
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(invalid("response head too long"));
+        }
+        read_more(conn, buf).await?;
+    };
+    let (status, content_length) = parse_head(&buf[..head_len])?;
+    let total = head_len + content_length;
+    while buf.len() < total {
+        read_more(conn, buf).await?;
+    }
+    if buf.len() > total {
+        return Err(invalid("bytes after the response"));
+    }
+    Ok(status)
+}
+
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.reserve(8 * 1024);
+    if conn.read_buf(buf).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// The status and `content-length` of a response head.
+fn parse_head(head: &[u8]) -> io::Result<(u16, usize)> {
+    let head = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let content_length = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .ok_or_else(|| invalid("no content-length"))?;
+    Ok((status, content_length))
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+struct Row {
+    scenario: &'static str,
+    server: &'static str,
+    requests: u64,
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Row {
+    fn new(
+        scenario: &'static str,
+        server: &'static str,
+        mut outcome: Outcome,
+        measured: Duration,
+    ) -> Self {
+        outcome.latencies_ns.sort_unstable();
+        let percentile = |p: f64| -> f64 {
+            let sorted = &outcome.latencies_ns;
+            if sorted.is_empty() {
+                return f64::NAN;
+            }
+            // Nearest rank.
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+            sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
+        };
+        Self {
+            scenario,
+            server,
+            requests: outcome.ok,
+            per_sec: outcome.ok as f64 / measured.as_secs_f64(),
+            p50_us: percentile(50.0),
+            p99_us: percentile(99.0),
+            errors: outcome.errors,
+            first_error: outcome.first_error,
+        }
+    }
+}
+
+/// presence/bare throughput and p50 ratios of each scenario.
+fn ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64)> {
+    let mut out = Vec::new();
+    for row in rows.iter().filter(|r| r.server == PRESENCE) {
+        if let Some(bare) = rows
+            .iter()
+            .find(|r| r.server == BARE && r.scenario == row.scenario)
+        {
+            out.push((
+                row.scenario,
+                row.per_sec / bare.per_sec,
+                row.p50_us / bare.p50_us,
+            ));
+        }
+    }
+    out
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<11} {:<16} {:>11} {:>10} {:>10} {:>7}",
+        "scenario", "server", "requests/s", "p50 µs", "p99 µs", "errors"
+    );
+    println!("{}", "-".repeat(70));
+    for row in rows {
+        println!(
+            "{:<11} {:<16} {:>11.0} {:>10.0} {:>10.0} {:>7}",
+            row.scenario, row.server, row.per_sec, row.p50_us, row.p99_us, row.errors
+        );
+    }
+    println!();
+    for (scenario, throughput, p50) in ratios(rows) {
+        println!(
+            "{scenario:<11} presence/bare: throughput {throughput:.2}x, p50 latency {p50:.2}x"
+        );
+    }
+    for row in rows.iter().filter(|r| r.first_error.is_some()) {
+        let mut error = row.first_error.clone().unwrap_or_default();
+        error.truncate(300);
+        println!(
+            "first error, {} on {}: {}",
+            row.scenario,
+            row.server,
+            error.escape_debug()
+        );
+    }
+}
+
+fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
+    let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
+    serde_json::json!({
+        "cores": cores,
+        "connections": config.connections,
+        "client_threads": config.client_threads,
+        "users": config.users,
+        "warmup_seconds": config.warmup.as_secs_f64(),
+        "seconds": config.measure.as_secs_f64(),
+        "server_workers": 1,
+        "results": rows.iter().map(|r| serde_json::json!({
+            "scenario": r.scenario,
+            "server": r.server,
+            "requests": r.requests,
+            "requests_per_sec": finite(r.per_sec),
+            "p50_us": finite(r.p50_us),
+            "p99_us": finite(r.p99_us),
+            "errors": r.errors,
+            "first_error": r.first_error,
+        })).collect::<Vec<_>>(),
+        "ratios": ratios(rows).into_iter().map(|(scenario, throughput, p50)| serde_json::json!({
+            "scenario": scenario,
+            "throughput_presence_over_bare": finite(throughput),
+            "p50_presence_over_bare": finite(p50),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `$CARGO_TARGET_DIR/bench-http.json`, else `target/bench-http.json` in the package.
+fn json_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench-http.json")
+}
+
+fn write_json(path: &PathBuf, json: &serde_json::Value) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(json).map_err(io::Error::other)?;
+    std::fs::write(path, text + "\n")
+}

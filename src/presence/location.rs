@@ -1,0 +1,209 @@
+//! Location strings, shared rather than copied per user, and the record an entry points at.
+//!
+//! Every map entry holds one 8-byte pointer to a [`Record`]. A present user owns its record
+//! (its session, never shared). An Offline user points at the shared record of its last
+//! location, so going Offline costs no allocation and an Offline user costs no more than
+//! its map slot. A [`Location`] is a handle to such a location record.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
+
+use dashmap::DashSet;
+use triomphe::Arc;
+
+use super::model::Session;
+use super::time::Mono;
+
+/// What a map entry points at.
+#[derive(Debug)]
+pub(crate) enum Record {
+    /// The text of a location; shared.
+    Location(Box<str>),
+    /// A present user's session; owned by that user alone.
+    Live(Live),
+}
+
+/// A present user's session. Lives only while the user is present (or until the sweeper
+/// reaches it after its deadline).
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub location: Location,
+    /// Present while `now < deadline`.
+    pub deadline: Mono,
+    /// The deadline this user's expiry-index slot was filed under.
+    pub scheduled: Mono,
+    pub session: Session,
+}
+
+/// A shared location: a handle to a [`Record::Location`]. Clones share one allocation.
+#[derive(Debug, Clone)]
+pub struct Location(Arc<Record>);
+
+impl Location {
+    pub(crate) fn new(text: &str) -> Self {
+        Self(Arc::new(Record::Location(text.into())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &*self.0 {
+            Record::Location(text) => text,
+            // Unreachable by construction: only `Location::new` builds the inner record.
+            Record::Live(_) => "",
+        }
+    }
+
+    /// The location an entry's record stands for, if it is a location record (an Offline
+    /// user's).
+    pub(crate) fn of_record(record: &Arc<Record>) -> Option<Self> {
+        matches!(&**record, Record::Location(_)).then(|| Self(Arc::clone(record)))
+    }
+
+    /// The record an Offline user at this location points at.
+    pub(crate) fn record(&self) -> Arc<Record> {
+        Arc::clone(&self.0)
+    }
+
+    /// Handles to this location, the interner's own included.
+    fn holders(&self) -> usize {
+        Arc::count(&self.0)
+    }
+
+    pub fn website() -> Self {
+        WEBSITE.clone()
+    }
+
+    pub fn playing() -> Self {
+        PLAYING.clone()
+    }
+
+    pub fn studio() -> Self {
+        STUDIO.clone()
+    }
+
+    /// `""`: the location of a user never seen, or who left before ever saying where.
+    pub fn nowhere() -> Self {
+        NOWHERE.clone()
+    }
+}
+
+impl PartialEq for Location {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Location {}
+
+impl Hash for Location {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Borrow<str> for Location {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+static WEBSITE: LazyLock<Location> = LazyLock::new(|| Location::new("Website"));
+static PLAYING: LazyLock<Location> = LazyLock::new(|| Location::new("Playing"));
+static STUDIO: LazyLock<Location> = LazyLock::new(|| Location::new("Studio"));
+static NOWHERE: LazyLock<Location> = LazyLock::new(|| Location::new(""));
+
+/// Location texts shared between users: at most `capacity` distinct ones; past that, a new
+/// text gets its own unshared copy until [`Locations::purge_unused`] makes room.
+#[derive(Debug)]
+pub struct Locations {
+    shared: DashSet<Location, foldhash::fast::RandomState>,
+    capacity: usize,
+    // Approximate count kept beside the set: `DashSet::len` locks every shard.
+    len: AtomicUsize,
+}
+
+/// Default bound on distinct shared location texts.
+pub const DEFAULT_SHARED_LOCATIONS: usize = 1 << 16;
+
+impl Locations {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shared: DashSet::with_hasher(foldhash::fast::RandomState::default()),
+            capacity,
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The shared handle for `text`, created if there is room.
+    pub fn get(&self, text: &str) -> Location {
+        if let Some(found) = self.shared.get(text) {
+            return found.clone();
+        }
+        let location = Location::new(text);
+        if self.len.load(Ordering::Relaxed) < self.capacity && self.shared.insert(location.clone())
+        {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        location
+    }
+
+    /// Forgets texts no user points at any more; returns how many.
+    pub fn purge_unused(&self) -> usize {
+        let before = self.shared.len();
+        self.shared.retain(|location| location.holders() > 1);
+        let after = self.shared.len();
+        self.len.store(after, Ordering::Relaxed);
+        before - after
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_empty()
+    }
+}
+
+impl Default for Locations {
+    fn default() -> Self {
+        Self::new(DEFAULT_SHARED_LOCATIONS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_text_is_shared() {
+        let locations = Locations::new(10);
+        let a = locations.get("Xbox");
+        let b = locations.get("Xbox");
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a.as_str(), "Xbox");
+        assert_eq!(locations.len(), 1);
+    }
+
+    #[test]
+    fn past_capacity_texts_are_still_stored_but_not_shared() {
+        let locations = Locations::new(1);
+        let _keep = locations.get("a");
+        let b1 = locations.get("b");
+        let b2 = locations.get("b");
+        assert_eq!(b1, b2);
+        assert!(!Arc::ptr_eq(&b1.0, &b2.0));
+        assert_eq!(locations.len(), 1);
+    }
+
+    #[test]
+    fn unused_texts_are_purged_and_used_ones_kept() {
+        let locations = Locations::new(10);
+        let kept = locations.get("kept");
+        drop(locations.get("dropped"));
+        assert_eq!(locations.purge_unused(), 1);
+        assert_eq!(locations.len(), 1);
+        assert!(Arc::ptr_eq(&locations.get("kept").0, &kept.0));
+    }
+}
