@@ -5,14 +5,17 @@
 //! the credential and a 30-minute window, so it is bound to that credential and stays
 //! valid for 30 to 60 minutes with no server-side state.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 use crate::presence::UserId;
 
@@ -26,6 +29,10 @@ const CSRF_WINDOW_SECS: u64 = 30 * 60;
 const CSRF_TOKEN_BYTES: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Credentials remembered as verified, at most; see [`VerifiedCache`].
+const VERIFIED_CACHE_CAPACITY: usize = 1 << 16;
+const VERIFIED_CACHE_SHARDS: usize = 16;
 
 /// Why a credential was refused. All of them answer 401; the reason is for logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +62,7 @@ pub struct Authenticator {
     encoding: EncodingKey,
     validation: Validation,
     csrf: HmacSha256,
+    verified: Arc<VerifiedCache>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -83,19 +91,33 @@ impl Authenticator {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             validation,
             csrf,
+            verified: Arc::new(VerifiedCache::new()),
         }
     }
 
     /// The user a valid, unexpired credential speaks for.
     pub fn verify(&self, jwt: &str) -> Result<UserId, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
+        let now = unix_secs(SystemTime::now());
+        if let Some(user) = self.verified.get(&digest, now) {
+            return Ok(user);
+        }
+        let (user, expires) = self.verify_signed(jwt)?;
+        self.verified.insert(digest, user, expires);
+        Ok(user)
+    }
+
+    /// Full verification: signature, algorithm, `exp`, `sub`.
+    fn verify_signed(&self, jwt: &str) -> Result<(UserId, u64), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(jwt, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        match data.claims.sub {
+        let user = match data.claims.sub {
             serde_json::Value::String(s) => UserId::parse(&s),
             serde_json::Value::Number(n) => n.as_u64().and_then(UserId::new),
             _ => None,
         }
-        .ok_or(AuthError::BadSubject)
+        .ok_or(AuthError::BadSubject)?;
+        Ok((user, data.claims.exp))
     }
 
     /// A credential for `user`, valid for `ttl` from now.
@@ -138,6 +160,49 @@ impl Authenticator {
         mac.update(&window.to_be_bytes());
         mac.update(credential.as_bytes());
         mac
+    }
+}
+
+/// Credentials already verified, keyed by their SHA-256, so that the heartbeat a client
+/// repeats with the same token skips decoding and the signature check. Keyed by a digest
+/// rather than the token, so that comparing keys reveals nothing about a credential.
+/// Expiry is still checked on every use. Bounded: a full shard is emptied.
+#[derive(Debug)]
+struct VerifiedCache {
+    shards: Vec<Mutex<VerifiedShard>>,
+}
+
+/// Credential digest -> (user, `exp` in Unix seconds).
+type VerifiedShard = HashMap<[u8; 32], (UserId, u64), foldhash::fast::RandomState>;
+
+impl VerifiedCache {
+    fn new() -> Self {
+        Self {
+            shards: (0..VERIFIED_CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, digest: &[u8; 32]) -> &Mutex<VerifiedShard> {
+        &self.shards[usize::from(digest[0]) % VERIFIED_CACHE_SHARDS]
+    }
+
+    /// The user of a remembered credential that has not expired at `now` (Unix seconds).
+    fn get(&self, digest: &[u8; 32], now: u64) -> Option<UserId> {
+        let shard = self.shard(digest).lock();
+        shard
+            .get(digest)
+            .filter(|(_, expires)| now <= *expires)
+            .map(|(user, _)| *user)
+    }
+
+    fn insert(&self, digest: [u8; 32], user: UserId, expires: u64) {
+        let mut shard = self.shard(&digest).lock();
+        if shard.len() >= VERIFIED_CACHE_CAPACITY / VERIFIED_CACHE_SHARDS {
+            shard.clear();
+        }
+        shard.insert(digest, (user, expires));
     }
 }
 
@@ -227,6 +292,45 @@ mod tests {
         let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"1","exp":{}}}"#, in_an_hour()));
         assert!(a.verify(&format!("{header}.{body}.")).is_err());
         assert!(a.verify("not a jwt").is_err());
+    }
+
+    #[test]
+    fn a_remembered_credential_still_expires() {
+        let a = auth();
+        let exp = unix_secs(SystemTime::now()) + 1;
+        let jwt = sign(
+            serde_json::json!({"sub": "5", "exp": exp}),
+            ALGORITHM,
+            "test-secret",
+        );
+        assert_eq!(a.verify(&jwt), Ok(user(5)));
+        assert_eq!(a.verify(&jwt), Ok(user(5)));
+        let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
+        assert_eq!(a.verified.get(&digest, exp), Some(user(5)));
+        assert_eq!(a.verified.get(&digest, exp + 1), None);
+    }
+
+    #[test]
+    fn a_refused_credential_is_not_remembered() {
+        let a = auth();
+        let forged = sign(
+            serde_json::json!({"sub": "1", "exp": in_an_hour()}),
+            ALGORITHM,
+            "other-secret",
+        );
+        assert!(a.verify(&forged).is_err());
+        assert!(a.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn the_verified_cache_stays_bounded() {
+        let cache = VerifiedCache::new();
+        for i in 0..(VERIFIED_CACHE_CAPACITY as u32 * 2) {
+            let digest: [u8; 32] = Sha256::digest(i.to_be_bytes()).into();
+            cache.insert(digest, user(1), u64::MAX);
+        }
+        let total: usize = cache.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(total <= VERIFIED_CACHE_CAPACITY, "{total}");
     }
 
     #[test]

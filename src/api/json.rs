@@ -4,9 +4,11 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use chrono::{Datelike as _, Timelike as _};
+
 use chrono::{DateTime, Utc};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
 use super::body::FromBody;
@@ -161,13 +163,23 @@ impl LookupRequest {
         if self.user_ids.len() > max {
             return Err(ApiError::TooManyUserIds);
         }
-        let mut ids = Vec::with_capacity(self.user_ids.len());
-        let mut seen = std::collections::HashSet::with_capacity(self.user_ids.len());
+        let mut ids: Vec<UserId> = Vec::with_capacity(self.user_ids.len());
+        // A linear scan beats hashing for the usual 50 ids; a set keeps larger lists linear.
+        let mut seen = (self.user_ids.len() > 64).then(|| {
+            std::collections::HashSet::with_capacity_and_hasher(
+                self.user_ids.len(),
+                foldhash::fast::RandomState::default(),
+            )
+        });
         for item in self.user_ids {
             let IdItem::Valid(id) = item else {
                 return Err(ApiError::InvalidUserId);
             };
-            if seen.insert(id) {
+            let new = match &mut seen {
+                Some(seen) => seen.insert(id),
+                None => !ids.contains(&id),
+            };
+            if new {
                 ids.push(id);
             }
         }
@@ -176,69 +188,117 @@ impl LookupRequest {
 }
 
 /// `{"userPresences":[...]}` for the given views, with presence types as configured.
-pub fn user_presences(
-    views: &[PresenceView],
-    format: PresenceTypeFormat,
-) -> Result<Vec<u8>, ApiError> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "userPresences")]
-        user_presences: Vec<Item<'a>>,
+/// Written by hand, key by key in the contract's order: this is the lookup's hot path.
+pub fn user_presences(views: &[PresenceView], format: PresenceTypeFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + views.len() * 240);
+    out.extend_from_slice(b"{\"userPresences\":[");
+    for (i, view) in views.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_presence(&mut out, view, format);
     }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Item<'a> {
-        user_presence_type: TypeRepr,
-        last_location: &'a str,
-        place_id: Option<i64>,
-        root_place_id: Option<i64>,
-        universe_id: Option<i64>,
-        game_id: Option<Uuid>,
-        user_id: u64,
-        last_online: LastOnline,
-    }
-    let body = Body {
-        user_presences: views
-            .iter()
-            .map(|v| Item {
-                user_presence_type: TypeRepr(v.kind, format),
-                last_location: v.last_location.as_str(),
-                place_id: v.place.map(|p| p.place_id),
-                root_place_id: v.place.map(|p| p.root_place_id),
-                universe_id: v.place.and_then(|p| p.universe_id).map(|u| u.get()),
-                game_id: v.game_id,
-                user_id: v.user_id.get(),
-                last_online: LastOnline(v.last_online.map(|w| w.0)),
-            })
-            .collect(),
-    };
-    serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))
+    out.extend_from_slice(b"]}");
+    out
 }
 
-struct TypeRepr(crate::presence::PresenceType, PresenceTypeFormat);
-
-impl Serialize for TypeRepr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.1 {
-            PresenceTypeFormat::String => s.serialize_str(self.0.as_str()),
-            PresenceTypeFormat::Integer => s.serialize_u8(self.0.as_int()),
+fn write_presence(out: &mut Vec<u8>, v: &PresenceView, format: PresenceTypeFormat) {
+    out.extend_from_slice(b"{\"userPresenceType\":");
+    match format {
+        PresenceTypeFormat::String => {
+            out.push(b'"');
+            out.extend_from_slice(v.kind.as_str().as_bytes());
+            out.push(b'"');
         }
+        PresenceTypeFormat::Integer => out.push(b'0' + v.kind.as_int()),
+    }
+    out.extend_from_slice(b",\"lastLocation\":");
+    write_str(out, v.last_location.as_str());
+    out.extend_from_slice(b",\"placeId\":");
+    write_opt_int(out, v.place.map(|p| p.place_id));
+    out.extend_from_slice(b",\"rootPlaceId\":");
+    write_opt_int(out, v.place.map(|p| p.root_place_id));
+    out.extend_from_slice(b",\"universeId\":");
+    write_opt_int(out, v.place.and_then(|p| p.universe_id).map(|u| u.get()));
+    out.extend_from_slice(b",\"gameId\":");
+    match v.game_id {
+        Some(id) => {
+            out.push(b'"');
+            out.extend_from_slice(
+                id.hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"userId\":");
+    out.extend_from_slice(itoa::Buffer::new().format(v.user_id.get()).as_bytes());
+    out.extend_from_slice(b",\"lastOnline\":\"");
+    write_last_online(out, v.last_online.map(|w| w.0));
+    out.extend_from_slice(b"\"}");
+}
+
+/// A JSON string with the escapes JSON requires.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail, and a str is always valid JSON once escaped.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn write_opt_int(out: &mut Vec<u8>, value: Option<i64>) {
+    match value {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
 /// RFC 3339 in UTC with milliseconds and `Z`; the sentinel for a user never seen.
-struct LastOnline(Option<i64>);
-
-impl Serialize for LastOnline {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.and_then(DateTime::<Utc>::from_timestamp_millis) {
-            Some(t) => {
-                let mut text = String::with_capacity(24);
-                let _ = write!(text, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-                s.serialize_str(&text)
-            }
-            None => s.serialize_str(NEVER_SEEN_LAST_ONLINE),
+fn write_last_online(out: &mut Vec<u8>, millis: Option<i64>) {
+    let Some(t) = millis.and_then(DateTime::<Utc>::from_timestamp_millis) else {
+        out.extend_from_slice(NEVER_SEEN_LAST_ONLINE.as_bytes());
+        return;
+    };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        let _ = write!(VecWriter(out), "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        return;
+    }
+    let ms = t.timestamp_subsec_millis();
+    let digits = [
+        (year as u32 / 100, 2),
+        (year as u32 % 100, 2),
+        (t.month(), 2),
+        (t.day(), 2),
+        (t.hour(), 2),
+        (t.minute(), 2),
+        (t.second(), 2),
+        (ms, 3),
+    ];
+    for (i, (value, width)) in digits.into_iter().enumerate() {
+        out.extend_from_slice(match i {
+            2 | 3 => b"-",
+            4 => b"T",
+            5 | 6 => b":",
+            7 => b".",
+            _ => b"",
+        });
+        if width == 3 {
+            out.push(b'0' + (value / 100) as u8);
         }
+        out.push(b'0' + (value / 10 % 10) as u8);
+        out.push(b'0' + (value % 10) as u8);
+    }
+    out.push(b'Z');
+}
+
+/// `fmt::Write` into a byte vector, for the rare fallback above.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -304,6 +364,21 @@ mod tests {
     }
 
     #[test]
+    fn long_lists_are_deduplicated_in_first_order_too() {
+        let items: Vec<IdItem> = (0..300u64)
+            .map(|i| IdItem::Valid(UserId::new(i % 100 + 1).unwrap()))
+            .collect();
+        let ids = LookupRequest { user_ids: items }
+            .into_user_ids(1000)
+            .unwrap();
+        assert_eq!(ids.len(), 100);
+        assert!(ids
+            .iter()
+            .enumerate()
+            .all(|(i, id)| id.get() == i as u64 + 1));
+    }
+
+    #[test]
     fn too_many_ids_are_counted_before_deduplication() {
         let body = format!(r#"{{"userIds":[{}]}}"#, vec!["1"; 51].join(","));
         assert!(matches!(ids(&body), Err(ApiError::TooManyUserIds)));
@@ -342,11 +417,65 @@ mod tests {
         ));
     }
 
+    fn last_online(millis: Option<i64>) -> String {
+        let mut out = Vec::new();
+        write_last_online(&mut out, millis);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn last_online_is_rfc3339_utc_with_milliseconds() {
-        let v = serde_json::to_value(LastOnline(Some(1_795_652_111_123))).unwrap();
-        assert_eq!(v, "2026-11-26T00:15:11.123Z");
-        let v = serde_json::to_value(LastOnline(None)).unwrap();
-        assert_eq!(v, NEVER_SEEN_LAST_ONLINE);
+        assert_eq!(
+            last_online(Some(1_795_652_111_123)),
+            "2026-11-26T00:15:11.123Z"
+        );
+        assert_eq!(
+            last_online(Some(1_795_652_111_003)),
+            "2026-11-26T00:15:11.003Z"
+        );
+        assert_eq!(last_online(Some(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            last_online(Some(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(last_online(None), NEVER_SEEN_LAST_ONLINE);
+    }
+
+    #[test]
+    fn every_presence_is_written_with_all_eight_keys_as_valid_json() {
+        use crate::presence::model::PlaceInfo;
+        use crate::presence::time::WallMillis;
+        use crate::presence::{Location, PresenceType};
+        let views = [
+            PresenceView::never_seen(UserId::new(1).unwrap()),
+            PresenceView {
+                user_id: UserId::new(2).unwrap(),
+                kind: PresenceType::InGame,
+                last_location: Location::new("Quote \" and \\ and \u{1}"),
+                place: Some(PlaceInfo {
+                    place_id: 5,
+                    root_place_id: 6,
+                    universe_id: std::num::NonZeroI64::new(7),
+                }),
+                game_id: Some(Uuid::from_u128(0x6fbe6f4e_3a3f_4b43_9f7e_2d7c7c8e9a11)),
+                last_online: Some(WallMillis(1_795_652_111_123)),
+            },
+        ];
+        let text = user_presences(&views, PresenceTypeFormat::String);
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"userPresences": [
+                {"userPresenceType": "Offline", "lastLocation": "", "placeId": null,
+                 "rootPlaceId": null, "universeId": null, "gameId": null, "userId": 1,
+                 "lastOnline": "0001-01-01T00:00:00.000Z"},
+                {"userPresenceType": "InGame", "lastLocation": "Quote \" and \\ and \u{1}",
+                 "placeId": 5, "rootPlaceId": 6, "universeId": 7,
+                 "gameId": "6fbe6f4e-3a3f-4b43-9f7e-2d7c7c8e9a11", "userId": 2,
+                 "lastOnline": "2026-11-26T00:15:11.123Z"}
+            ]})
+        );
+        let text = user_presences(&views[..1], PresenceTypeFormat::Integer);
+        assert!(text.starts_with(br#"{"userPresences":[{"userPresenceType":0,"lastLocation":"""#));
     }
 }

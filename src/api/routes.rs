@@ -50,7 +50,7 @@ async fn users(
     let request: LookupRequest = body.decode()?;
     let ids = request.into_user_ids(state.settings.api.max_user_ids)?;
     let views = state.store.get_many(&ids, state.clock.now().mono);
-    let bytes = json::user_presences(&views, state.settings.api.presence_type)?;
+    let bytes = json::user_presences(&views, state.settings.api.presence_type);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(bytes))
