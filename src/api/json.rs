@@ -187,22 +187,48 @@ impl LookupRequest {
     }
 }
 
-/// `{"userPresences":[...]}` for the given views, with presence types as configured.
-/// Written by hand, key by key in the contract's order: this is the lookup's hot path.
-pub fn user_presences(views: &[PresenceView], format: PresenceTypeFormat) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24 + views.len() * 240);
-    out.extend_from_slice(b"{\"userPresences\":[");
-    for (i, view) in views.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_presence(&mut out, view, format);
-    }
-    out.extend_from_slice(b"]}");
-    out
+/// Writes `{"userPresences":[...]}`, one presence at a time, with presence types as
+/// configured. Written by hand, key by key in the contract's order: this is the lookup's
+/// hot path.
+pub struct PresencesWriter {
+    out: Vec<u8>,
+    format: PresenceTypeFormat,
+    empty: bool,
 }
 
-fn write_presence(out: &mut Vec<u8>, v: &PresenceView, format: PresenceTypeFormat) {
+impl PresencesWriter {
+    pub fn new(format: PresenceTypeFormat, expected: usize) -> Self {
+        let mut out = Vec::with_capacity(24 + expected * 240);
+        out.extend_from_slice(b"{\"userPresences\":[");
+        Self {
+            out,
+            format,
+            empty: true,
+        }
+    }
+
+    pub fn push(&mut self, view: &PresenceView<'_>) {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        write_presence(&mut self.out, view, self.format);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.extend_from_slice(b"]}");
+        self.out
+    }
+}
+
+/// `{"userPresences":[...]}` for the given views.
+pub fn user_presences(views: &[PresenceView<'_>], format: PresenceTypeFormat) -> Vec<u8> {
+    let mut writer = PresencesWriter::new(format, views.len());
+    views.iter().for_each(|v| writer.push(v));
+    writer.finish()
+}
+
+fn write_presence(out: &mut Vec<u8>, v: &PresenceView<'_>, format: PresenceTypeFormat) {
     out.extend_from_slice(b"{\"userPresenceType\":");
     match format {
         PresenceTypeFormat::String => {
@@ -213,7 +239,7 @@ fn write_presence(out: &mut Vec<u8>, v: &PresenceView, format: PresenceTypeForma
         PresenceTypeFormat::Integer => out.push(b'0' + v.kind.as_int()),
     }
     out.extend_from_slice(b",\"lastLocation\":");
-    write_str(out, v.last_location.as_str());
+    write_str(out, &v.last_location);
     out.extend_from_slice(b",\"placeId\":");
     write_opt_int(out, v.place.map(|p| p.place_id));
     out.extend_from_slice(b",\"rootPlaceId\":");
@@ -445,13 +471,13 @@ mod tests {
     fn every_presence_is_written_with_all_eight_keys_as_valid_json() {
         use crate::presence::model::PlaceInfo;
         use crate::presence::time::WallMillis;
-        use crate::presence::{Location, PresenceType};
+        use crate::presence::PresenceType;
         let views = [
             PresenceView::never_seen(UserId::new(1).unwrap()),
             PresenceView {
                 user_id: UserId::new(2).unwrap(),
                 kind: PresenceType::InGame,
-                last_location: Location::new("Quote \" and \\ and \u{1}"),
+                last_location: "Quote \" and \\ and \u{1}".into(),
                 place: Some(PlaceInfo {
                     place_id: 5,
                     root_place_id: 6,

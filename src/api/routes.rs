@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use super::body::Body;
 use super::error::{ApiError, JSON_UTF8};
 use super::extract::{Reader, WritingUser};
-use super::json::{self, LookupRequest, RegisterAppPresenceRequest};
+use super::json::{LookupRequest, PresencesWriter, RegisterAppPresenceRequest};
 use super::AppState;
 use crate::presence::Heartbeat;
 
@@ -49,8 +49,11 @@ async fn users(
 ) -> Result<HttpResponse, ApiError> {
     let request: LookupRequest = body.decode()?;
     let ids = request.into_user_ids(state.settings.api.max_user_ids)?;
-    let views = state.store.get_many(&ids, state.clock.now().mono);
-    let bytes = json::user_presences(&views, state.settings.api.presence_type);
+    let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
+    state
+        .store
+        .visit_many(&ids, state.clock.now().mono, |view| answer.push(view));
+    let bytes = answer.finish();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(bytes))

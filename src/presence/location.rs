@@ -54,12 +54,6 @@ impl Location {
         }
     }
 
-    /// The location an entry's record stands for, if it is a location record (an Offline
-    /// user's).
-    pub(crate) fn of_record(record: &Arc<Record>) -> Option<Self> {
-        matches!(&**record, Record::Location(_)).then(|| Self(Arc::clone(record)))
-    }
-
     /// The record an Offline user at this location points at.
     pub(crate) fn record(&self) -> Arc<Record> {
         Arc::clone(&self.0)

@@ -1,5 +1,6 @@
 //! The domain's values: user ids, presence types, a heartbeat and the view a lookup returns.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::num::NonZeroI64;
 
@@ -181,27 +182,35 @@ fn starts_with_studio(location: &str) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(b"studio"))
 }
 
-/// One user's presence as a lookup reports it: an owned copy, no lock held.
+/// One user's presence as a lookup reports it. A lookup borrows the location text from
+/// the store for as long as it writes the answer; [`PresenceView::into_owned`] detaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceView {
+pub struct PresenceView<'a> {
     pub user_id: UserId,
     pub kind: PresenceType,
-    pub last_location: Location,
+    pub last_location: Cow<'a, str>,
     pub place: Option<PlaceInfo>,
     pub game_id: Option<Uuid>,
     /// `None` for a user never seen.
     pub last_online: Option<WallMillis>,
 }
 
-impl PresenceView {
+impl PresenceView<'_> {
     pub fn never_seen(user_id: UserId) -> Self {
         Self {
             user_id,
             kind: PresenceType::Offline,
-            last_location: Location::nowhere(),
+            last_location: Cow::Borrowed(""),
             place: None,
             game_id: None,
             last_online: None,
+        }
+    }
+
+    pub fn into_owned(self) -> PresenceView<'static> {
+        PresenceView {
+            last_location: Cow::Owned(self.last_location.into_owned()),
+            ..self
         }
     }
 }

@@ -7,6 +7,7 @@
 //! record is its own session; an Offline user's is the shared record of its last location
 //! (see `location`), so an Offline user costs only its map slot.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -34,29 +35,22 @@ struct Entry {
 }
 
 impl Entry {
-    fn view(&self, user_id: UserId, now: Mono) -> PresenceView {
-        match &*self.record {
-            Record::Live(live) if now < live.deadline => PresenceView {
-                user_id,
-                kind: live.session.kind,
-                last_location: live.location.clone(),
-                place: live.session.place,
-                game_id: live.session.game_id,
-                last_online: Some(self.last_online),
-            },
-            record => PresenceView {
-                user_id,
-                kind: PresenceType::Offline,
-                last_location: match record {
-                    Record::Live(live) => live.location.clone(),
-                    Record::Location(_) => {
-                        Location::of_record(&self.record).unwrap_or_else(Location::nowhere)
-                    }
-                },
-                place: None,
-                game_id: None,
-                last_online: Some(self.last_online),
-            },
+    fn view(&self, user_id: UserId, now: Mono) -> PresenceView<'_> {
+        let (kind, live) = match &*self.record {
+            Record::Live(live) if now < live.deadline => (live.session.kind, Some(live)),
+            _ => (PresenceType::Offline, None),
+        };
+        let last_location = match &*self.record {
+            Record::Live(live) => live.location.as_str(),
+            Record::Location(text) => text,
+        };
+        PresenceView {
+            user_id,
+            kind,
+            last_location: Cow::Borrowed(last_location),
+            place: live.and_then(|l| l.session.place),
+            game_id: live.and_then(|l| l.session.game_id),
+            last_online: Some(self.last_online),
         }
     }
 }
@@ -188,14 +182,23 @@ impl Store {
         }
     }
 
-    /// The presence of each id, in the given order. Never creates or changes an entry.
-    pub fn get_many(&self, ids: &[UserId], now: Mono) -> Vec<PresenceView> {
-        ids.iter()
-            .map(|&id| match self.users.get(&id) {
-                Some(entry) => entry.view(id, now),
-                None => PresenceView::never_seen(id),
-            })
-            .collect()
+    /// Calls `visit` with the presence of each id, in the given order, each borrowed from
+    /// the store while its shard's read lock is held (one user at a time, released before
+    /// the next). Never creates or changes an entry.
+    pub fn visit_many(&self, ids: &[UserId], now: Mono, mut visit: impl FnMut(&PresenceView<'_>)) {
+        for &id in ids {
+            match self.users.get(&id) {
+                Some(entry) => visit(&entry.view(id, now)),
+                None => visit(&PresenceView::never_seen(id)),
+            }
+        }
+    }
+
+    /// The presence of each id, in the given order, as owned copies.
+    pub fn get_many(&self, ids: &[UserId], now: Mono) -> Vec<PresenceView<'static>> {
+        let mut views = Vec::with_capacity(ids.len());
+        self.visit_many(ids, now, |view| views.push(view.clone().into_owned()));
+        views
     }
 
     /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past
@@ -376,7 +379,7 @@ mod tests {
         }
     }
 
-    fn one(store: &Store, n: u64, now: u64) -> PresenceView {
+    fn one(store: &Store, n: u64, now: u64) -> PresenceView<'static> {
         store.get_many(&[user(n)], Mono(now)).remove(0)
     }
 
@@ -415,7 +418,7 @@ mod tests {
         assert_eq!(v.kind, PresenceType::Offline);
         assert_eq!(v.place, None);
         assert_eq!(v.game_id, None);
-        assert_eq!(v.last_location.as_str(), "Playing");
+        assert_eq!(v.last_location, "Playing");
         assert_eq!(v.last_online, Some(at(10).wall));
     }
 
@@ -430,7 +433,7 @@ mod tests {
         assert_eq!(report.expired, 1);
         let v = one(&s, 1, 1100);
         assert_eq!(
-            (v.kind, v.last_location.as_str(), v.last_online),
+            (v.kind, &*v.last_location, v.last_online),
             (PresenceType::Offline, "Website", Some(at(0).wall))
         );
         assert_eq!(one(&s, 2, 1100).kind, PresenceType::Online);
@@ -460,7 +463,7 @@ mod tests {
         assert_eq!(report.expired, 0);
         assert_eq!(report.rescheduled, 1);
         assert_eq!(one(&s, 1, 1800).kind, PresenceType::Online);
-        assert_eq!(one(&s, 1, 1800).last_location.as_str(), "b");
+        assert_eq!(one(&s, 1, 1800).last_location, "b");
         assert_eq!(s.scheduled(), 1);
         assert_eq!(s.sweep(at(2000)).expired, 1);
         assert_eq!(s.scheduled(), 0);
@@ -504,7 +507,7 @@ mod tests {
         s.heartbeat(user(1), Heartbeat::Disconnect, at(300));
         let v = one(&s, 1, 301);
         assert_eq!(v.kind, PresenceType::Offline);
-        assert_eq!(v.last_location.as_str(), "Playing");
+        assert_eq!(v.last_location, "Playing");
         assert_eq!(v.last_online, Some(at(300).wall));
         assert_eq!(v.place, None);
         // Its stale index slot is dropped by the next due sweep, without counting an expiry.
@@ -518,7 +521,7 @@ mod tests {
         s.heartbeat(user(7), Heartbeat::Disconnect, at(42));
         let v = one(&s, 7, 50);
         assert_eq!(v.kind, PresenceType::Offline);
-        assert_eq!(v.last_location.as_str(), "");
+        assert_eq!(v.last_location, "");
         assert_eq!(v.last_online, Some(at(42).wall));
         assert_eq!(s.scheduled(), 0);
     }
@@ -587,7 +590,7 @@ mod tests {
         s.heartbeat(user(1), online("back"), at(9_000));
         s.heartbeat(user(1), Heartbeat::Disconnect, at(9_500));
         assert_eq!(s.sweep(at(10_200)).dropped, 0);
-        assert_eq!(one(&s, 1, 10_200).last_location.as_str(), "back");
+        assert_eq!(one(&s, 1, 10_200).last_location, "back");
         assert_eq!(s.sweep(at(19_400)).dropped, 0);
         assert_eq!(s.sweep(at(19_700)).dropped, 1);
     }
