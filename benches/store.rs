@@ -1,4 +1,5 @@
-//! Store operations without HTTP, timed by criterion: heartbeat (one and two threads),
+//! Store operations without HTTP, timed by criterion: heartbeat (one and two threads, and
+//! one thread on a cache-resident set of users),
 //! lookup of 50 ids, a sweep with nothing due at 1M and 4M users, and a sweep that expires
 //! 10k users among 1M.
 //!
@@ -25,6 +26,12 @@ fn heartbeat(c: &mut Criterion) {
     let mut ids = Ids::new(7);
     group.bench_function("1 thread", |b| {
         b.iter(|| store.heartbeat(ids.next_in(MILLION), online(), at(10)))
+    });
+    // The same store, but heartbeats from 10k of its users only: their entries stay in
+    // cache, so this is the CPU cost without the memory latency of a random user.
+    let mut ids = Ids::new(9);
+    group.bench_function("1 thread, 10k hot users", |b| {
+        b.iter(|| store.heartbeat(ids.next_in(10_000), online(), at(10)))
     });
     // Two threads each do `iters` heartbeats; time per heartbeat is total time over both.
     group.throughput(Throughput::Elements(2));

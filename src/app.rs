@@ -1,5 +1,6 @@
-//! Builds the running service from settings (the HTTP server and the sweeper) and shuts it
-//! down. `main` and the tests go through the same [`Application::build`].
+//! Builds the running service from settings (the store loaded from its snapshot, the HTTP
+//! server, the sweeper and the snapshot writer) and shuts it down. `main` and the tests go
+//! through the same [`Application::build`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,20 +13,24 @@ use anyhow::Context as _;
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::presence::{Clock, PlaceCatalog, Store, Sweeper};
+use crate::periodic::Periodic;
+use crate::persistence;
+use crate::presence::{Clock, PlaceCatalog, Store};
 
 /// A bound server and its sweeper, ready to run.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
-    sweeper: Sweeper,
+    sweeper: Periodic,
+    snapshotter: Option<Periodic>,
     state: web::Data<AppState>,
 }
 
 impl Application {
-    /// Binds `server.bind` (port 0 picks a free port) and starts the sweeper. Must be called
-    /// inside a Tokio runtime; nothing is served until [`Application::run_until_stopped`].
-    /// The server ignores signals: the caller decides when to stop (see [`Self::handle`]).
+    /// Loads the snapshot (if persistence is on), binds `server.bind` (port 0 picks a free
+    /// port) and starts the sweeper and the snapshot writer. Must be called inside a Tokio
+    /// runtime; nothing is served until [`Application::run_until_stopped`]. The server
+    /// ignores signals: the caller decides when to stop (see [`Self::handle`]).
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let clock = Clock::new();
         let store = Arc::new(Store::new(
@@ -33,6 +38,28 @@ impl Application {
             settings.presence.sweep_interval,
             settings.presence.offline_retention,
         ));
+        let persist = &settings.persistence;
+        if persist.enabled {
+            persistence::prepare(&persist.path).with_context(|| {
+                format!(
+                    "persistence.path {} is not writable",
+                    persist.path.display()
+                )
+            })?;
+            match persistence::load(&store, &persist.path, clock.now())? {
+                Some(loaded) => tracing::info!(
+                    path = %persist.path.display(),
+                    users = loaded.users,
+                    bytes = loaded.bytes,
+                    seconds = loaded.seconds,
+                    "snapshot loaded"
+                ),
+                None => tracing::info!(
+                    path = %persist.path.display(),
+                    "no snapshot yet: starting empty"
+                ),
+            }
+        }
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
             auth: Authenticator::new(&settings.auth.jwt_secret),
@@ -63,12 +90,44 @@ impl Application {
             .copied()
             .context("the server is bound to no address")?;
         let server = http.run();
-        let sweeper = Sweeper::spawn(store, clock, state.settings.presence.sweep_interval)
-            .context("cannot start the sweeper thread")?;
+        let sweeper = {
+            let store = Arc::clone(&store);
+            Periodic::spawn(
+                "presence-sweeper",
+                state.settings.presence.sweep_interval,
+                move || {
+                    let report = store.sweep(clock.now());
+                    if report.expired + report.dropped > 0 {
+                        tracing::debug!(
+                            expired = report.expired,
+                            rescheduled = report.rescheduled,
+                            dropped = report.dropped,
+                            "sweep"
+                        );
+                    }
+                },
+            )
+            .context("cannot start the sweeper thread")?
+        };
+        let persist = &state.settings.persistence;
+        let snapshotter = if persist.enabled {
+            let path = persist.path.clone();
+            let writer =
+                Periodic::spawn("presence-snapshot", persist.snapshot_interval, move || {
+                    // A failed periodic write is retried at the next interval; the previous
+                    // snapshot stays in place meanwhile.
+                    let _ = write_snapshot(&store, &path, clock);
+                })
+                .context("cannot start the snapshot thread")?;
+            Some(writer)
+        } else {
+            None
+        };
         Ok(Self {
             addr,
             server,
             sweeper,
+            snapshotter,
             state,
         })
     }
@@ -89,13 +148,44 @@ impl Application {
         &self.state
     }
 
-    /// Serves until stopped, then stops and joins the sweeper.
+    /// Serves until stopped; then stops and joins the background threads and, with
+    /// persistence on, writes a last snapshot. Fails if that snapshot cannot be written.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
-        let sweeper = self.sweeper;
-        tokio::task::spawn_blocking(move || sweeper.stop())
-            .await
-            .context("joining the sweeper")?;
+        let (sweeper, snapshotter, state) = (self.sweeper, self.snapshotter, self.state);
+        tokio::task::spawn_blocking(move || {
+            sweeper.stop();
+            if let Some(snapshotter) = snapshotter {
+                snapshotter.stop();
+                let path = &state.settings.persistence.path;
+                write_snapshot(&state.store, path, state.clock).with_context(|| {
+                    format!("cannot write the last snapshot to {}", path.display())
+                })?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("joining the background threads")??;
         served.context("the HTTP server failed")
+    }
+}
+
+/// Writes a snapshot and logs the outcome.
+fn write_snapshot(store: &Store, path: &std::path::Path, clock: Clock) -> std::io::Result<()> {
+    match persistence::write(store, path, clock.now()) {
+        Ok(stats) => {
+            tracing::debug!(
+                path = %path.display(),
+                users = stats.users,
+                bytes = stats.bytes,
+                seconds = stats.seconds,
+                "snapshot written"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the snapshot");
+            Err(e)
+        }
     }
 }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub presence: PresenceSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
+    pub persistence: PersistenceSettings,
     pub places: Vec<PlaceSettings>,
 }
 
@@ -126,6 +127,26 @@ impl Default for AuthSettings {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceSettings {
+    pub enabled: bool,
+    /// Relative paths are taken from the working directory.
+    pub path: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for PersistenceSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("data/presence.snapshot"),
+            snapshot_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// One place of the catalog: `placeId -> (universe, root place, name)`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +207,12 @@ impl Settings {
         }
         if self.api.max_user_ids == 0 {
             return Err("api.max_user_ids must be at least 1".into());
+        }
+        if self.persistence.enabled && self.persistence.snapshot_interval.is_zero() {
+            return Err("persistence.snapshot_interval must be longer than 0s".into());
+        }
+        if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
+            return Err("persistence.path must not be empty".into());
         }
         if self.auth.jwt_secret.is_empty() {
             return Err("auth.jwt_secret must not be empty".into());

@@ -10,12 +10,16 @@
 //!   place catalog ([`presence::places`]) and the two clocks ([`presence::time`]).
 //! - [`api`]: HTTP only: routes, the body extractor, credential extractors, the error type
 //!   and the JSON shapes.
+//! - [`persistence`]: snapshots of the store, written atomically and read at start-up.
+//! - [`periodic`]: the background threads (sweeper, snapshot writer) and their shutdown.
 //! - [`telemetry`]: log set-up.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod periodic;
+pub mod persistence;
 pub mod presence;
 pub mod telemetry;
 

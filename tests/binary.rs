@@ -20,7 +20,7 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 }
 
 /// A config that binds a free port and keeps the server small.
-const BASE: &str = "[server]\nbind = \"127.0.0.1:0\"\nworkers = 1\nshutdown_timeout = \"2s\"\n";
+const BASE: &str = "[persistence]\nenabled = false\n[server]\nbind = \"127.0.0.1:0\"\nworkers = 1\nshutdown_timeout = \"2s\"\n";
 
 fn command(config: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);

@@ -1,4 +1,4 @@
-//! The expiry index and the sweeper thread that drains it.
+//! The expiry index that the sweeper drains (see `Store::sweep`).
 //!
 //! With one TTL for everyone, deadlines only move forward, so a present user needs one slot
 //! in a coarse time bucket (one sweep interval wide) and a heartbeat never touches the index
@@ -7,16 +7,12 @@
 //! stale → flipped Offline. Work is proportional to the users whose bucket came due.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::model::UserId;
-use super::store::Store;
-use super::time::{duration_millis, Clock, Mono};
+use super::time::{duration_millis, Mono};
 
 /// Buckets keyed by `ceil(deadline / width)`: every deadline in bucket `k` is at most
 /// `k * width`, so a bucket is due, whole, once `now >= k * width`.
@@ -73,46 +69,6 @@ impl ExpiryIndex {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.lock().is_empty()
-    }
-}
-
-/// The background thread that calls [`Store::sweep`] every interval. Owned by the
-/// application, which stops and joins it on shutdown.
-#[derive(Debug)]
-pub struct Sweeper {
-    stop: mpsc::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Sweeper {
-    /// A plain thread rather than a task: a sweep is CPU work that must not sit on an HTTP
-    /// worker's runtime, and `recv_timeout` gives both the period and a prompt stop.
-    pub fn spawn(store: Arc<Store>, clock: Clock, interval: Duration) -> std::io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("presence-sweeper".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    let report = store.sweep(clock.now());
-                    if report.expired > 0 {
-                        tracing::debug!(
-                            expired = report.expired,
-                            rescheduled = report.rescheduled,
-                            "sweep"
-                        );
-                    }
-                }
-            })?;
-        Ok(Self { stop, thread })
-    }
-
-    /// Asks the thread to stop and waits until it has.
-    pub fn stop(self) {
-        // A send error means the thread already ended; joining is still right.
-        let _ = self.stop.send(());
-        if self.thread.join().is_err() {
-            tracing::error!("the sweeper thread panicked");
-        }
     }
 }
 

@@ -7,7 +7,6 @@ pub mod places;
 pub mod store;
 pub mod time;
 
-pub use expiry::Sweeper;
 pub use location::{Location, Locations};
 pub use model::{AppReport, Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
 pub use places::PlaceCatalog;

@@ -215,6 +215,24 @@ impl PresenceView<'_> {
     }
 }
 
+/// One user as a snapshot keeps it: what a lookup returns, and for a present user its
+/// session and deadline as wall-clock time, so that it survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedUser<'a> {
+    pub user_id: UserId,
+    pub last_online: WallMillis,
+    pub last_location: Cow<'a, str>,
+    /// `None` for an Offline user.
+    pub live: Option<SavedSession>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSession {
+    /// Present until this wall-clock time.
+    pub deadline: WallMillis,
+    pub session: Session,
+}
+
 /// When a heartbeat arrived, on both clocks (see `time`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {

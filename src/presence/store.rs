@@ -17,7 +17,9 @@ use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
 use super::location::{Live, Location, Locations, Record};
-use super::model::{Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
+use super::model::{
+    Heartbeat, LocationName, Now, PresenceType, PresenceView, SavedSession, SavedUser, UserId,
+};
 use super::time::{duration_millis, Mono, WallMillis};
 
 /// Users re-checked between two yields of the sweeper.
@@ -199,6 +201,76 @@ impl Store {
         let mut views = Vec::with_capacity(ids.len());
         self.visit_many(ids, now, |view| views.push(view.clone().into_owned()));
         views
+    }
+
+    /// Every user id, copied shard by shard: one shard's read lock at a time, held only to
+    /// copy its keys.
+    pub fn user_ids(&self) -> Vec<UserId> {
+        let mut ids = Vec::with_capacity(self.users.len());
+        ids.extend(self.users.iter().map(|entry| *entry.key()));
+        ids
+    }
+
+    /// Calls `save` with each of `ids` that is still known, as of `now`, under that user's
+    /// read lock (one user at a time). A present user's deadline is written as wall-clock
+    /// time; a user past its deadline is saved Offline.
+    pub fn save_many(&self, ids: &[UserId], now: Now, mut save: impl FnMut(&SavedUser<'_>)) {
+        for &id in ids {
+            let Some(entry) = self.users.get(&id) else {
+                continue;
+            };
+            let (last_location, live) = match &*entry.record {
+                Record::Live(live) => {
+                    let left = live.deadline.0.saturating_sub(now.mono.0);
+                    let saved = (left > 0).then(|| SavedSession {
+                        deadline: WallMillis(now.wall.0.saturating_add(left as i64)),
+                        session: live.session.clone(),
+                    });
+                    (live.location.as_str(), saved)
+                }
+                Record::Location(text) => (&**text, None),
+            };
+            save(&SavedUser {
+                user_id: id,
+                last_online: entry.last_online,
+                last_location: Cow::Borrowed(last_location),
+                live,
+            });
+        }
+    }
+
+    /// Puts back a saved user as of `now`: present until its deadline if that is still
+    /// ahead by the wall clock, Offline otherwise. Replaces what the store had for it.
+    pub fn restore(&self, saved: SavedUser<'_>, now: Now) {
+        let location = self.locations.get(&saved.last_location);
+        let left = saved
+            .live
+            .as_ref()
+            .map_or(0, |live| live.deadline.0.saturating_sub(now.wall.0));
+        let record = match saved.live {
+            Some(live) if left > 0 => {
+                let deadline = Mono(now.mono.0.saturating_add(left as u64));
+                self.expiry.schedule(saved.user_id, deadline);
+                Arc::new(Record::Live(Live {
+                    location,
+                    deadline,
+                    scheduled: deadline,
+                    session: live.session,
+                }))
+            }
+            _ => {
+                let age = now.wall.0.saturating_sub(saved.last_online.0).max(0) as u64;
+                self.file_retention(saved.user_id, Mono(now.mono.0.saturating_sub(age)));
+                location.record()
+            }
+        };
+        self.users.insert(
+            saved.user_id,
+            Entry {
+                last_online: saved.last_online,
+                record,
+            },
+        );
     }
 
     /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past

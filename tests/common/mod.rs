@@ -24,12 +24,13 @@ pub struct TestApp {
     handle: ServerHandle,
 }
 
-/// Settings for tests: a free port, one worker, a known secret.
+/// Settings for tests: a free port, one worker, a known secret, no snapshot file.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.server.workers = 1;
     settings.auth.jwt_secret = SECRET.into();
+    settings.persistence.enabled = false;
     settings
 }
 

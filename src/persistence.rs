@@ -1,0 +1,505 @@
+//! Snapshots: the whole store written to one file, atomically, and read back at start-up.
+//!
+//! # Format (version 1, little-endian)
+//!
+//! ```text
+//! header   b"PRESNAP\n", version: u32, written_at: i64 (Unix ms)
+//! user     1u8, user_id: u64, last_online: i64, location_len: u32, location (UTF-8),
+//!          kind: u8 (0 Offline, 1 Online, 2 InGame, 3 InStudio), and unless Offline:
+//!          deadline: i64 (Unix ms), has_place: u8 [place_id: i64, root_place_id: i64,
+//!          universe_id: i64 (0 = none)], has_game: u8 [game_id: 16 bytes]
+//! end      0u8, users: u64, crc32: u32 (of every byte before it)
+//! ```
+//!
+//! A file is written beside its final path, fsynced, renamed over it, and the folder is
+//! fsynced: a crash leaves the previous snapshot or the new one, never a torn file. A
+//! file that is corrupt, truncated or of another version is refused, never overwritten.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::num::NonZeroI64;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::presence::model::{PlaceInfo, SavedSession, SavedUser, Session};
+use crate::presence::time::WallMillis;
+use crate::presence::{Now, PresenceType, Store, UserId};
+
+const MAGIC: &[u8; 8] = b"PRESNAP\n";
+pub const VERSION: u32 = 1;
+const USER_TAG: u8 = 1;
+const END_TAG: u8 = 0;
+/// Users read from the store per batch while writing: each is one short read lock.
+const WRITE_BATCH: usize = 1024;
+
+/// Why a snapshot could not be read; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read snapshot {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "snapshot {path} is not usable: {problem}. It was left untouched; to start anyway, \
+         move it aside (the server then starts empty) or set persistence.path to another file"
+    )]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// What a write or a load did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotStats {
+    pub users: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Creates the snapshot's folder and proves that a file can be written there, so that a
+/// bad `persistence.path` stops start-up instead of failing later.
+pub fn prepare(path: &Path) -> io::Result<()> {
+    if let Some(dir) = parent(path) {
+        fs::create_dir_all(dir)?;
+    }
+    let probe = temporary_path(path);
+    File::create(&probe)?;
+    fs::remove_file(&probe)
+}
+
+/// Writes every user of `store` to `path`, atomically.
+pub fn write(store: &Store, path: &Path, now: Now) -> io::Result<SnapshotStats> {
+    let started = Instant::now();
+    let temporary = temporary_path(path);
+    let result = write_to(store, &temporary, now).and_then(|stats| {
+        fs::rename(&temporary, path)?;
+        if let Some(dir) = parent(path) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(stats)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result.map(|(users, bytes)| SnapshotStats {
+        users,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)> {
+    let file = File::create(temporary)?;
+    let mut out = Encoder {
+        out: BufWriter::with_capacity(1 << 20, file),
+        crc: crc32fast::Hasher::new(),
+        bytes: 0,
+        failed: None,
+    };
+    out.put(MAGIC);
+    out.put(&VERSION.to_le_bytes());
+    out.put(&now.wall.0.to_le_bytes());
+    let mut users = 0u64;
+    for batch in store.user_ids().chunks(WRITE_BATCH) {
+        store.save_many(batch, now, |user| {
+            users += 1;
+            encode_user(&mut out, user);
+        });
+        if let Some(e) = out.failed.take() {
+            return Err(e);
+        }
+    }
+    out.put(&[END_TAG]);
+    out.put(&users.to_le_bytes());
+    let crc = out.crc.clone().finalize();
+    out.put(&crc.to_le_bytes());
+    if let Some(e) = out.failed.take() {
+        return Err(e);
+    }
+    let file = out.out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok((users, out.bytes))
+}
+
+/// Bytes to a buffered file and to the checksum; remembers the first write error.
+struct Encoder<W: Write> {
+    out: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Encoder<W> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.crc.update(bytes);
+        self.bytes += bytes.len() as u64;
+        if let Err(e) = self.out.write_all(bytes) {
+            self.failed = Some(e);
+        }
+    }
+}
+
+fn encode_user<W: Write>(out: &mut Encoder<W>, user: &SavedUser<'_>) {
+    out.put(&[USER_TAG]);
+    out.put(&user.user_id.get().to_le_bytes());
+    out.put(&user.last_online.0.to_le_bytes());
+    let location = user.last_location.as_bytes();
+    out.put(&(location.len() as u32).to_le_bytes());
+    out.put(location);
+    let Some(live) = &user.live else {
+        out.put(&[PresenceType::Offline.as_int()]);
+        return;
+    };
+    out.put(&[live.session.kind.as_int()]);
+    out.put(&live.deadline.0.to_le_bytes());
+    match live.session.place {
+        Some(place) => {
+            out.put(&[1]);
+            out.put(&place.place_id.to_le_bytes());
+            out.put(&place.root_place_id.to_le_bytes());
+            out.put(&place.universe_id.map_or(0, NonZeroI64::get).to_le_bytes());
+        }
+        None => out.put(&[0]),
+    }
+    match live.session.game_id {
+        Some(game) => {
+            out.put(&[1]);
+            out.put(game.as_bytes());
+        }
+        None => out.put(&[0]),
+    }
+}
+
+/// Loads `path` into `store` as of `now`. `Ok(None)` when there is no file yet.
+pub fn load(store: &Store, path: &Path, now: Now) -> Result<Option<SnapshotStats>, SnapshotError> {
+    let started = Instant::now();
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let invalid = |problem: String| SnapshotError::Invalid {
+        path: path.to_owned(),
+        problem,
+    };
+    let users = decode(&bytes, |user| store.restore(user, now)).map_err(invalid)?;
+    Ok(Some(SnapshotStats {
+        users,
+        bytes: bytes.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Checks the whole file first (magic, version, checksum), then hands each user to
+/// `restore`. Returns how many users it held.
+fn decode(bytes: &[u8], mut restore: impl FnMut(SavedUser<'_>)) -> Result<u64, String> {
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("it is not a presence snapshot (wrong magic bytes)".into());
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != VERSION {
+        return Err(format!(
+            "it has format version {version}, and this build reads version {VERSION}"
+        ));
+    }
+    let Some(body_len) = bytes.len().checked_sub(4) else {
+        return Err("it is truncated".into());
+    };
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(&bytes[body_len..]);
+    if crc32fast::hash(&bytes[..body_len]) != u32::from_le_bytes(stored) {
+        return Err("its checksum does not match: it is truncated or corrupt".into());
+    }
+    let mut r = Reader {
+        bytes: &bytes[..body_len],
+        at: MAGIC.len() + 4 + 8,
+    };
+    let mut users = 0u64;
+    loop {
+        match r.u8()? {
+            USER_TAG => {
+                restore(decode_user(&mut r)?);
+                users += 1;
+            }
+            END_TAG => break,
+            tag => return Err(format!("unknown record tag {tag} at byte {}", r.at - 1)),
+        }
+    }
+    let declared = r.u64()?;
+    if declared != users || r.at != r.bytes.len() {
+        return Err(format!("it declares {declared} users but holds {users}"));
+    }
+    Ok(users)
+}
+
+fn decode_user<'a>(r: &mut Reader<'a>) -> Result<SavedUser<'a>, String> {
+    let raw_id = r.u64()?;
+    let user_id = UserId::new(raw_id).ok_or_else(|| format!("invalid user id {raw_id}"))?;
+    let last_online = WallMillis(r.i64()?);
+    let len = r.u32()? as usize;
+    let location = std::str::from_utf8(r.take(len)?)
+        .map_err(|_| format!("user {user_id} has a location that is not UTF-8"))?;
+    let kind = match r.u8()? {
+        0 => None,
+        1 => Some(PresenceType::Online),
+        2 => Some(PresenceType::InGame),
+        3 => Some(PresenceType::InStudio),
+        other => return Err(format!("user {user_id} has unknown presence type {other}")),
+    };
+    let live = match kind {
+        None => None,
+        Some(kind) => {
+            let deadline = WallMillis(r.i64()?);
+            let place = match r.u8()? {
+                0 => None,
+                _ => Some(PlaceInfo {
+                    place_id: r.i64()?,
+                    root_place_id: r.i64()?,
+                    universe_id: NonZeroI64::new(r.i64()?),
+                }),
+            };
+            let game_id = match r.u8()? {
+                0 => None,
+                _ => Some(Uuid::from_slice(r.take(16)?).map_err(|e| e.to_string())?),
+            };
+            Some(SavedSession {
+                deadline,
+                session: Session {
+                    kind,
+                    place,
+                    game_id,
+                },
+            })
+        }
+    };
+    Ok(SavedUser {
+        user_id,
+        last_online,
+        last_location: location.into(),
+        live,
+    })
+}
+
+/// A cursor over the checked body; running off its end means the file is truncated.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!(
+                "it ends in the middle of a record (byte {})",
+                self.at
+            ));
+        };
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        self.array().map(i64::from_le_bytes)
+    }
+}
+
+fn parent(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Where a snapshot is written before it is renamed over `path`.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presence::model::LocationName;
+    use crate::presence::time::Mono;
+    use crate::presence::{Heartbeat, Location};
+    use std::time::Duration;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn store() -> Store {
+        Store::new(TTL, Duration::from_secs(1), None)
+    }
+
+    fn user(n: u64) -> UserId {
+        UserId::new(n).unwrap()
+    }
+
+    fn at(mono: u64, wall: i64) -> Now {
+        Now {
+            mono: Mono(mono),
+            wall: WallMillis(wall),
+        }
+    }
+
+    fn filled() -> Store {
+        let s = store();
+        let t = at(1_000, 1_700_000_000_000);
+        s.heartbeat(
+            user(1),
+            Heartbeat::Present {
+                location: LocationName::Given("Xbox \"One\" ✓"),
+                session: Session {
+                    kind: PresenceType::Online,
+                    place: None,
+                    game_id: None,
+                },
+            },
+            t,
+        );
+        s.heartbeat(
+            user(2),
+            Heartbeat::Present {
+                location: LocationName::Shared(Location::playing()),
+                session: Session {
+                    kind: PresenceType::InGame,
+                    place: Some(PlaceInfo {
+                        place_id: 5,
+                        root_place_id: 4,
+                        universe_id: NonZeroI64::new(9),
+                    }),
+                    game_id: Some(Uuid::from_u128(77)),
+                },
+            },
+            t,
+        );
+        s.heartbeat(user(3), Heartbeat::Disconnect, t);
+        s
+    }
+
+    fn encode(store: &Store, now: Now) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        write(store, &path, now).unwrap();
+        fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_every_user_exactly() {
+        let original = filled();
+        let now = at(2_000, 1_700_000_001_000);
+        let bytes = encode(&original, now);
+        let restored = store();
+        // Restored in a process whose monotonic clock started elsewhere.
+        let later = at(50, 1_700_000_002_000);
+        assert_eq!(decode(&bytes, |u| restored.restore(u, later)), Ok(3));
+        let ids = [user(1), user(2), user(3), user(4)];
+        let before = original.get_many(&ids, Mono(3_000));
+        let after = restored.get_many(&ids, Mono(50 + 1_000));
+        assert_eq!(before, after);
+        assert_eq!(after[0].kind, PresenceType::Online);
+        assert_eq!(after[1].kind, PresenceType::InGame);
+        assert_eq!(after[2].kind, PresenceType::Offline);
+        // The deadline kept its wall-clock time: 60s after the heartbeat.
+        let expired = restored.get_many(&[user(1)], Mono(50 + 59_000));
+        assert_eq!(expired[0].kind, PresenceType::Offline);
+        assert_eq!(expired[0].last_location, "Xbox \"One\" ✓");
+    }
+
+    #[test]
+    fn a_present_user_whose_deadline_passed_while_down_comes_back_offline() {
+        let original = filled();
+        let bytes = encode(&original, at(2_000, 1_700_000_001_000));
+        let restored = store();
+        let much_later = at(0, 1_700_000_100_000);
+        decode(&bytes, |u| restored.restore(u, much_later)).unwrap();
+        let v = restored.get_many(&[user(2)], Mono(0)).remove(0);
+        assert_eq!(v.kind, PresenceType::Offline);
+        assert_eq!(v.last_location, "Playing");
+        assert_eq!(v.last_online, Some(WallMillis(1_700_000_000_000)));
+        assert_eq!(restored.scheduled(), 0);
+    }
+
+    #[test]
+    fn any_flipped_or_missing_byte_is_refused() {
+        let bytes = encode(&filled(), at(2_000, 1_700_000_001_000));
+        for cut in [0, 5, 12, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], |_| {}).is_err(), "cut at {cut}");
+        }
+        for i in (0..bytes.len()).step_by(7) {
+            let mut corrupt = bytes.clone();
+            corrupt[i] ^= 0x40;
+            assert!(decode(&corrupt, |_| {}).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn another_version_is_named_in_the_refusal() {
+        let mut bytes = encode(&filled(), at(2_000, 1_700_000_001_000));
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let err = decode(&bytes, |_| {}).unwrap_err();
+        assert!(err.contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_loads_nothing_and_a_bad_one_is_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none");
+        assert!(load(&store(), &path, at(0, 0)).unwrap().is_none());
+        fs::write(&path, b"garbage").unwrap();
+        let err = load(&store(), &path, at(0, 0)).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"garbage");
+    }
+
+    #[test]
+    fn writing_replaces_the_file_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dir/snap");
+        prepare(&path).unwrap();
+        let s = filled();
+        let first = write(&s, &path, at(2_000, 1_700_000_001_000)).unwrap();
+        assert_eq!(first.users, 3);
+        s.heartbeat(user(4), Heartbeat::Disconnect, at(2_000, 1_700_000_001_000));
+        let second = write(&s, &path, at(2_000, 1_700_000_001_000)).unwrap();
+        assert_eq!(second.users, 4);
+        assert_eq!(second.bytes, fs::metadata(&path).unwrap().len());
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("snap")]);
+    }
+
+    #[test]
+    fn a_path_below_a_file_cannot_be_prepared() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(prepare(&file.path().join("snap")).is_err());
+    }
+}
