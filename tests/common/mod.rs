@@ -2,6 +2,8 @@
 //! a free loopback port, plus a few helpers that read as the contract does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,147 @@
+//! Running the real binary: config files, start-up, signals and log lines.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_presence-server");
+
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// A config that binds a free port and keeps the server small.
+pub const BASE: &str = "[persistence]\nenabled = false\n[server]\nbind = \"127.0.0.1:0\"\nworkers = 1\nshutdown_timeout = \"2s\"\n";
+
+pub fn command(config: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+    // Whatever the outer environment sets must not leak into these tests.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PRESENCE__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs the binary to completion; returns (success, stderr).
+pub fn run_to_end(mut cmd: Command) -> (bool, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A started server: the child, its address, and the log lines read so far.
+pub struct Running {
+    pub child: Child,
+    pub addr: String,
+    pub logs: Vec<String>,
+    rest: mpsc::Receiver<String>,
+}
+
+// The child is reaped by `Running`'s drop; if start-up fails the test fails anyway.
+#[allow(clippy::zombie_processes)]
+pub fn start(mut cmd: Command) -> Running {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut logs = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server logs its address within 30s");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .map(str::to_owned);
+        logs.push(line);
+        if let Some(addr) = addr {
+            return Running {
+                child,
+                addr,
+                logs,
+                rest: rx,
+            };
+        }
+    }
+}
+
+impl Running {
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits (within 15s) until the server logs a line containing `text`.
+    pub fn wait_for_log(&mut self, text: &str) {
+        loop {
+            let line = self
+                .rest
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("no log line with {text:?}: {:?}", self.logs));
+            let found = line.contains(text);
+            self.logs.push(line);
+            if found {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the process to exit (within 15s) and returns whether it exited 0.
+    pub fn wait_exit(&mut self) -> bool {
+        for _ in 0..1500 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.logs.extend(self.rest.try_iter());
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        panic!("the server did not exit within 15s");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn lookup(addr: &str, id: u64) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/presence/users"))
+        .json(&json!({"userIds": [id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["userPresences"][0].clone()
+}
