@@ -1,5 +1,6 @@
 //! Figures that criterion does not time: memory per user at 1M users, measured by a
-//! counting allocator, and lookup latency while the sweeper expires 1M users at once.
+//! counting allocator; lookup latency while the sweeper expires 1M users at once; and
+//! snapshot write and load time, file size, and lookup latency while a snapshot is written.
 //!
 //! Run: `cargo bench --bench scale` (about a minute). Prints a table and writes it to
 //! `target/bench-scale.json`.
@@ -11,8 +12,10 @@ use std::alloc::System;
 use std::time::{Duration, Instant};
 
 use common::*;
+use presence_server::persistence;
+use presence_server::presence::model::{PlaceInfo, Session};
 use presence_server::presence::time::Mono;
-use presence_server::presence::UserId;
+use presence_server::presence::{Heartbeat, Location, LocationName, PresenceType, UserId};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -63,6 +66,31 @@ fn lookup_latencies(
     (latencies, took)
 }
 
+/// `users` users: odd ids in game (with place and game ids), even ids Offline.
+fn snapshot_users(users: u64) -> presence_server::presence::Store {
+    let store = new_store();
+    for n in 1..=users {
+        let heartbeat = if n % 2 == 1 {
+            Heartbeat::Present {
+                location: LocationName::Shared(Location::playing()),
+                session: Session {
+                    kind: PresenceType::InGame,
+                    place: Some(PlaceInfo {
+                        place_id: 1818,
+                        root_place_id: 1818,
+                        universe_id: std::num::NonZeroI64::new(13058),
+                    }),
+                    game_id: Some(uuid::Uuid::from_u128(u128::from(n))),
+                },
+            }
+        } else {
+            Heartbeat::Disconnect
+        };
+        store.heartbeat(user(n), heartbeat, at(0));
+    }
+    store
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` asks benches to name themselves.
@@ -81,6 +109,8 @@ fn main() {
 
     // Lookups with no sweep, then while one sweep expires all 1M users at once.
     const ROUNDS: usize = 200_000;
+    // A first pass warms caches and page tables, so that the two measured passes compare.
+    lookup_latencies(&store, ROUNDS, || {});
     let (quiet, _) = lookup_latencies(&store, ROUNDS, || {});
     let (busy, sweep_took) = lookup_latencies(&store, ROUNDS, || {
         let report = store.sweep(at(ms(TTL)));
@@ -115,6 +145,47 @@ fn main() {
     rows.push((
         "sweep expiring 1M users, per user (ns)",
         sweep_took.as_secs_f64() * 1e9 / MILLION as f64,
+    ));
+
+    // Snapshots of 1M users, half of them present (in game, with place and game ids).
+    drop(store);
+    let store = snapshot_users(MILLION);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("presence.snapshot");
+    let now = at(1_000);
+    let written = persistence::write(&store, &path, now).unwrap();
+    rows.push(("snapshot write, 1M users (ms)", written.seconds * 1e3));
+    rows.push(("snapshot size, 1M users (MB)", written.bytes as f64 / 1e6));
+    rows.push((
+        "snapshot size per user (bytes)",
+        written.bytes as f64 / MILLION as f64,
+    ));
+    let loaded_into = new_store();
+    let loaded = persistence::load(&loaded_into, &path, now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.users, MILLION);
+    rows.push(("snapshot load, 1M users (ms)", loaded.seconds * 1e3));
+    drop(loaded_into);
+    let (quiet, _) = lookup_latencies(&store, ROUNDS / 4, || {});
+    let (busy, _) = lookup_latencies(&store, ROUNDS / 4, || {
+        persistence::write(&store, &path, now).unwrap();
+    });
+    rows.push((
+        "lookup of 50, p99 with no snapshot (µs)",
+        percentile(&quiet, 0.99).as_secs_f64() * 1e6,
+    ));
+    rows.push((
+        "lookup of 50, p99 while writing a snapshot (µs)",
+        percentile(&busy, 0.99).as_secs_f64() * 1e6,
+    ));
+    rows.push((
+        "lookup of 50, worst while writing a snapshot (µs)",
+        busy[busy.len() - 1].as_secs_f64() * 1e6,
+    ));
+    rows.push((
+        "lookup of 50, worst with no snapshot (µs)",
+        quiet[quiet.len() - 1].as_secs_f64() * 1e6,
     ));
 
     println!("{:<48} {:>12}", "measure", "value");
