@@ -77,7 +77,10 @@ impl Application {
                 .default_service(web::to(api::routes::not_found))
         })
         .disable_signals()
-        .shutdown_timeout(server_settings.shutdown_timeout.as_secs().max(1));
+        .shutdown_timeout(server_settings.shutdown_timeout.as_secs().max(1))
+        .client_request_timeout(server_settings.request_head_timeout)
+        .keep_alive(server_settings.keep_alive)
+        .max_connections(server_settings.max_connections_per_worker);
         if server_settings.workers > 0 {
             http = http.workers(server_settings.workers);
         }

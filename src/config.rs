@@ -23,6 +23,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub persistence: PersistenceSettings,
+    pub rate_limit: RateLimitSettings,
+    pub logging: LoggingSettings,
     pub places: Vec<PlaceSettings>,
 }
 
@@ -34,6 +36,20 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/ready` answers 503 while requests are still served.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Time allowed to receive a request's head; a slower client gets 408 and is closed.
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// Time allowed to receive a request's body once its head arrived.
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Open connections allowed per worker; more wait in the listen queue.
+    pub max_connections_per_worker: usize,
 }
 
 impl Default for ServerSettings {
@@ -43,6 +59,11 @@ impl Default for ServerSettings {
             workers: 0,
             max_body_bytes: 16 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+            request_head_timeout: Duration::from_secs(5),
+            request_body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(5),
+            max_connections_per_worker: 25_000,
         }
     }
 }
@@ -147,6 +168,45 @@ impl Default for PersistenceSettings {
     }
 }
 
+/// Token buckets: per user on `register-app-presence`, per client address on lookups.
+/// A rate of 0 turns that limit off.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    pub register_per_second: u32,
+    pub register_burst: u32,
+    pub lookup_per_second: u32,
+    pub lookup_burst: u32,
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            register_per_second: 2,
+            register_burst: 20,
+            lookup_per_second: 50,
+            lookup_burst: 200,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSettings {
+    pub format: LogFormat,
+}
+
 /// One place of the catalog: `placeId -> (universe, root place, name)`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +255,19 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         if self.server.max_body_bytes == 0 {
             return Err("server.max_body_bytes must be at least 1".into());
+        }
+        if self.server.request_head_timeout.is_zero() || self.server.request_body_timeout.is_zero()
+        {
+            return Err("server.request_head_timeout and server.request_body_timeout must be longer than 0s".into());
+        }
+        if self.server.max_connections_per_worker == 0 {
+            return Err("server.max_connections_per_worker must be at least 1".into());
+        }
+        let limits = &self.rate_limit;
+        if (limits.register_per_second > 0 && limits.register_burst == 0)
+            || (limits.lookup_per_second > 0 && limits.lookup_burst == 0)
+        {
+            return Err("rate_limit: a burst must be at least 1 when its rate is on".into());
         }
         if self.presence.heartbeat_ttl.is_zero() {
             return Err("presence.heartbeat_ttl must be longer than 0s".into());

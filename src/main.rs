@@ -45,11 +45,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&cli.config),
-        Command::Token { user_id, ttl } => token(&cli.config, user_id, ttl),
-    };
+    let result = Settings::load(&cli.config)
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            telemetry::init(settings.logging.format);
+            match cli.command.unwrap_or(Command::Serve) {
+                Command::Serve => serve(settings, &cli.config),
+                Command::Token { user_id, ttl } => token(&settings, user_id, ttl),
+            }
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -59,16 +63,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn token(config: &std::path::Path, user_id: u64, ttl: Duration) -> anyhow::Result<()> {
-    let settings = Settings::load(config)?;
+fn token(settings: &Settings, user_id: u64, ttl: Duration) -> anyhow::Result<()> {
     let user = UserId::new(user_id).context("--user-id must be a positive int64")?;
     let jwt = Authenticator::new(&settings.auth.jwt_secret).mint(user, ttl)?;
     println!("{jwt}");
     Ok(())
 }
 
-fn serve(config: &std::path::Path) -> anyhow::Result<()> {
-    let settings = Settings::load(config)?;
+fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         if settings.uses_development_secret() {
             tracing::warn!(

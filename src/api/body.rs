@@ -75,9 +75,13 @@ impl FromRequest for Body {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<actix_web::web::Data<AppState>>()
-            .map_or(usize::MAX, |state| state.settings.server.max_body_bytes);
+        let (limit, timeout) = req.app_data::<actix_web::web::Data<AppState>>().map_or(
+            (usize::MAX, std::time::Duration::from_secs(3600)),
+            |state| {
+                let server = &state.settings.server;
+                (server.max_body_bytes, server.request_body_timeout)
+            },
+        );
         let encoding = Encoding::of(req);
         let declared = req
             .headers()
@@ -91,19 +95,23 @@ impl FromRequest for Body {
             if declared.is_some_and(|n| n > limit as u64) {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            let mut bytes = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-                if bytes.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit });
+            let read = async {
+                let mut bytes = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+                while let Some(chunk) = payload.next().await {
+                    let chunk =
+                        chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+                    if bytes.len() + chunk.len() > limit {
+                        return Err(ApiError::PayloadTooLarge { limit });
+                    }
+                    bytes.extend_from_slice(&chunk);
                 }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(Body {
-                encoding,
-                bytes: bytes.freeze(),
-            })
+                Ok(bytes.freeze())
+            };
+            // A client that trickles its body is cut off rather than holding a connection.
+            let bytes = tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::BodyTimeout(timeout))??;
+            Ok(Body { encoding, bytes })
         })
     }
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported content type")]
     UnsupportedMediaType,
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// Never shown to the client; logged with its cause.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -50,6 +52,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => (0, "MethodNotAllowed"),
             Self::PayloadTooLarge { .. } => (0, "PayloadTooLarge"),
             Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
+            Self::BodyTimeout(_) => (0, "RequestTimeout"),
             Self::Internal(_) => (0, "InternalServerError"),
         }
     }
@@ -67,6 +70,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

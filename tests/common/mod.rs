@@ -26,13 +26,17 @@ pub struct TestApp {
     handle: ServerHandle,
 }
 
-/// Settings for tests: a free port, one worker, a known secret, no snapshot file.
+/// Settings for tests: a free port, one worker, a known secret, no snapshot file, no
+/// rate limits.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
     settings.server.workers = 1;
     settings.auth.jwt_secret = SECRET.into();
     settings.persistence.enabled = false;
+    // Rate limits are tested on their own; elsewhere they would only add noise.
+    settings.rate_limit.register_per_second = 0;
+    settings.rate_limit.lookup_per_second = 0;
     settings
 }
 
