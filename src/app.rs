@@ -3,16 +3,20 @@
 //! through the same [`Application::build`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
+use crate::api::limits::RateLimits;
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::periodic::Periodic;
 use crate::persistence;
 use crate::presence::{Clock, PlaceCatalog, Store};
@@ -65,6 +69,9 @@ impl Application {
             auth: Authenticator::new(&settings.auth.jwt_secret),
             store: Arc::clone(&store),
             clock,
+            limits: RateLimits::new(&settings.rate_limit),
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(true),
             settings,
         });
         let server_settings = &state.settings.server;
@@ -94,12 +101,17 @@ impl Application {
             .context("the server is bound to no address")?;
         let server = http.run();
         let sweeper = {
-            let store = Arc::clone(&store);
+            let state = state.clone();
             Periodic::spawn(
                 "presence-sweeper",
                 state.settings.presence.sweep_interval,
                 move || {
-                    let report = store.sweep(clock.now());
+                    let started = Instant::now();
+                    let report = state.store.sweep(clock.now());
+                    state.limits.forget_idle();
+                    state
+                        .metrics
+                        .swept(&report, started.elapsed().as_secs_f64());
                     if report.expired + report.dropped > 0 {
                         tracing::debug!(
                             expired = report.expired,
@@ -141,9 +153,17 @@ impl Application {
     }
 
     /// Stops the server: `handle.stop(true)` lets in-flight requests finish within
-    /// `server.shutdown_timeout`.
+    /// `server.shutdown_timeout`. Prefer [`Self::shutdown`], which also drains.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// What begins a graceful shutdown from outside (a signal handler, a test).
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown {
+            server: self.server.handle(),
+            state: self.state.clone(),
+        }
     }
 
     /// The shared state, for callers that inspect the store (tests, benches).
@@ -170,6 +190,26 @@ impl Application {
         .await
         .context("joining the background threads")??;
         served.context("the HTTP server failed")
+    }
+}
+
+/// Begins a graceful shutdown: `/ready` turns 503 at once, requests are still served for
+/// `server.drain_delay`, then the listener closes and in-flight requests get
+/// `server.shutdown_timeout` to finish.
+#[derive(Clone)]
+pub struct Shutdown {
+    server: ServerHandle,
+    state: web::Data<AppState>,
+}
+
+impl Shutdown {
+    pub async fn begin(self) {
+        self.state.ready.store(false, Ordering::Release);
+        let drain = self.state.settings.server.drain_delay;
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
+        self.server.stop(true).await;
     }
 }
 

@@ -12,12 +12,14 @@
 //!   and the JSON shapes.
 //! - [`persistence`]: snapshots of the store, written atomically and read at start-up.
 //! - [`periodic`]: the background threads (sweeper, snapshot writer) and their shutdown.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: log set-up.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod periodic;
 pub mod persistence;
 pub mod presence;

@@ -81,11 +81,11 @@ fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
         let signals = ShutdownSignals::install()?;
         let app = Application::build(settings)?;
         tracing::info!(address = %app.local_addr(), config = %config.display(), "presence-server listening");
-        let handle = app.handle();
+        let shutdown = app.shutdown();
         actix_web::rt::spawn(async move {
             signals.recv().await;
             tracing::info!("shutting down: finishing in-flight requests");
-            handle.stop(true).await;
+            shutdown.begin().await;
         });
         app.run_until_stopped().await?;
         tracing::info!("stopped");

@@ -32,6 +32,11 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    #[error("rate limited for {retry_after_secs}s")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// The server is shutting down (`/ready`).
+    #[error("shutting down")]
+    Unavailable,
     /// Never shown to the client; logged with its cause.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -53,6 +58,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (0, "PayloadTooLarge"),
             Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
             Self::BodyTimeout(_) => (0, "RequestTimeout"),
+            Self::TooManyRequests { .. } => (0, "TooManyRequests"),
+            Self::Unavailable => (0, "ServiceUnavailable"),
             Self::Internal(_) => (0, "InternalServerError"),
         }
     }
@@ -71,6 +78,8 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +98,9 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            Self::TooManyRequests { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}
         }

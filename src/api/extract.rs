@@ -65,8 +65,8 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(UserId, Credenti
     Ok((user, credential))
 }
 
-/// A caller allowed to change its own presence: a valid credential, and for cookie-borne
-/// credentials the CSRF token issued for that credential.
+/// A caller allowed to change its own presence: a valid credential, within its user's
+/// rate limit, and for cookie-borne credentials the CSRF token issued for that credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WritingUser(pub UserId);
 
@@ -77,6 +77,7 @@ impl FromRequest for WritingUser {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(state(req).and_then(|state| {
             let (user, credential) = authenticate(req, state)?;
+            state.limits.register(user)?;
             if let Credential::Cookie(jwt) = &credential {
                 let now = SystemTime::now();
                 let sent = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -91,8 +92,8 @@ impl FromRequest for WritingUser {
     }
 }
 
-/// A caller of the lookup: anyone, unless `api.require_auth_for_lookup` asks for a valid
-/// credential. No CSRF token is needed to read.
+/// A caller of the lookup: anyone within its address's rate limit, unless
+/// `api.require_auth_for_lookup` asks for a valid credential. No CSRF token is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reader;
 
@@ -105,6 +106,7 @@ impl FromRequest for Reader {
             if state.settings.api.require_auth_for_lookup {
                 authenticate(req, state)?;
             }
+            state.limits.lookup(req)?;
             Ok(Reader)
         }))
     }

@@ -1,4 +1,4 @@
-//! Response negotiation and request logs, applied around every route.
+//! Response negotiation, request metrics and request logs, applied around every route.
 
 use std::time::Instant;
 
@@ -9,11 +9,13 @@ use actix_web::middleware::Next;
 use actix_web::HttpRequest;
 
 use super::error::JSON_UTF8;
+use super::routes::route_name;
+use super::AppState;
 
 const TEXT_JSON_UTF8: HeaderValue = HeaderValue::from_static("text/json; charset=utf-8");
 
-/// Answers `text/json` to clients that ask for it and not for `application/json`, and logs
-/// each request at debug level.
+/// Answers `text/json` to clients that ask for it and not for `application/json`, counts
+/// and times each request, and logs it at debug level.
 pub async fn negotiate_and_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -25,11 +27,17 @@ pub async fn negotiate_and_log(
         res.headers_mut()
             .insert(header::CONTENT_TYPE, TEXT_JSON_UTF8);
     }
+    let elapsed = started.elapsed();
+    let status = res.status().as_u16();
+    if let Some(state) = res.request().app_data::<actix_web::web::Data<AppState>>() {
+        let route = route_name(res.request().path());
+        state.metrics.request(route, status, elapsed.as_secs_f64());
+    }
     tracing::debug!(
         method = %res.request().method(),
         path = res.request().path(),
-        status = res.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        status,
+        micros = elapsed.as_micros() as u64,
         "request"
     );
     Ok(res)

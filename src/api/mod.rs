@@ -4,13 +4,17 @@ pub mod body;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod limits;
 pub mod middleware;
+pub mod ops;
 pub mod routes;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::presence::{Clock, PlaceCatalog, Store};
 
 pub use error::ApiError;
@@ -24,4 +28,9 @@ pub struct AppState {
     pub catalog: PlaceCatalog,
     pub auth: Authenticator,
     pub clock: Clock,
+    pub limits: limits::RateLimits,
+    pub metrics: Metrics,
+    /// True from start-up (the store is loaded before the state exists) until shutdown
+    /// begins; `/ready` answers from it.
+    pub ready: AtomicBool,
 }

@@ -8,7 +8,7 @@
 //! (see `location`), so an Offline user costs only its map slot.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -85,6 +85,9 @@ pub struct Store {
     locations: Locations,
     ttl: Duration,
     sweeps: AtomicU64,
+    /// Users holding a session, by type (Online, InGame, InStudio): exact as of the last
+    /// sweep, since a session past its deadline counts until the sweeper reclaims it.
+    sessions: [AtomicI64; 3],
 }
 
 impl Store {
@@ -101,7 +104,27 @@ impl Store {
             locations: Locations::default(),
             ttl,
             sweeps: AtomicU64::new(0),
+            sessions: Default::default(),
         }
+    }
+
+    fn count_session(&self, kind: PresenceType, delta: i64) {
+        if let Some(counter) = (kind.as_int() as usize)
+            .checked_sub(1)
+            .and_then(|i| self.sessions.get(i))
+        {
+            counter.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Users holding a session of each present type, as of the last sweep.
+    pub fn sessions_by_type(&self) -> [(PresenceType, i64); 3] {
+        let count = |i: usize| self.sessions[i].load(Ordering::Relaxed).max(0);
+        [
+            (PresenceType::Online, count(0)),
+            (PresenceType::InGame, count(1)),
+            (PresenceType::InStudio, count(2)),
+        ]
     }
 
     /// Records one heartbeat of `user` at `now`.
@@ -143,6 +166,7 @@ impl Store {
         match heartbeat {
             Heartbeat::Disconnect => {
                 if let Record::Live(live) = &*entry.record {
+                    self.count_session(live.session.kind, -1);
                     entry.record = live.location.record();
                 }
                 Filed::Retention
@@ -150,6 +174,10 @@ impl Store {
             Heartbeat::Present { location, session } => {
                 // A present user's record is its alone, so it is updated in place.
                 if let Some(Record::Live(live)) = Arc::get_mut(&mut entry.record) {
+                    if live.session.kind != session.kind {
+                        self.count_session(live.session.kind, -1);
+                        self.count_session(session.kind, 1);
+                    }
                     live.deadline = deadline;
                     live.session = session;
                     if live.location.as_str() != location.as_str() {
@@ -157,6 +185,10 @@ impl Store {
                     }
                     return Filed::Nothing;
                 }
+                if let Record::Live(shared) = &*entry.record {
+                    self.count_session(shared.session.kind, -1);
+                }
+                self.count_session(session.kind, 1);
                 entry.record = Arc::new(Record::Live(Live {
                     location: self.resolve(location),
                     deadline,
@@ -251,6 +283,7 @@ impl Store {
             Some(live) if left > 0 => {
                 let deadline = Mono(now.mono.0.saturating_add(left as u64));
                 self.expiry.schedule(saved.user_id, deadline);
+                self.count_session(live.session.kind, 1);
                 Arc::new(Record::Live(Live {
                     location,
                     deadline,
@@ -264,13 +297,16 @@ impl Store {
                 location.record()
             }
         };
-        self.users.insert(
+        let replaced = self.users.insert(
             saved.user_id,
             Entry {
                 last_online: saved.last_online,
                 record,
             },
         );
+        if let Some(Record::Live(old)) = replaced.as_ref().map(|e| &*e.record) {
+            self.count_session(old.session.kind, -1);
+        }
     }
 
     /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past
@@ -333,6 +369,7 @@ impl Store {
             return Slot::Fresh(live.deadline);
         }
         let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
+        self.count_session(live.session.kind, -1);
         entry.record = live.location.record();
         Slot::Expired(last_heartbeat)
     }
@@ -620,6 +657,26 @@ mod tests {
         assert_eq!(one(&s, 1, 1000).kind, PresenceType::Online);
         assert_eq!(s.sweep(at(1500)).expired, 1);
         assert_eq!(s.scheduled(), 0);
+    }
+
+    #[test]
+    fn sessions_are_counted_by_type_through_every_transition() {
+        let s = store();
+        let counts = |s: &Store| s.sessions_by_type().map(|(_, n)| n);
+        s.heartbeat(user(1), online("a"), at(0));
+        s.heartbeat(user(2), online("a"), at(0));
+        s.heartbeat(user(3), in_game(5), at(0));
+        assert_eq!(counts(&s), [2, 1, 0]);
+        s.heartbeat(user(2), in_game(6), at(100));
+        assert_eq!(counts(&s), [1, 2, 0]);
+        s.heartbeat(user(3), Heartbeat::Disconnect, at(200));
+        assert_eq!(counts(&s), [1, 1, 0]);
+        s.sweep(at(1_050));
+        assert_eq!(counts(&s), [0, 1, 0]);
+        s.sweep(at(1_200));
+        assert_eq!(counts(&s), [0, 0, 0]);
+        s.heartbeat(user(1), online("b"), at(2_000));
+        assert_eq!(counts(&s), [1, 0, 0]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
+use presence_server::app::Shutdown;
 use presence_server::auth::Authenticator;
 use presence_server::presence::UserId;
 use presence_server::{Application, Settings};
@@ -23,7 +23,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub settings: Settings,
     pub auth: Authenticator,
-    handle: ServerHandle,
+    shutdown: Shutdown,
 }
 
 /// Settings for tests: a free port, one worker, a known secret, no snapshot file, no
@@ -50,14 +50,14 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     settings.validate().expect("test settings must be valid");
     let app = Application::build(settings.clone()).expect("the server builds");
     let addr = app.local_addr();
-    let handle = app.handle();
+    let shutdown = app.shutdown();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
         client: reqwest::Client::new(),
         auth: Authenticator::new(&settings.auth.jwt_secret),
         settings,
-        handle,
+        shutdown,
     }
 }
 
@@ -114,7 +114,7 @@ impl TestApp {
 
     /// Stops the server gracefully and waits for it.
     pub async fn stop(&self) {
-        self.handle.stop(true).await;
+        self.shutdown.clone().begin().await;
     }
 }
 

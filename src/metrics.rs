@@ -1,0 +1,183 @@
+//! Prometheus metrics: requests by route and status, their latency, present users by type,
+//! tracked users, heartbeats, expiries and the sweeper's run time.
+//!
+//! Recording is a lock-free increment or a read-locked lookup of an existing series; the
+//! gauges about the store are read only when `/metrics` is scraped.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::presence::store::SweepReport;
+use crate::presence::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
+}
+
+/// Every metric the server exports, registered once at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram>,
+    users: Family<TypeLabels, Gauge>,
+    tracked: Gauge,
+    heartbeats: Counter,
+    expired: Counter,
+    sweeps: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs .. ~1.6 s
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route",
+            durations.clone(),
+        );
+        let users = Family::<TypeLabels, Gauge>::default();
+        registry.register(
+            "presence_users",
+            "Users holding a session, by presence type, as of the last sweep",
+            users.clone(),
+        );
+        let tracked = Gauge::default();
+        registry.register(
+            "presence_tracked_users",
+            "Users held in memory, present or Offline",
+            tracked.clone(),
+        );
+        let heartbeats = Counter::default();
+        registry.register(
+            "presence_heartbeats",
+            "Heartbeats recorded (register-app-presence calls that succeeded)",
+            heartbeats.clone(),
+        );
+        let expired = Counter::default();
+        registry.register(
+            "presence_expired",
+            "Users the sweeper flipped Offline after their heartbeat TTL",
+            expired.clone(),
+        );
+        let sweeps = Histogram::new(exponential_buckets(0.000_001, 4.0, 14));
+        registry.register(
+            "presence_sweep_duration_seconds",
+            "Time taken by each run of the sweeper",
+            sweeps.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            users,
+            tracked,
+            heartbeats,
+            expired,
+            sweeps,
+        }
+    }
+
+    /// One answered request. `route` is a fixed name, so the series stay few.
+    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.durations
+            .get_or_create(&RouteLabels { route })
+            .observe(seconds);
+    }
+
+    pub fn heartbeat(&self) {
+        self.heartbeats.inc();
+    }
+
+    pub fn swept(&self, report: &SweepReport, seconds: f64) {
+        self.expired.inc_by(report.expired as u64);
+        self.sweeps.observe(seconds);
+    }
+
+    /// The text exposition, with the store's gauges read now.
+    pub fn render(&self, store: &Store) -> String {
+        for (kind, count) in store.sessions_by_type() {
+            self.users
+                .get_or_create(&TypeLabels {
+                    r#type: kind.as_str(),
+                })
+                .set(count);
+        }
+        self.tracked
+            .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_exposition_names_every_metric() {
+        let metrics = Metrics::new();
+        metrics.request("/v1/presence/users", 200, 0.001);
+        metrics.heartbeat();
+        metrics.swept(
+            &SweepReport {
+                expired: 3,
+                ..Default::default()
+            },
+            0.0001,
+        );
+        let store = Store::new(Duration::from_secs(60), Duration::from_secs(1), None);
+        let text = metrics.render(&store);
+        for expected in [
+            r#"http_requests_total{route="/v1/presence/users",status="200"} 1"#,
+            "http_request_duration_seconds_bucket",
+            r#"presence_users{type="Online"} 0"#,
+            r#"presence_users{type="InGame"} 0"#,
+            r#"presence_users{type="InStudio"} 0"#,
+            "presence_tracked_users 0",
+            "presence_heartbeats_total 1",
+            "presence_expired_total 3",
+            "presence_sweep_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
+    }
+}
