@@ -71,10 +71,16 @@ pub fn start(mut cmd: Command) -> Running {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the server logs its address within 30s");
+        // Text logs say `address=IP:PORT`; JSON logs have an "address" field.
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("address="))
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .or_else(|| {
+                serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["address"].as_str().map(str::to_owned))
+            });
         logs.push(line);
         if let Some(addr) = addr {
             return Running {
