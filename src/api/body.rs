@@ -62,12 +62,36 @@ impl Body {
             return Ok(T::default());
         }
         match self.encoding {
-            Some(Encoding::Json) => T::from_json(&self.bytes),
-            Some(Encoding::Form) => T::from_form(&self.bytes),
+            Some(Encoding::Json) => {
+                // Both bodies are JSON objects; serde would also read a struct from an array.
+                let first = self.bytes.iter().find(|b| !b.is_ascii_whitespace());
+                if first != Some(&b'{') {
+                    return Err(ApiError::BadRequest("the body is not a JSON object".into()));
+                }
+                T::from_json(&self.bytes)
+            }
+            Some(Encoding::Form) => {
+                check_form_utf8(&self.bytes)?;
+                T::from_form(&self.bytes)
+            }
             // A body with no content type: nothing says how to read it.
             None => Err(ApiError::UnsupportedMediaType),
         }
     }
+}
+
+/// Form decoding replaces bytes that are not UTF-8 with U+FFFD; a body with such bytes,
+/// raw or percent-encoded, is refused instead of stored altered.
+fn check_form_utf8(bytes: &[u8]) -> Result<(), ApiError> {
+    let bad = bytes.split(|&b| b == b'&' || b == b'=').any(|part| {
+        percent_encoding::percent_decode(part)
+            .decode_utf8()
+            .is_err()
+    });
+    if bad {
+        return Err(ApiError::BadRequest("the form is not UTF-8".into()));
+    }
+    Ok(())
 }
 
 impl FromRequest for Body {
@@ -151,6 +175,14 @@ mod tests {
             encoding_of("multipart/form-data; boundary=x"),
             Err(ApiError::UnsupportedMediaType)
         ));
+    }
+
+    #[test]
+    fn forms_must_be_utf8_raw_and_percent_decoded() {
+        assert!(check_form_utf8(b"location=%C3%A9t%C3%A9&a=b+c").is_ok());
+        assert!(check_form_utf8(b"location=%FF%FE").is_err());
+        assert!(check_form_utf8(b"location=\xff").is_err());
+        assert!(check_form_utf8(b"%ff=1").is_err());
     }
 
     #[test]

@@ -30,12 +30,52 @@ fn bad_request(e: impl std::fmt::Display) -> ApiError {
 pub struct RegisterAppPresenceRequest<'a> {
     #[serde(borrow)]
     pub location: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "int64")]
     pub place_id: Option<i64>,
     pub disconnect: Option<bool>,
     /// Extension: the game-server instance.
     pub game_id: Option<Uuid>,
     /// Extension: overrides the catalog's universe.
+    #[serde(default, deserialize_with = "int64")]
     pub universe_id: Option<i64>,
+}
+
+/// An optional int64. JSON's `-0` is an integer too, though parsers read it as a float;
+/// anything else that is not an int64 is refused.
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct Int64;
+    impl<'de> Visitor<'de> for Int64 {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an int64")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom("out of int64 range"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v == 0.0 && v.is_sign_negative() {
+                Ok(Some(0))
+            } else {
+                Err(E::custom("not an integer"))
+            }
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            // JSON gives numbers only; a form's text is parsed as an i64 by its deserializer.
+            d.deserialize_i64(self)
+        }
+    }
+    d.deserialize_option(Int64)
 }
 
 impl<'a> FromBody<'a> for RegisterAppPresenceRequest<'a> {
