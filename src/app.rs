@@ -72,6 +72,7 @@ impl Application {
             limits: RateLimits::new(&settings.rate_limit),
             metrics: Metrics::new(),
             ready: AtomicBool::new(true),
+            openapi: api::openapi::document(&settings).to_string(),
             settings,
         });
         let server_settings = &state.settings.server;

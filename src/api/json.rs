@@ -9,6 +9,7 @@ use chrono::{Datelike as _, Timelike as _};
 use chrono::{DateTime, Utc};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::body::FromBody;
@@ -25,18 +26,25 @@ fn bad_request(e: impl std::fmt::Display) -> ApiError {
 
 /// The body of `register-app-presence`. Unknown fields are ignored; `null` is absent. The
 /// location borrows from the body when it needs no unescaping.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(description = "Request model to Register App Presence; every field is optional")]
 pub struct RegisterAppPresenceRequest<'a> {
+    /// Where the user is; starting with `Studio` (any case) means InStudio.
     #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
     pub location: Option<Cow<'a, str>>,
+    /// The place played; 0 or absent means none.
     #[serde(default, deserialize_with = "int64")]
+    #[schema(minimum = -9223372036854775808_i64, maximum = 9223372036854775807_i64)]
     pub place_id: Option<i64>,
+    /// True: the user is Offline at once.
     pub disconnect: Option<bool>,
-    /// Extension: the game-server instance.
+    /// Extension: the game-server instance (InGame only).
     pub game_id: Option<Uuid>,
-    /// Extension: overrides the catalog's universe.
+    /// Extension: overrides the place catalog's universe.
     #[serde(default, deserialize_with = "int64")]
+    #[schema(minimum = -9223372036854775808_i64, maximum = 9223372036854775807_i64)]
     pub universe_id: Option<i64>,
 }
 
@@ -157,9 +165,11 @@ impl<'de> Deserialize<'de> for IdItem {
 }
 
 /// The body of `/v1/presence/users`, before validation. Missing or `null` ids are none.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(description = "Get users presences request model")]
 pub struct LookupRequest {
     #[serde(rename = "userIds", default, deserialize_with = "null_as_empty")]
+    #[schema(schema_with = super::openapi::user_ids_schema)]
     pub user_ids: Vec<IdItem>,
 }
 

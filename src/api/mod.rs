@@ -6,6 +6,7 @@ pub mod extract;
 pub mod json;
 pub mod limits;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod routes;
 
@@ -33,4 +34,6 @@ pub struct AppState {
     /// True from start-up (the store is loaded before the state exists) until shutdown
     /// begins; `/ready` answers from it.
     pub ready: AtomicBool,
+    /// The OpenAPI document for these settings, rendered once.
+    pub openapi: String,
 }

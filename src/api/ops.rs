@@ -6,6 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 use super::error::{ApiError, JSON_UTF8};
+use super::openapi::{ErrorBody, Status};
 use super::AppState;
 
 pub const HEALTH: &str = "/health";
@@ -14,6 +15,9 @@ pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 
 /// `GET /health`: 200 while the process runs.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, description = "The process runs", content((Status = "application/json"), (Status = "text/json"))),
+))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
@@ -21,6 +25,10 @@ pub async fn health() -> HttpResponse {
 }
 
 /// `GET /ready`: 200 once the store is loaded and work is accepted, 503 while shutting down.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "Accepting work", content((Status = "application/json"), (Status = "text/json"))),
+    (status = 503, description = "0: ServiceUnavailable (shutting down)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable);
@@ -31,6 +39,10 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 }
 
 /// `GET /metrics`: the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Metrics in the OpenMetrics text format", body = String,
+        content_type = "application/openmetrics-text"),
+))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let body = state.metrics.render(&state.store);
     HttpResponse::Ok()
@@ -39,4 +51,15 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ))
         .body(body)
+}
+
+/// `GET /openapi.json`: this API's OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", responses(
+    (status = 200, description = "The OpenAPI 3.1 document", body = Object,
+        content_type = "application/json"),
+))]
+pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, JSON_UTF8))
+        .body(state.openapi.clone())
 }

@@ -7,6 +7,7 @@ use super::body::Body;
 use super::error::{ApiError, JSON_UTF8};
 use super::extract::{Reader, WritingUser};
 use super::json::{LookupRequest, PresencesWriter, RegisterAppPresenceRequest};
+use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
 use super::AppState;
 use crate::presence::Heartbeat;
@@ -33,6 +34,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(get_only)),
     )
     .service(
+        web::resource(ops::OPENAPI)
+            .route(web::get().to(ops::openapi))
+            .default_service(web::to(get_only)),
+    )
+    .service(
         web::resource(REGISTER_APP_PRESENCE)
             .route(web::post().to(register_app_presence))
             .default_service(web::to(post_only)),
@@ -45,7 +51,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `POST /v1/presence/register-app-presence`: the caller's own heartbeat.
-async fn register_app_presence(
+#[utoipa::path(
+    post,
+    path = "/v1/presence/register-app-presence",
+    description = "Register User Presence for IOS, Android, Xbox, regular studio session. \
+        The user comes from the credential. An empty body counts as `{}`.",
+    request_body(
+        description = "Request model to Register App Presence",
+        content(
+            (RegisterAppPresenceRequest = "application/json"),
+            (RegisterAppPresenceRequest = "text/json"),
+            (RegisterAppPresenceRequest = "application/x-www-form-urlencoded"),
+        )
+    ),
+    params(
+        ("x-csrf-token" = Option<String>, Header,
+            description = "Required with a cookie credential: the token from a 403's x-csrf-token header"),
+    ),
+    responses(
+        (status = 200, description = "OK", content((Empty = "application/json"), (Empty = "text/json"))),
+        (status = 400, description = "0: BadRequest", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 403, description = "0: Token Validation Failed", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
+            headers(("x-csrf-token" = String, description = "The CSRF token to repeat the call with"))),
+        (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 413, description = "0: PayloadTooLarge", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 415, description = "0: UnsupportedMediaType", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 429, description = "0: TooManyRequests", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+        (status = 500, description = "0: InternalServerError", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
+pub async fn register_app_presence(
     state: web::Data<AppState>,
     user: WritingUser,
     body: Body,
@@ -60,7 +98,33 @@ async fn register_app_presence(
 }
 
 /// `POST /v1/presence/users`: the presence of up to `api.max_user_ids` users.
-async fn users(
+#[utoipa::path(
+    post,
+    path = "/v1/presence/users",
+    description = "Get Presence for a list of users: one entry per distinct id, in order of \
+        first appearance. An empty body counts as `{}`.",
+    request_body(
+        description = "Get users presences request model",
+        content(
+            (LookupRequest = "application/json"),
+            (LookupRequest = "text/json"),
+            (LookupRequest = "application/x-www-form-urlencoded"),
+        )
+    ),
+    responses(
+        (status = 200, description = "OK", content((UserPresencesResponse = "application/json"), (UserPresencesResponse = "text/json"))),
+        (status = 400, description = "0: BadRequest; 1: Invalid user id.; 2: Too many User Ids being sent in the request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (with api.require_auth_for_lookup)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 413, description = "0: PayloadTooLarge", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 415, description = "0: UnsupportedMediaType", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 429, description = "0: TooManyRequests", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+        (status = 500, description = "0: InternalServerError", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+    ),
+    security((), ("bearer" = []), ("cookie" = []))
+)]
+pub async fn users(
     state: web::Data<AppState>,
     _reader: Reader,
     body: Body,
