@@ -164,9 +164,8 @@ pub fn positive_int64_pattern() -> String {
 pub fn document(settings: &Settings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
     let schemas = &mut doc["components"]["schemas"];
-    for request in ["LookupRequest"] {
-        schemas[request]["properties"]["userIds"]["maxItems"] = json!(settings.api.max_user_ids);
-    }
+    schemas["LookupRequest"]["properties"]["userIds"]["maxItems"] =
+        json!(settings.api.max_user_ids);
     schemas["UserPresence"]["properties"]["userPresenceType"] = match settings.api.presence_type {
         PresenceTypeFormat::String => json!({
             "type": "string",
