@@ -422,8 +422,8 @@ async fn numbers_that_are_not_positive_int64_ids_are_invalid_ids() {
         "-9223372036854775809",
         "-0",
         "0",
-        "1.0",
-        "1e3",
+        "0.5",
+        "1.5e0",
         "1E-400",
         "-1e3",
         "\"9223372036854775808\"",
@@ -474,9 +474,8 @@ async fn a_place_or_universe_id_out_of_int64_range_is_a_bad_request_and_changes_
             "-9223372036854775809",
             "1e400",
             "-1e400",
-            "1.0",
             "1.5",
-            "1e3",
+            "9.3e18",
         ] {
             let body = format!(r#"{{"location":"Xbox","{field}":{number}}}"#);
             let res = post(&app, REGISTER, 13, JSON, body.clone()).await;

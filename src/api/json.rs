@@ -40,7 +40,9 @@ pub struct RegisterAppPresenceRequest<'a> {
     pub place_id: Option<i64>,
     /// True: the user is Offline at once.
     pub disconnect: Option<bool>,
-    /// Extension: the game-server instance (InGame only).
+    /// Extension: the game-server instance (InGame only), a hyphenated UUID; `""` is none.
+    #[serde(default, deserialize_with = "game_id")]
+    #[schema(value_type = Option<String>, pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$")]
     pub game_id: Option<Uuid>,
     /// Extension: overrides the place catalog's universe.
     #[serde(default, deserialize_with = "int64")]
@@ -48,8 +50,34 @@ pub struct RegisterAppPresenceRequest<'a> {
     pub universe_id: Option<i64>,
 }
 
-/// An optional int64. JSON's `-0` is an integer too, though parsers read it as a float;
-/// anything else that is not an int64 is refused.
+/// A hyphenated UUID (the form every client sends and the answer uses), `""` or `null` for
+/// none. Other spellings the `uuid` crate would read are refused, as the schema says.
+fn game_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {
+    let Some(text) = Option::<Cow<'de, str>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() != 36 {
+        return Err(de::Error::custom("gameId must be a hyphenated UUID"));
+    }
+    Uuid::parse_str(&text)
+        .map(Some)
+        .map_err(|_| de::Error::custom("gameId must be a hyphenated UUID"))
+}
+
+/// The int64 a JSON number written as a float stands for, if it is whole and in range
+/// (`-0`, `1.0`, `1e3`); JSON Schema counts such numbers as integers.
+fn whole_int64(v: f64) -> Option<i64> {
+    // 2^63 is the first float past i64::MAX; every float below it converts exactly. -2^63
+    // itself is left out: an integer literal below i64::MIN also rounds to it.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    (v.fract() == 0.0 && v > -LIMIT && v < LIMIT).then_some(v as i64)
+}
+
+/// An optional int64, from a JSON integer, a whole JSON number written as a float, or a
+/// form's decimal text; anything else is refused.
 fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     struct Int64;
     impl<'de> Visitor<'de> for Int64 {
@@ -66,11 +94,9 @@ fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
                 .map_err(|_| E::custom("out of int64 range"))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            if v == 0.0 && v.is_sign_negative() {
-                Ok(Some(0))
-            } else {
-                Err(E::custom("not an integer"))
-            }
+            whole_int64(v)
+                .map(Some)
+                .ok_or_else(|| E::custom("not an int64"))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(None)
@@ -139,8 +165,13 @@ impl<'de> Deserialize<'de> for IdItem {
                     .and_then(UserId::new)
                     .map_or(IdItem::Invalid, IdItem::Valid))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IdItem, E> {
-                Ok(IdItem::Invalid)
+            /// A number written with a fraction or exponent is an id when its value is a
+            /// whole positive int64, as JSON Schema's `integer` says (`1.0`, `1e3`).
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IdItem, E> {
+                Ok(whole_int64(v)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .and_then(UserId::new)
+                    .map_or(IdItem::Invalid, IdItem::Valid))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IdItem, E> {
                 Ok(IdItem::from_text(v))
@@ -427,6 +458,14 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_written_as_floats_are_ids() {
+        assert_eq!(
+            ids(r#"{"userIds":[1.0,1e3,479001601.0]}"#).unwrap(),
+            vec![1, 1000, 479_001_601]
+        );
+    }
+
+    #[test]
     fn a_list_of_the_wrong_type_or_broken_json_is_a_bad_request() {
         for bad in [
             r#"{"userIds":"1"}"#,
@@ -476,6 +515,18 @@ mod tests {
         ));
         assert!(!is_user_ids_key("userIdsX"));
         assert!(!is_user_ids_key("userIds[a]"));
+    }
+
+    #[test]
+    fn place_ids_are_whole_int64s_however_written() {
+        let r =
+            |body: &str| RegisterAppPresenceRequest::from_json(body.as_bytes()).map(|r| r.place_id);
+        assert_eq!(r(r#"{"placeId":1818.0}"#).unwrap(), Some(1818));
+        assert_eq!(r(r#"{"placeId":-0}"#).unwrap(), Some(0));
+        assert_eq!(r(r#"{"placeId":null}"#).unwrap(), None);
+        assert!(r(r#"{"placeId":1.5}"#).is_err());
+        assert!(r(r#"{"placeId":"5"}"#).is_err());
+        assert!(r(r#"{"placeId":-9223372036854775809}"#).is_err());
     }
 
     #[test]

@@ -160,6 +160,24 @@ pub fn positive_int64_pattern() -> String {
     format!("^0*({})$", alternatives.join("|"))
 }
 
+/// Removes `null` from every `type` list below `schema`.
+fn strip_null(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if let [only] = types.as_slice() {
+                    let only = only.clone();
+                    map.insert("type".into(), only);
+                }
+            }
+            map.values_mut().for_each(strip_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
+    }
+}
+
 /// The document for this configuration, as JSON.
 pub fn document(settings: &Settings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
@@ -178,6 +196,24 @@ pub fn document(settings: &Settings) -> Value {
             "description": "User presence Type: 0 Offline, 1 Online, 2 InGame, 3 InStudio"
         }),
     };
+    // Forms cannot say `null`: their schemas are the JSON ones without it.
+    for (json_schema, form_schema, path) in [
+        ("LookupRequest", "LookupForm", "/v1/presence/users"),
+        (
+            "RegisterAppPresenceRequest",
+            "RegisterAppPresenceForm",
+            "/v1/presence/register-app-presence",
+        ),
+    ] {
+        let mut form = doc["components"]["schemas"][json_schema].clone();
+        strip_null(&mut form);
+        doc["components"]["schemas"][form_schema] = form;
+        let body = &mut doc["paths"][path]["post"]["requestBody"];
+        // An empty body counts as `{}`.
+        body["required"] = json!(false);
+        body["content"]["application/x-www-form-urlencoded"]["schema"] =
+            json!({ "$ref": format!("#/components/schemas/{form_schema}") });
+    }
     if settings.api.require_auth_for_lookup {
         doc["paths"]["/v1/presence/users"]["post"]["security"] =
             json!([{"bearer": []}, {"cookie": []}]);
