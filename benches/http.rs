@@ -205,6 +205,13 @@ fn presence_settings() -> Settings {
     settings.server.workers = 1;
     settings.server.shutdown_timeout = Duration::from_secs(2);
     settings.auth.jwt_secret = SECRET.into();
+    // A snapshot file has no place in a throughput run.
+    settings.persistence.enabled = false;
+    // Limits stay on, so their cost is measured, but far above what the load reaches.
+    settings.rate_limit.register_per_second = 1_000_000;
+    settings.rate_limit.register_burst = 1_000_000;
+    settings.rate_limit.lookup_per_second = 1_000_000;
+    settings.rate_limit.lookup_burst = 1_000_000;
     settings.validate().expect("bench settings must be valid");
     settings
 }
