@@ -1,7 +1,7 @@
 //! Routes and handlers: each handler turns a decoded body into a domain call and its answer.
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, Handler, HttpResponse, Responder};
 
 use super::body::Body;
 use super::error::{ApiError, JSON_UTF8};
@@ -18,36 +18,31 @@ pub const USERS: &str = "/v1/presence/users";
 /// Mounts the API's routes and the operators' ones; anything else is 404, another method
 /// on them 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource(ops::HEALTH)
-            .route(web::get().to(ops::health))
-            .default_service(web::to(get_only)),
-    )
-    .service(
-        web::resource(ops::READY)
-            .route(web::get().to(ops::ready))
-            .default_service(web::to(get_only)),
-    )
-    .service(
-        web::resource(ops::METRICS)
-            .route(web::get().to(ops::metrics))
-            .default_service(web::to(get_only)),
-    )
-    .service(
-        web::resource(ops::OPENAPI)
-            .route(web::get().to(ops::openapi))
-            .default_service(web::to(get_only)),
-    )
-    .service(
-        web::resource(REGISTER_APP_PRESENCE)
-            .route(web::post().to(register_app_presence))
-            .default_service(web::to(post_only)),
-    )
-    .service(
-        web::resource(USERS)
-            .route(web::post().to(users))
-            .default_service(web::to(post_only)),
-    );
+    cfg.service(only(Method::GET, ops::HEALTH, ops::health))
+        .service(only(Method::GET, ops::READY, ops::ready))
+        .service(only(Method::GET, ops::METRICS, ops::metrics))
+        .service(only(Method::GET, ops::OPENAPI, ops::openapi))
+        .service(only(
+            Method::POST,
+            REGISTER_APP_PRESENCE,
+            register_app_presence,
+        ))
+        .service(only(Method::POST, USERS, users));
+}
+
+/// `path` answered by `handler` for `method`, and 405 with `Allow` for any other method.
+fn only<F, Args>(method: Method, path: &'static str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let allow = if method == Method::GET { "GET" } else { "POST" };
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move || async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+        }))
 }
 
 /// `POST /v1/presence/register-app-presence`: the caller's own heartbeat.
@@ -139,14 +134,6 @@ pub async fn users(
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(bytes))
-}
-
-async fn post_only() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { allow: "POST" })
-}
-
-async fn get_only() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { allow: "GET" })
 }
 
 /// The fixed name of a request's route, for metrics: unknown paths share one name, so an
