@@ -14,9 +14,12 @@ use presence_server::metrics::Metrics;
 use presence_server::presence::UserId;
 
 fn record(c: &mut Criterion) {
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(&presence_server::api::routes::ROUTES);
     c.bench_function("metrics/request (counter + histogram)", |b| {
-        b.iter(|| metrics.request(black_box("/v1/presence/users"), 200, black_box(0.000_3)))
+        b.iter(|| {
+            let route = presence_server::api::routes::route_name(black_box("/v1/presence/users"));
+            metrics.request(route, 200, black_box(0.000_3))
+        })
     });
     c.bench_function("metrics/heartbeat counter", |b| {
         b.iter(|| metrics.heartbeat())

@@ -70,7 +70,7 @@ impl Application {
             store: Arc::clone(&store),
             clock,
             limits: RateLimits::new(&settings.rate_limit),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(&api::routes::ROUTES),
             ready: AtomicBool::new(true),
             openapi: api::openapi::document(&settings).to_string(),
             settings,

@@ -8,7 +8,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 
 use super::error::ApiError;
 use super::AppState;
@@ -132,9 +132,14 @@ impl FromRequest for Body {
                 Ok(bytes.freeze())
             };
             // A client that trickles its body is cut off rather than holding a connection.
-            let bytes = tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| ApiError::BodyTimeout(timeout))??;
+            // Most bodies arrive with their head: only a body still on its way needs a timer.
+            let mut read = std::pin::pin!(read);
+            let bytes = match (&mut read).now_or_never() {
+                Some(done) => done?,
+                None => tokio::time::timeout(timeout, read)
+                    .await
+                    .map_err(|_| ApiError::BodyTimeout(timeout))??,
+            };
             Ok(Body { encoding, bytes })
         })
     }
