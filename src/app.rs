@@ -21,7 +21,7 @@ use crate::periodic::Periodic;
 use crate::persistence;
 use crate::presence::{Clock, PlaceCatalog, Store};
 
-/// A bound server and its sweeper, ready to run.
+/// A bound server with its sweeper and snapshot writer, ready to run.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
