@@ -167,11 +167,6 @@ impl Application {
         }
     }
 
-    /// The shared state, for callers that inspect the store (tests, benches).
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until stopped; then stops and joins the background threads and, with
     /// persistence on, writes a last snapshot. Fails if that snapshot cannot be written.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {

@@ -19,7 +19,6 @@ const FORM: &str = "application/x-www-form-urlencoded";
 const BAD_REQUEST: (u16, i64, &str) = (400, 0, "BadRequest");
 const INVALID_ID: (u16, i64, &str) = (400, 1, "Invalid user id.");
 const TOO_MANY: (u16, i64, &str) = (400, 2, "Too many User Ids being sent in the request.");
-const NEVER_SEEN: &str = "0001-01-01T00:00:00.000Z";
 
 /// How long any raw client waits for the server before calling it a hang. Generous: the
 /// machine is small and shared.

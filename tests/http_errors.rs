@@ -12,9 +12,7 @@ use presence_server::auth::Authenticator;
 use presence_server::presence::UserId;
 use serde_json::{json, Value};
 
-const JSON_UTF8: &str = "application/json; charset=utf-8";
 const TEXT_JSON_UTF8: &str = "text/json; charset=utf-8";
-const DENIED: &str = "Authorization has been denied for this request.";
 
 fn content_type(res: &reqwest::Response) -> String {
     res.headers()["content-type"].to_str().unwrap().to_owned()

@@ -6,21 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::*;
-use presence_server::config::{PlaceSettings, PresenceTypeFormat};
+use presence_server::config::PresenceTypeFormat;
 use serde_json::{json, Value};
-
-const NEVER_SEEN: &str = "0001-01-01T00:00:00.000Z";
-const JSON_UTF8: &str = "application/json; charset=utf-8";
-const GAME: &str = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
-
-fn crossroads() -> PlaceSettings {
-    PlaceSettings {
-        id: 1818,
-        universe_id: 13058,
-        root_place_id: 1818,
-        name: "Classic: Crossroads".into(),
-    }
-}
 
 /// `POST /v1/presence/users` with a raw body and content type, no credential.
 async fn post_raw(

@@ -10,21 +10,9 @@ use common::*;
 use presence_server::config::PlaceSettings;
 use serde_json::{json, Value};
 
-const NEVER_SEEN: &str = "0001-01-01T00:00:00.000Z";
-const JSON_UTF8: &str = "application/json; charset=utf-8";
-const GAME: &str = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
 /// A short TTL for expiry tests: long enough that a lookup right after a heartbeat
 /// always lands before it, even on a busy machine.
 const TTL: Duration = Duration::from_millis(600);
-
-fn crossroads() -> PlaceSettings {
-    PlaceSettings {
-        id: 1818,
-        universe_id: 13058,
-        root_place_id: 1818,
-        name: "Classic: Crossroads".into(),
-    }
-}
 
 /// A place whose root is another place of the same universe.
 fn annex() -> PlaceSettings {

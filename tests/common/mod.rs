@@ -15,6 +15,22 @@ use presence_server::{Application, Settings};
 use serde_json::Value;
 
 pub const SECRET: &str = "integration-test-secret";
+/// `lastOnline` of a user never seen.
+pub const NEVER_SEEN: &str = "0001-01-01T00:00:00.000Z";
+pub const JSON_UTF8: &str = "application/json; charset=utf-8";
+pub const DENIED: &str = "Authorization has been denied for this request.";
+/// A game-server instance id for `gameId`.
+pub const GAME: &str = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+
+/// The catalog place most tests use.
+pub fn crossroads() -> presence_server::config::PlaceSettings {
+    presence_server::config::PlaceSettings {
+        id: 1818,
+        universe_id: 13058,
+        root_place_id: 1818,
+        name: "Classic: Crossroads".into(),
+    }
+}
 pub const REGISTER: &str = "/v1/presence/register-app-presence";
 pub const USERS: &str = "/v1/presence/users";
 
