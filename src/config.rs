@@ -121,6 +121,8 @@ pub struct ApiSettings {
     pub presence_type: PresenceTypeFormat,
     pub max_user_ids: usize,
     pub require_auth_for_lookup: bool,
+    /// Longest `location` a heartbeat may carry, in characters; longer is 400.
+    pub max_location_length: usize,
 }
 
 impl Default for ApiSettings {
@@ -129,6 +131,7 @@ impl Default for ApiSettings {
             presence_type: PresenceTypeFormat::String,
             max_user_ids: 50,
             require_auth_for_lookup: false,
+            max_location_length: 100,
         }
     }
 }
@@ -251,41 +254,100 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks what types alone cannot say; the message names the key.
+    /// Checks what types alone cannot say: every number and duration against its range
+    /// (documented in `config.toml`), and the rules between keys. The message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.server.max_body_bytes == 0 {
-            return Err("server.max_body_bytes must be at least 1".into());
+        let server = &self.server;
+        count("server.workers", server.workers, 0, MAX_WORKERS)?;
+        count(
+            "server.max_body_bytes",
+            server.max_body_bytes,
+            1,
+            MAX_BODY_BYTES,
+        )?;
+        span(
+            "server.shutdown_timeout",
+            server.shutdown_timeout,
+            SECOND,
+            HOUR,
+        )?;
+        span(
+            "server.drain_delay",
+            server.drain_delay,
+            Duration::ZERO,
+            10 * MINUTE,
+        )?;
+        span(
+            "server.request_head_timeout",
+            server.request_head_timeout,
+            MILLI,
+            10 * MINUTE,
+        )?;
+        span(
+            "server.request_body_timeout",
+            server.request_body_timeout,
+            MILLI,
+            10 * MINUTE,
+        )?;
+        span("server.keep_alive", server.keep_alive, Duration::ZERO, HOUR)?;
+        count(
+            "server.max_connections_per_worker",
+            server.max_connections_per_worker,
+            1,
+            MAX_CONNECTIONS,
+        )?;
+        let presence = &self.presence;
+        span(
+            "presence.heartbeat_ttl",
+            presence.heartbeat_ttl,
+            MILLI,
+            7 * DAY,
+        )?;
+        span(
+            "presence.sweep_interval",
+            presence.sweep_interval,
+            MILLI,
+            HOUR,
+        )?;
+        if let Some(retention) = presence.offline_retention {
+            span(
+                "presence.offline_retention",
+                retention,
+                MILLI,
+                MAX_RETENTION,
+            )?;
         }
-        if self.server.request_head_timeout.is_zero() || self.server.request_body_timeout.is_zero()
-        {
-            return Err("server.request_head_timeout and server.request_body_timeout must be longer than 0s".into());
-        }
-        if self.server.max_connections_per_worker == 0 {
-            return Err("server.max_connections_per_worker must be at least 1".into());
-        }
+        count("api.max_user_ids", self.api.max_user_ids, 1, MAX_USER_IDS)?;
+        count(
+            "api.max_location_length",
+            self.api.max_location_length,
+            1,
+            MAX_LOCATION_LENGTH,
+        )?;
         let limits = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.register_per_second", limits.register_per_second),
+            ("rate_limit.register_burst", limits.register_burst),
+            ("rate_limit.lookup_per_second", limits.lookup_per_second),
+            ("rate_limit.lookup_burst", limits.lookup_burst),
+        ] {
+            count(key, value, 0, MAX_RATE)?;
+        }
         if (limits.register_per_second > 0 && limits.register_burst == 0)
             || (limits.lookup_per_second > 0 && limits.lookup_burst == 0)
         {
             return Err("rate_limit: a burst must be at least 1 when its rate is on".into());
         }
-        if self.presence.heartbeat_ttl.is_zero() {
-            return Err("presence.heartbeat_ttl must be longer than 0s".into());
-        }
-        if self.presence.sweep_interval < Duration::from_millis(1) {
-            return Err("presence.sweep_interval must be at least 1ms".into());
-        }
-        if self.presence.offline_retention.is_some_and(|d| d.is_zero()) {
-            return Err("presence.offline_retention must be longer than 0s, or \"forever\"".into());
-        }
-        if self.api.max_user_ids == 0 {
-            return Err("api.max_user_ids must be at least 1".into());
-        }
-        if self.persistence.enabled && self.persistence.snapshot_interval.is_zero() {
-            return Err("persistence.snapshot_interval must be longer than 0s".into());
-        }
-        if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
-            return Err("persistence.path must not be empty".into());
+        if self.persistence.enabled {
+            span(
+                "persistence.snapshot_interval",
+                self.persistence.snapshot_interval,
+                MILLI,
+                DAY,
+            )?;
+            if self.persistence.path.as_os_str().is_empty() {
+                return Err("persistence.path must not be empty".into());
+            }
         }
         if self.auth.jwt_secret.is_empty() {
             return Err("auth.jwt_secret must not be empty".into());
@@ -309,6 +371,49 @@ impl Settings {
     pub fn uses_development_secret(&self) -> bool {
         self.auth.jwt_secret == DEVELOPMENT_JWT_SECRET
     }
+}
+
+const MILLI: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// Ten years: a longer retention is written `"forever"`.
+const MAX_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
+const MAX_WORKERS: usize = 1024;
+const MAX_BODY_BYTES: usize = 4 << 20;
+const MAX_CONNECTIONS: usize = 1_000_000;
+const MAX_USER_IDS: usize = 10_000;
+const MAX_LOCATION_LENGTH: usize = 4096;
+const MAX_RATE: u32 = 10_000_000;
+
+/// `value` of `key` must lie in `min..=max`.
+fn count<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{key} must be between {min} and {max}, not {value}"
+        ));
+    }
+    Ok(())
+}
+
+/// The duration `value` of `key` must lie in `min..=max`.
+fn span(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value < min || value > max {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        return Err(format!(
+            "{key} must be between {} and {}, not {}",
+            show(min),
+            show(max),
+            show(value)
+        ));
+    }
+    Ok(())
 }
 
 /// Figment reports every problem with the key it concerns; keep all of them, one per line.
@@ -486,5 +591,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("presence.heartbeat_ttl"), "{err}");
+    }
+
+    #[test]
+    fn every_number_and_duration_out_of_its_range_is_refused_naming_the_key() {
+        for (text, key) in [
+            ("[server]\nworkers = 100000\n", "server.workers"),
+            ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes"),
+            (
+                "[server]\nshutdown_timeout = \"500ms\"\n",
+                "server.shutdown_timeout",
+            ),
+            ("[server]\ndrain_delay = \"1d\"\n", "server.drain_delay"),
+            (
+                "[server]\nrequest_head_timeout = \"0s\"\n",
+                "server.request_head_timeout",
+            ),
+            (
+                "[server]\nrequest_body_timeout = \"1d\"\n",
+                "server.request_body_timeout",
+            ),
+            ("[server]\nkeep_alive = \"2h\"\n", "server.keep_alive"),
+            (
+                "[server]\nmax_connections_per_worker = 0\n",
+                "server.max_connections_per_worker",
+            ),
+            (
+                "[presence]\nheartbeat_ttl = \"1000000000000d\"\n",
+                "presence.heartbeat_ttl",
+            ),
+            (
+                "[presence]\nsweep_interval = \"0s\"\n",
+                "presence.sweep_interval",
+            ),
+            (
+                "[presence]\noffline_retention = \"1000000000000d\"\n",
+                "presence.offline_retention",
+            ),
+            ("[api]\nmax_user_ids = 0\n", "api.max_user_ids"),
+            (
+                "[api]\nmax_location_length = 0\n",
+                "api.max_location_length",
+            ),
+            (
+                "[api]\nmax_location_length = 100000\n",
+                "api.max_location_length",
+            ),
+            (
+                "[rate_limit]\nlookup_burst = 4000000000\n",
+                "rate_limit.lookup_burst",
+            ),
+            (
+                "[persistence]\nsnapshot_interval = \"2d\"\n",
+                "persistence.snapshot_interval",
+            ),
+        ] {
+            let f = write_config(text);
+            let err = Settings::load_with_env(f.path(), no_env())
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_ends_of_each_range_are_accepted() {
+        let f = write_config(
+            "[server]\nworkers = 1024\nkeep_alive = \"0s\"\nshutdown_timeout = \"1s\"\n\
+             [presence]\nheartbeat_ttl = \"7d\"\noffline_retention = \"3650d\"\n\
+             [api]\nmax_location_length = 1\n",
+        );
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        assert_eq!(s.server.workers, 1024);
+        assert_eq!(s.api.max_location_length, 1);
     }
 }

@@ -28,6 +28,34 @@ fn a_bad_value_stops_start_up_naming_the_key() {
 }
 
 #[test]
+fn settings_out_of_range_stop_start_up_naming_the_key_without_a_panic() {
+    for (text, key) in [
+        ("[api]\nmax_user_ids = 100000\n", "api.max_user_ids"),
+        (
+            "[presence]\nheartbeat_ttl = \"1000000000000d\"\n",
+            "presence.heartbeat_ttl",
+        ),
+        (
+            "[api]\nmax_location_length = 0\n",
+            "api.max_location_length",
+        ),
+    ] {
+        let f = config_file(&format!("{BASE}{text}"));
+        let (ok, stderr) = run_to_end(command(f.path()));
+        assert!(!ok, "{text}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    }
+    // The value that used to panic inside the HTTP layer.
+    let f = config_file("[persistence]\nenabled = false\n[server]\nworkers = 100000\n");
+    let (ok, stderr) = run_to_end(command(f.path()));
+    assert!(!ok);
+    assert!(stderr.contains("server.workers"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn a_missing_config_file_stops_start_up_naming_it() {
     let (ok, stderr) = run_to_end(command(std::path::Path::new("/no/such/presence.toml")));
     assert!(!ok);

@@ -184,6 +184,9 @@ pub fn document(settings: &Settings) -> Value {
     let schemas = &mut doc["components"]["schemas"];
     schemas["LookupRequest"]["properties"]["userIds"]["maxItems"] =
         json!(settings.api.max_user_ids);
+    // JSON Schema counts characters as the server does (Unicode scalar values).
+    schemas["RegisterAppPresenceRequest"]["properties"]["location"]["maxLength"] =
+        json!(settings.api.max_location_length);
     schemas["UserPresence"]["properties"]["userPresenceType"] = match settings.api.presence_type {
         PresenceTypeFormat::String => json!({
             "type": "string",
@@ -321,6 +324,9 @@ mod tests {
         }
         let ids = &doc["components"]["schemas"]["LookupRequest"]["properties"]["userIds"];
         assert_eq!(ids["maxItems"], 7);
+        let location =
+            &doc["components"]["schemas"]["RegisterAppPresenceRequest"]["properties"]["location"];
+        assert_eq!(location["maxLength"], 100);
         assert_eq!(
             doc["components"]["schemas"]["UserPresence"]["properties"]["userPresenceType"]["type"],
             "integer"

@@ -84,12 +84,27 @@ pub async fn register_app_presence(
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let request: RegisterAppPresenceRequest = body.decode()?;
+    if let Some(location) = &request.location {
+        check_location_length(location, state.settings.api.max_location_length)?;
+    }
     let heartbeat = Heartbeat::from_report(request.report(), &state.catalog);
     state.store.heartbeat(user.0, heartbeat, state.clock.now());
     state.metrics.heartbeat();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body("{}"))
+}
+
+/// A `location` longer than `max` characters is refused (CONTRACT section 6), so that no
+/// client can make every lookup of it long. Counting characters is needed only when the
+/// UTF-8 length is over `max`, since a character is at least one byte.
+fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
+    if location.len() > max && location.chars().nth(max).is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "location is longer than {max} characters"
+        )));
+    }
+    Ok(())
 }
 
 /// `POST /v1/presence/users`: the presence of up to `api.max_user_ids` users.
