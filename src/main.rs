@@ -78,14 +78,23 @@ fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
                  set PRESENCE__AUTH__JWT_SECRET or auth.jwt_secret before deploying"
             );
         }
-        let signals = ShutdownSignals::install()?;
+        let mut signals = ShutdownSignals::install()?;
         let app = Application::build(settings)?;
         tracing::info!(address = %app.local_addr(), config = %config.display(), "presence-server listening");
         let shutdown = app.shutdown();
         actix_web::rt::spawn(async move {
             signals.recv().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            shutdown.begin().await;
+            tracing::info!(
+                "shutting down: finishing in-flight requests (a second signal stops at once)"
+            );
+            actix_web::rt::spawn(shutdown.begin());
+            let second = signals.recv().await;
+            tracing::warn!(
+                signal = second.name(),
+                "second signal: stopping at once, without finishing requests or writing a \
+                 last snapshot"
+            );
+            std::process::exit(second.exit_code());
         });
         app.run_until_stopped().await?;
         tracing::info!("stopped");
@@ -118,15 +127,42 @@ impl ShutdownSignals {
         }
     }
 
-    async fn recv(mut self) {
+    /// Waits for the next signal and says which it was.
+    async fn recv(&mut self) -> Received {
         #[cfg(unix)]
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => Received::Interrupt,
+                _ = self.terminate.recv() => Received::Terminate,
+            }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Received::Interrupt
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Received {
+    Interrupt,
+    Terminate,
+}
+
+impl Received {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The shell's convention for a process ended by a signal: 128 + its number.
+    fn exit_code(self) -> i32 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
         }
     }
 }

@@ -216,3 +216,21 @@ fn a_request_in_flight_at_sigterm_is_answered_before_the_server_exits() {
     assert!(answer.contains(r#""userId":77"#), "{answer}");
     assert!(server.wait_exit(), "exit status 0 after SIGTERM");
 }
+
+#[test]
+fn a_second_signal_during_the_drain_ends_the_process_at_once() {
+    // A drain far longer than the test: only the second signal can end it in time.
+    let f = config_file(&format!("{BASE}drain_delay = \"10m\"\n"));
+    for (first, second) in [("TERM", "TERM"), ("INT", "TERM"), ("TERM", "INT")] {
+        let mut server = start(command(f.path()));
+        server.signal(first);
+        server.wait_for_log("shutting down");
+        server.signal(second);
+        assert!(!server.wait_exit(), "a forced stop exits non-zero");
+        assert!(
+            server.logs.iter().any(|l| l.contains("second signal")),
+            "{:?}",
+            server.logs
+        );
+    }
+}
