@@ -67,7 +67,7 @@ impl Application {
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
             auth: Authenticator::new(&settings.auth.jwt_secret),
-            store: Arc::clone(&store),
+            store,
             clock,
             limits: RateLimits::new(&settings.rate_limit),
             metrics: Metrics::new(&api::routes::ROUTES),
@@ -75,6 +75,11 @@ impl Application {
             openapi: api::openapi::document(&settings).to_string(),
             settings,
         });
+        // Until the first write, the file on disk is the one just loaded (or none at all):
+        // start-up counts as the last success, so that an alert on its age starts calm.
+        state
+            .metrics
+            .snapshot_written(clock.now().wall.0 as f64 / 1000.0);
         let server_settings = &state.settings.server;
         let shared = state.clone();
         let mut http = HttpServer::new(move || {
@@ -102,6 +107,7 @@ impl Application {
             .context("the server is bound to no address")?;
         let server = http.run();
         let sweeper = {
+            let on_restart = restarted(&state, "sweeper");
             let state = state.clone();
             Periodic::spawn(
                 "presence-sweeper",
@@ -122,19 +128,27 @@ impl Application {
                         );
                     }
                 },
+                on_restart,
             )
             .context("cannot start the sweeper thread")?
         };
         let persist = &state.settings.persistence;
         let snapshotter = if persist.enabled {
-            let path = persist.path.clone();
-            let writer =
-                Periodic::spawn("presence-snapshot", persist.snapshot_interval, move || {
-                    // A failed periodic write is retried at the next interval; the previous
-                    // snapshot stays in place meanwhile.
-                    let _ = write_snapshot(&store, &path, clock);
-                })
-                .context("cannot start the snapshot thread")?;
+            let writer = {
+                let on_restart = restarted(&state, "snapshot");
+                let state = state.clone();
+                Periodic::spawn(
+                    "presence-snapshot",
+                    persist.snapshot_interval,
+                    move || {
+                        // A failed periodic write is counted and retried at the next
+                        // interval; the previous snapshot stays in place meanwhile.
+                        let _ = write_snapshot(&state, false);
+                    },
+                    on_restart,
+                )
+                .context("cannot start the snapshot thread")?
+            };
             Some(writer)
         } else {
             None
@@ -177,7 +191,7 @@ impl Application {
             if let Some(snapshotter) = snapshotter {
                 snapshotter.stop();
                 let path = &state.settings.persistence.path;
-                write_snapshot(&state.store, path, state.clock).with_context(|| {
+                write_snapshot(&state, true).with_context(|| {
                     format!("cannot write the last snapshot to {}", path.display())
                 })?;
             }
@@ -209,20 +223,42 @@ impl Shutdown {
     }
 }
 
-/// Writes a snapshot and logs the outcome.
-fn write_snapshot(store: &Store, path: &std::path::Path, clock: Clock) -> std::io::Result<()> {
-    match persistence::write(store, path, clock.now()) {
+/// Counts a restart of background task `task` (a name of
+/// [`crate::metrics::BACKGROUND_TASKS`]).
+fn restarted(state: &web::Data<AppState>, task: &'static str) -> impl Fn() + Send + 'static {
+    let state = state.clone();
+    move || state.metrics.background_restart(task)
+}
+
+/// Writes a snapshot, logs and counts the outcome. `last` is the one written at shutdown,
+/// logged at info; the periodic ones are logged at debug when they succeed.
+fn write_snapshot(state: &AppState, last: bool) -> std::io::Result<()> {
+    let path = &state.settings.persistence.path;
+    let now = state.clock.now();
+    match persistence::write(&state.store, path, now) {
         Ok(stats) => {
-            tracing::debug!(
-                path = %path.display(),
-                users = stats.users,
-                bytes = stats.bytes,
-                seconds = stats.seconds,
-                "snapshot written"
-            );
+            state.metrics.snapshot_written(now.wall.0 as f64 / 1000.0);
+            if last {
+                tracing::info!(
+                    path = %path.display(),
+                    users = stats.users,
+                    bytes = stats.bytes,
+                    seconds = stats.seconds,
+                    "last snapshot written"
+                );
+            } else {
+                tracing::debug!(
+                    path = %path.display(),
+                    users = stats.users,
+                    bytes = stats.bytes,
+                    seconds = stats.seconds,
+                    "snapshot written"
+                );
+            }
             Ok(())
         }
         Err(e) => {
+            state.metrics.snapshot_failed();
             tracing::error!(path = %path.display(), error = %e, "cannot write the snapshot");
             Err(e)
         }

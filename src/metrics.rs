@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, their latency, present users by type,
-//! tracked users, heartbeats, expiries and the sweeper's run time.
+//! tracked users, heartbeats, expiries and the sweeper's run time, snapshot failures and
+//! the time of the last good one, and restarts of background tasks.
 //!
 //! Recording is a lock-free increment or a read-locked lookup of an existing series; the
 //! gauges about the store are read only when `/metrics` is scraped.
@@ -8,6 +9,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -27,6 +30,14 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
+/// The background tasks whose restarts are counted.
+pub const BACKGROUND_TASKS: [&str; 2] = ["sweeper", "snapshot"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     r#type: &'static str,
 }
@@ -42,6 +53,9 @@ pub struct Metrics {
     heartbeats: Counter,
     expired: Counter,
     sweeps: Histogram,
+    snapshot_failures: Counter,
+    snapshot_last_success: Gauge<f64, AtomicU64>,
+    restarts: Family<TaskLabels, Counter>,
     /// Handles for the hot series, made once: a 200 of a hot route skips the family maps.
     hot: Vec<HotRoute>,
 }
@@ -102,6 +116,27 @@ impl Metrics {
             "Time taken by each run of the sweeper",
             sweeps.clone(),
         );
+        let snapshot_failures = Counter::default();
+        registry.register(
+            "presence_snapshot_failures",
+            "Snapshot writes that failed (the previous snapshot stays in place)",
+            snapshot_failures.clone(),
+        );
+        let snapshot_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "presence_snapshot_last_success_timestamp_seconds",
+            "Unix time of the last snapshot written, or of start-up before the first one",
+            snapshot_last_success.clone(),
+        );
+        let restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "presence_background_restarts",
+            "Background tasks restarted after a panic, by task",
+            restarts.clone(),
+        );
+        for task in BACKGROUND_TASKS {
+            let _created = restarts.get_or_create(&TaskLabels { task });
+        }
         let hot = hot_routes
             .iter()
             .map(|&route| HotRoute {
@@ -122,6 +157,9 @@ impl Metrics {
             heartbeats,
             expired,
             sweeps,
+            snapshot_failures,
+            snapshot_last_success,
+            restarts,
         }
     }
 
@@ -153,6 +191,21 @@ impl Metrics {
     pub fn swept(&self, report: &SweepReport, seconds: f64) {
         self.expired.inc_by(report.expired as u64);
         self.sweeps.observe(seconds);
+    }
+
+    /// A snapshot was written (or, at start-up, loaded) at `unix_seconds`.
+    pub fn snapshot_written(&self, unix_seconds: f64) {
+        self.snapshot_last_success.set(unix_seconds);
+    }
+
+    pub fn snapshot_failed(&self) {
+        self.snapshot_failures.inc();
+    }
+
+    /// A background task panicked and is being restarted; `task` is one of
+    /// [`BACKGROUND_TASKS`].
+    pub fn background_restart(&self, task: &'static str) {
+        self.restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
     /// The text exposition, with the store's gauges read now.
@@ -192,6 +245,9 @@ mod tests {
             },
             0.0001,
         );
+        metrics.snapshot_failed();
+        metrics.snapshot_written(1_800_000_000.5);
+        metrics.background_restart("sweeper");
         let store = Store::new(Duration::from_secs(60), Duration::from_secs(1), None);
         let text = metrics.render(&store);
         for expected in [
@@ -207,6 +263,10 @@ mod tests {
             "presence_heartbeats_total 1",
             "presence_expired_total 3",
             "presence_sweep_duration_seconds_count 1",
+            "presence_snapshot_failures_total 1",
+            "presence_snapshot_last_success_timestamp_seconds 1800000000.5",
+            r#"presence_background_restarts_total{task="sweeper"} 1"#,
+            r#"presence_background_restarts_total{task="snapshot"} 0"#,
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
