@@ -36,7 +36,14 @@ impl Application {
     /// runtime; nothing is served until [`Application::run_until_stopped`]. The server
     /// ignores signals: the caller decides when to stop (see [`Self::handle`]).
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
-        let clock = Clock::new();
+        Self::build_with_clock(settings, Clock::system())
+    }
+
+    /// [`Self::build`] on `clock`, which every part of the server reads: the store's
+    /// times, the sweeper, credential `exp`/`nbf`, CSRF windows and rate limits. Tests pass
+    /// a [`Clock::mock`] to move time by hand. The sweeper and snapshot threads still run
+    /// every `sweep_interval` and `snapshot_interval` of real time.
+    pub fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         let store = Arc::new(Store::new(
             settings.presence.heartbeat_ttl,
             settings.presence.sweep_interval,
@@ -66,10 +73,10 @@ impl Application {
         }
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
-            auth: Authenticator::new(&settings.auth.jwt_secret),
+            auth: Authenticator::with_clock(&settings.auth.jwt_secret, clock.clone()),
             store: Arc::clone(&store),
-            clock,
-            limits: RateLimits::new(&settings.rate_limit),
+            clock: clock.clone(),
+            limits: RateLimits::with_clock(&settings.rate_limit, clock.clone()),
             metrics: Metrics::new(&api::routes::ROUTES),
             ready: AtomicBool::new(true),
             openapi: api::openapi::document(&settings).to_string(),
@@ -108,7 +115,7 @@ impl Application {
                 state.settings.presence.sweep_interval,
                 move || {
                     let started = Instant::now();
-                    let report = state.store.sweep(clock.now());
+                    let report = state.store.sweep(state.clock.now());
                     state.limits.forget_idle();
                     state
                         .metrics
@@ -132,7 +139,7 @@ impl Application {
                 Periodic::spawn("presence-snapshot", persist.snapshot_interval, move || {
                     // A failed periodic write is retried at the next interval; the previous
                     // snapshot stays in place meanwhile.
-                    let _ = write_snapshot(&store, &path, clock);
+                    let _ = write_snapshot(&store, &path, &clock);
                 })
                 .context("cannot start the snapshot thread")?;
             Some(writer)
@@ -177,7 +184,7 @@ impl Application {
             if let Some(snapshotter) = snapshotter {
                 snapshotter.stop();
                 let path = &state.settings.persistence.path;
-                write_snapshot(&state.store, path, state.clock).with_context(|| {
+                write_snapshot(&state.store, path, &state.clock).with_context(|| {
                     format!("cannot write the last snapshot to {}", path.display())
                 })?;
             }
@@ -210,7 +217,7 @@ impl Shutdown {
 }
 
 /// Writes a snapshot and logs the outcome.
-fn write_snapshot(store: &Store, path: &std::path::Path, clock: Clock) -> std::io::Result<()> {
+fn write_snapshot(store: &Store, path: &std::path::Path, clock: &Clock) -> std::io::Result<()> {
     match persistence::write(store, path, clock.now()) {
         Ok(stats) => {
             tracing::debug!(
