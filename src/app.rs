@@ -36,7 +36,14 @@ impl Application {
     /// runtime; nothing is served until [`Application::run_until_stopped`]. The server
     /// ignores signals: the caller decides when to stop (see [`Self::handle`]).
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
-        let clock = Clock::new();
+        Self::build_with_clock(settings, Clock::system())
+    }
+
+    /// [`Self::build`] on `clock`, which every part of the server reads: the store's
+    /// times, the sweeper, credential `exp`/`nbf`, CSRF windows and rate limits. Tests pass
+    /// a [`Clock::mock`] to move time by hand. The sweeper and snapshot threads still run
+    /// every `sweep_interval` and `snapshot_interval` of real time.
+    pub fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         let store = Arc::new(Store::new(
             settings.presence.heartbeat_ttl,
             settings.presence.sweep_interval,
@@ -66,10 +73,10 @@ impl Application {
         }
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
-            auth: Authenticator::new(&settings.auth.jwt_secret),
+            auth: Authenticator::with_clock(&settings.auth.jwt_secret, clock.clone()),
             store,
-            clock,
-            limits: RateLimits::new(&settings.rate_limit),
+            clock: clock.clone(),
+            limits: RateLimits::with_clock(&settings.rate_limit, clock.clone()),
             metrics: Metrics::new(&api::routes::ROUTES),
             ready: AtomicBool::new(true),
             openapi: api::openapi::document(&settings).to_string(),
@@ -114,7 +121,7 @@ impl Application {
                 state.settings.presence.sweep_interval,
                 move || {
                     let started = Instant::now();
-                    let report = state.store.sweep(clock.now());
+                    let report = state.store.sweep(state.clock.now());
                     state.limits.forget_idle();
                     state
                         .metrics

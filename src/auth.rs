@@ -4,6 +4,16 @@
 //! algorithm is fixed here, never read from the token's header. A CSRF token is an HMAC of
 //! the credential and a 30-minute window, so it is bound to that credential and stays
 //! valid for 30 to 60 minutes with no server-side state.
+//!
+//! # When a credential is valid
+//!
+//! `exp` and the optional `nbf` are whole seconds since the Unix epoch (RFC 7519
+//! NumericDate; a fractional or negative value is refused). With `now` the server clock's
+//! wall time in milliseconds, a credential is accepted exactly when
+//! `nbf * 1000 <= now < exp * 1000`: valid from the first millisecond of its `nbf` second,
+//! refused from the first millisecond of its `exp` second (RFC 7519 4.1.4: "on or after").
+//! There is no leeway. The times are checked here against the injected [`Clock`], not by
+//! `jsonwebtoken`, so that the whole server runs on one clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +27,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::presence::UserId;
+use crate::presence::time::WallMillis;
+use crate::presence::{Clock, UserId};
 
 /// The only algorithm credentials are signed and verified with.
 const ALGORITHM: Algorithm = Algorithm::HS256;
@@ -45,6 +56,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("credential has no valid user id in `sub`")]
     BadSubject,
+    #[error("credential expired")]
+    Expired,
+    #[error("credential not valid yet (`nbf`)")]
+    NotYetValid,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,7 +67,42 @@ struct Claims {
     sub: serde_json::Value,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+}
+
+/// When a verified credential may be used: `nbf * 1000 <= now < exp * 1000`, in
+/// milliseconds of wall time (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Validity {
+    /// The first millisecond it is valid in (`nbf`, or 0 without one).
+    from: i64,
+    /// The first millisecond it is no longer valid in (`exp`).
+    until: i64,
+}
+
+impl Validity {
+    fn of(claims: &Claims) -> Self {
+        Self {
+            from: secs_to_millis(claims.nbf.unwrap_or(0)),
+            until: secs_to_millis(claims.exp),
+        }
+    }
+
+    fn check(self, now: WallMillis) -> Result<(), AuthError> {
+        if now.0 < self.from {
+            Err(AuthError::NotYetValid)
+        } else if now.0 >= self.until {
+            Err(AuthError::Expired)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).map_or(i64::MAX, |s| s.saturating_mul(1000))
 }
 
 /// Verifies and mints credentials, issues and checks CSRF tokens.
@@ -63,6 +113,7 @@ pub struct Authenticator {
     validation: Validation,
     csrf: HmacSha256,
     verified: Arc<VerifiedCache>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -72,10 +123,19 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator on the system clock.
     pub fn new(secret: &str) -> Self {
+        Self::with_clock(secret, Clock::system())
+    }
+
+    /// An authenticator that checks `exp` and `nbf`, and mints, by `clock`.
+    pub fn with_clock(secret: &str, clock: Clock) -> Self {
         let mut validation = Validation::new(ALGORITHM);
+        // `exp` must be present; it and `nbf` are checked against our clock, not by the
+        // library (which would read the system clock).
         validation.set_required_spec_claims(&["exp"]);
-        validation.validate_exp = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.leeway = 0;
         // The CSRF key is derived from the secret, so it changes with it, but a CSRF token
@@ -92,40 +152,45 @@ impl Authenticator {
             validation,
             csrf,
             verified: Arc::new(VerifiedCache::new()),
+            clock,
         }
     }
 
-    /// The user a valid, unexpired credential speaks for.
+    /// The user a valid credential speaks for, at the clock's current time.
     pub fn verify(&self, jwt: &str) -> Result<UserId, AuthError> {
         let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
-        let now = unix_secs(SystemTime::now());
+        let now = self.clock.wall();
         if let Some(user) = self.verified.get(&digest, now) {
             return Ok(user);
         }
-        let (user, expires) = self.verify_signed(jwt)?;
-        self.verified.insert(digest, user, expires);
+        let (user, validity) = self.verify_signed(jwt)?;
+        validity.check(now)?;
+        self.verified.insert(digest, user, validity);
         Ok(user)
     }
 
-    /// Full verification: signature, algorithm, `exp`, `sub`.
-    fn verify_signed(&self, jwt: &str) -> Result<(UserId, u64), AuthError> {
+    /// Verification of what does not change with time: signature, algorithm, `sub`, and
+    /// that `exp` is present (and `nbf`, if present) as whole seconds.
+    fn verify_signed(&self, jwt: &str) -> Result<(UserId, Validity), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(jwt, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let validity = Validity::of(&data.claims);
         let user = match data.claims.sub {
             serde_json::Value::String(s) => UserId::parse(&s),
             serde_json::Value::Number(n) => n.as_u64().and_then(UserId::new),
             _ => None,
         }
         .ok_or(AuthError::BadSubject)?;
-        Ok((user, data.claims.exp))
+        Ok((user, validity))
     }
 
-    /// A credential for `user`, valid for `ttl` from now.
+    /// A credential for `user`, valid for `ttl` (at least one second) from the clock's now.
     pub fn mint(&self, user: UserId, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = unix_secs(SystemTime::now());
+        let now = unix_secs(self.clock.wall().to_system_time());
         let claims = Claims {
             sub: serde_json::Value::String(user.to_string()),
             exp: now.saturating_add(ttl.as_secs().max(1)),
+            nbf: None,
             iat: Some(now),
         };
         jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
@@ -172,8 +237,8 @@ struct VerifiedCache {
     shards: Vec<Mutex<VerifiedShard>>,
 }
 
-/// Credential digest -> (user, `exp` in Unix seconds).
-type VerifiedShard = HashMap<[u8; 32], (UserId, u64), foldhash::fast::RandomState>;
+/// Credential digest -> (user, when it is valid).
+type VerifiedShard = HashMap<[u8; 32], (UserId, Validity), foldhash::fast::RandomState>;
 
 impl VerifiedCache {
     fn new() -> Self {
@@ -188,21 +253,22 @@ impl VerifiedCache {
         &self.shards[usize::from(digest[0]) % VERIFIED_CACHE_SHARDS]
     }
 
-    /// The user of a remembered credential that has not expired at `now` (Unix seconds).
-    fn get(&self, digest: &[u8; 32], now: u64) -> Option<UserId> {
+    /// The user of a remembered credential that is valid at `now`. One that is not is
+    /// verified again in full, which refuses it with the reason.
+    fn get(&self, digest: &[u8; 32], now: WallMillis) -> Option<UserId> {
         let shard = self.shard(digest).lock();
         shard
             .get(digest)
-            .filter(|(_, expires)| now <= *expires)
+            .filter(|(_, validity)| validity.check(now).is_ok())
             .map(|(user, _)| *user)
     }
 
-    fn insert(&self, digest: [u8; 32], user: UserId, expires: u64) {
+    fn insert(&self, digest: [u8; 32], user: UserId, validity: Validity) {
         let mut shard = self.shard(&digest).lock();
         if shard.len() >= VERIFIED_CACHE_CAPACITY / VERIFIED_CACHE_SHARDS {
             shard.clear();
         }
-        shard.insert(digest, (user, expires));
+        shard.insert(digest, (user, validity));
     }
 }
 
@@ -294,20 +360,68 @@ mod tests {
         assert!(a.verify("not a jwt").is_err());
     }
 
+    /// An authenticator on a mock clock that stands at the start of second `at`.
+    fn auth_at(at: u64) -> (Authenticator, crate::presence::MockClock) {
+        let (clock, mock) = Clock::mock_at(WallMillis(secs_to_millis(at)));
+        (Authenticator::with_clock("test-secret", clock), mock)
+    }
+
+    const T: u64 = 1_700_000_000;
+
     #[test]
-    fn a_remembered_credential_still_expires() {
-        let a = auth();
-        let exp = unix_secs(SystemTime::now()) + 1;
+    fn exp_is_exclusive_to_the_millisecond_even_when_remembered() {
+        let (a, mock) = auth_at(T - 1);
         let jwt = sign(
-            serde_json::json!({"sub": "5", "exp": exp}),
+            serde_json::json!({"sub": "5", "exp": T}),
             ALGORITHM,
             "test-secret",
         );
         assert_eq!(a.verify(&jwt), Ok(user(5)));
+        mock.increment(Duration::from_millis(999));
+        // Remembered, and still valid in the last millisecond before `exp`.
         assert_eq!(a.verify(&jwt), Ok(user(5)));
-        let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
-        assert_eq!(a.verified.get(&digest, exp), Some(user(5)));
-        assert_eq!(a.verified.get(&digest, exp + 1), None);
+        mock.increment(Duration::from_millis(1));
+        assert_eq!(a.verify(&jwt), Err(AuthError::Expired));
+        // A fresh authenticator, without the remembered entry, agrees.
+        let (fresh, _) = auth_at(T);
+        assert_eq!(fresh.verify(&jwt), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn a_credential_is_refused_before_its_nbf_and_accepted_from_it() {
+        let (a, mock) = auth_at(T - 1);
+        let jwt = sign(
+            serde_json::json!({"sub": "6", "nbf": T, "exp": T + 60}),
+            ALGORITHM,
+            "test-secret",
+        );
+        assert_eq!(a.verify(&jwt), Err(AuthError::NotYetValid));
+        mock.increment(Duration::from_millis(999));
+        assert_eq!(a.verify(&jwt), Err(AuthError::NotYetValid));
+        mock.increment(Duration::from_millis(1));
+        assert_eq!(a.verify(&jwt), Ok(user(6)));
+    }
+
+    #[test]
+    fn fractional_or_negative_times_are_refused() {
+        let (a, _) = auth_at(T);
+        for claims in [
+            serde_json::json!({"sub": "1", "exp": (T + 60) as f64 + 0.5}),
+            serde_json::json!({"sub": "1", "exp": -1}),
+            serde_json::json!({"sub": "1", "exp": T + 60, "nbf": "soon"}),
+        ] {
+            let jwt = sign(claims, ALGORITHM, "test-secret");
+            assert!(matches!(a.verify(&jwt), Err(AuthError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn a_minted_credential_follows_the_clock() {
+        let (a, mock) = auth_at(T);
+        let jwt = a.mint(user(9), Duration::from_secs(60)).unwrap();
+        assert_eq!(a.verify(&jwt), Ok(user(9)));
+        mock.increment(Duration::from_secs(60));
+        assert_eq!(a.verify(&jwt), Err(AuthError::Expired));
     }
 
     #[test]
@@ -327,7 +441,14 @@ mod tests {
         let cache = VerifiedCache::new();
         for i in 0..(VERIFIED_CACHE_CAPACITY as u32 * 2) {
             let digest: [u8; 32] = Sha256::digest(i.to_be_bytes()).into();
-            cache.insert(digest, user(1), u64::MAX);
+            cache.insert(
+                digest,
+                user(1),
+                Validity {
+                    from: 0,
+                    until: i64::MAX,
+                },
+            );
         }
         let total: usize = cache.shards.iter().map(|s| s.lock().len()).sum();
         assert!(total <= VERIFIED_CACHE_CAPACITY, "{total}");

@@ -180,9 +180,16 @@ pub struct RateLimitSettings {
     pub register_burst: u32,
     pub lookup_per_second: u32,
     pub lookup_burst: u32,
-    /// Take the client address from the first `X-Forwarded-For` entry (behind a proxy).
+    /// Take the client address from `X-Forwarded-For` (behind a proxy) rather than the
+    /// socket's peer.
     pub trust_forwarded_for: bool,
+    /// With `trust_forwarded_for`, which `X-Forwarded-For` entry is the client: counted
+    /// from the right, 1 being the rightmost (written by the nearest proxy). 1..=32.
+    pub trusted_hops: u32,
 }
+
+/// The largest `rate_limit.trusted_hops`.
+pub const MAX_TRUSTED_HOPS: u32 = 32;
 
 impl Default for RateLimitSettings {
     fn default() -> Self {
@@ -192,6 +199,7 @@ impl Default for RateLimitSettings {
             lookup_per_second: 50,
             lookup_burst: 200,
             trust_forwarded_for: false,
+            trusted_hops: 1,
         }
     }
 }
@@ -338,6 +346,12 @@ impl Settings {
         {
             return Err("rate_limit: a burst must be at least 1 when its rate is on".into());
         }
+        count(
+            "rate_limit.trusted_hops",
+            limits.trusted_hops,
+            1,
+            MAX_TRUSTED_HOPS,
+        )?;
         if self.persistence.enabled {
             span(
                 "persistence.snapshot_interval",
@@ -582,6 +596,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("place 5"), "{err}");
+    }
+
+    #[test]
+    fn trusted_hops_out_of_range_is_refused_naming_the_key() {
+        for hops in ["0", "33"] {
+            let f = write_config(&format!("[rate_limit]\ntrusted_hops = {hops}\n"));
+            let err = Settings::load_with_env(f.path(), no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rate_limit.trusted_hops"), "{err}");
+        }
+        let f = write_config("[rate_limit]\ntrusted_hops = 32\n");
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        assert_eq!(s.rate_limit.trusted_hops, 32);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Prometheus metrics: requests by route and status, their latency, present users by type,
-//! tracked users, heartbeats, expiries and the sweeper's run time, snapshot failures and
-//! the time of the last good one, and restarts of background tasks.
+//! Prometheus metrics: requests by route and status, their latency, requests in flight,
+//! present users by type, tracked users, heartbeats, expiries and the sweeper's run time,
+//! snapshot failures and the time of the last good one, and restarts of background tasks.
 //!
 //! Recording is a lock-free increment or a read-locked lookup of an existing series; the
 //! gauges about the store are read only when `/metrics` is scraped.
@@ -48,6 +48,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram>,
+    in_flight: Gauge,
     users: Family<TypeLabels, Gauge>,
     tracked: Gauge,
     heartbeats: Counter,
@@ -85,6 +86,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time from a request's arrival to its answer, by route",
             durations.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests whose head has been read and whose answer is not yet made",
+            in_flight.clone(),
         );
         let users = Family::<TypeLabels, Gauge>::default();
         registry.register(
@@ -152,6 +159,7 @@ impl Metrics {
             registry,
             requests,
             durations,
+            in_flight,
             users,
             tracked,
             heartbeats,
@@ -182,6 +190,12 @@ impl Metrics {
         self.durations
             .get_or_create(&RouteLabels { route })
             .observe(seconds);
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     pub fn heartbeat(&self) {
@@ -226,6 +240,17 @@ impl Metrics {
     }
 }
 
+/// A request counted in `http_requests_in_flight`; dropping it ends the count, also when
+/// the request is abandoned.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +263,8 @@ mod tests {
         metrics.request("/v1/presence/users", 400, 0.001);
         metrics.request("/elsewhere", 200, 0.001);
         metrics.heartbeat();
+        let held = metrics.in_flight();
+        drop(metrics.in_flight());
         metrics.swept(
             &SweepReport {
                 expired: 3,
@@ -267,8 +294,11 @@ mod tests {
             "presence_snapshot_last_success_timestamp_seconds 1800000000.5",
             r#"presence_background_restarts_total{task="sweeper"} 1"#,
             r#"presence_background_restarts_total{task="snapshot"} 0"#,
+            "http_requests_in_flight 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
+        drop(held);
+        assert!(metrics.render(&store).contains("http_requests_in_flight 0"));
     }
 }

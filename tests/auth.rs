@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -216,4 +216,79 @@ async fn a_lookup_needs_no_credential_and_no_csrf_token_by_default() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+// Credential times on the server's clock. JWT times are whole seconds; the server's clock
+// counts milliseconds. A credential is valid from the first millisecond of its `nbf`
+// second up to, not including, the first millisecond of its `exp` second. The mock clock
+// starts on a whole second `t`, so `t * 1000 + offset` is exact.
+
+#[tokio::test]
+async fn a_credential_is_refused_from_the_first_millisecond_of_its_exp_second() {
+    let app = spawn_app_with_clock(|_| {}).await;
+    let t = app.now_secs();
+    let jwt = sign(json!({"sub": "60", "exp": t + 2}), Algorithm::HS256, SECRET);
+    assert_eq!(register_with_bearer(&app, &jwt).await.status(), 200);
+    // The last millisecond before `exp`, with the credential already remembered as valid.
+    app.advance(Duration::from_millis(1999));
+    assert_eq!(register_with_bearer(&app, &jwt).await.status(), 200);
+    app.advance(Duration::from_millis(1));
+    assert_denied(register_with_bearer(&app, &jwt).await).await;
+    // A credential whose `exp` is now was never accepted.
+    let at_now = sign(json!({"sub": "61", "exp": t + 2}), Algorithm::HS256, SECRET);
+    assert_denied(register_with_bearer(&app, &at_now).await).await;
+    assert_eq!(app.presence_of(61).await["userPresenceType"], "Offline");
+}
+
+#[tokio::test]
+async fn a_credential_is_refused_before_its_nbf_second_and_accepted_from_it() {
+    let app = spawn_app_with_clock(|_| {}).await;
+    let t = app.now_secs();
+    let jwt = sign(
+        json!({"sub": "62", "nbf": t + 1, "exp": t + 3600}),
+        Algorithm::HS256,
+        SECRET,
+    );
+    assert_denied(register_with_bearer(&app, &jwt).await).await;
+    app.advance(Duration::from_millis(999));
+    assert_denied(register_with_bearer(&app, &jwt).await).await;
+    // A cookie call is refused for the credential too, before any CSRF check.
+    assert_denied(register_with_cookie(&app, &jwt, None).await).await;
+    assert_eq!(app.presence_of(62).await["userPresenceType"], "Offline");
+    app.advance(Duration::from_millis(1));
+    assert_eq!(register_with_bearer(&app, &jwt).await.status(), 200);
+    assert_eq!(app.presence_of(62).await["userPresenceType"], "Online");
+}
+
+#[tokio::test]
+async fn a_csrf_token_lasts_thirty_minutes_at_least_and_an_hour_at_most_by_the_servers_clock() {
+    let app = spawn_app_with_clock(|_| {}).await;
+    let jwt = app
+        .auth
+        .mint(
+            presence_server::presence::UserId::new(63).unwrap(),
+            Duration::from_secs(4 * 3600),
+        )
+        .unwrap();
+    let res = register_with_cookie(&app, &jwt, None).await;
+    assert_eq!(res.status(), 403);
+    let token = res.headers()["x-csrf-token"].to_str().unwrap().to_owned();
+    app.advance(Duration::from_secs(30 * 60));
+    assert_eq!(
+        register_with_cookie(&app, &jwt, Some(&token))
+            .await
+            .status(),
+        200
+    );
+    app.advance(Duration::from_secs(30 * 60));
+    let res = register_with_cookie(&app, &jwt, Some(&token)).await;
+    assert_eq!(res.status(), 403);
+    let renewed = res.headers()["x-csrf-token"].to_str().unwrap().to_owned();
+    assert_ne!(renewed, token);
+    assert_eq!(
+        register_with_cookie(&app, &jwt, Some(&renewed))
+            .await
+            .status(),
+        200
+    );
 }

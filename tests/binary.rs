@@ -199,10 +199,17 @@ fn a_request_in_flight_at_sigterm_is_answered_before_the_server_exits() {
     )
     .unwrap();
     conn.write_all(&body[..5]).unwrap();
-    // Give the worker time to read the head of this request, which makes it in flight
-    // (an idle keep-alive connection is closed at shutdown). Nothing observable marks
-    // that moment, so this pause only orders events; the assertions come after.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the worker has read the head of this request, which makes it in flight
+    // (an idle keep-alive connection is closed at shutdown): the in-flight gauge then
+    // counts it beside the scrape that reads the gauge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !get(&server.addr, "/metrics").contains("\nhttp_requests_in_flight 2\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never showed as in flight"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     server.signal("TERM");
     // Shutdown has begun once the server says so.
@@ -233,4 +240,21 @@ fn a_second_signal_during_the_drain_ends_the_process_at_once() {
             server.logs
         );
     }
+}
+
+/// The body of `GET path`, over a connection of its own.
+fn get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
 }

@@ -2,7 +2,7 @@
 //! `POST /v1/presence/users`, black-box: CONTRACT sections 2 and 3.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
@@ -517,48 +517,44 @@ async fn a_lookup_of_unknown_ids_does_not_create_them() {
 
 #[tokio::test]
 async fn lookups_never_extend_a_users_presence() {
-    let ttl = Duration::from_millis(500);
-    let app = spawn_app_with(|s| {
+    let ttl = Duration::from_secs(60);
+    let app = spawn_app_with_clock(|s| {
         s.presence.heartbeat_ttl = ttl;
-        s.presence.sweep_interval = Duration::from_millis(50);
+        s.presence.sweep_interval = Duration::from_millis(20);
     })
     .await;
-    let started = Instant::now();
     register(&app, 50, json!({"location": "Xbox"})).await;
-    // Poll continuously: if a lookup extended the presence, it would never expire.
-    let p = eventually(Duration::from_secs(10), || async {
-        let p = app.presence_of(50).await;
-        (p["userPresenceType"] == "Offline").then_some(p)
-    })
-    .await;
-    assert!(
-        started.elapsed() >= ttl,
-        "offline after {:?}",
-        started.elapsed()
-    );
+    // A lookup every second of the TTL: had one extended the presence, the user would
+    // still be present at the deadline.
+    for _ in 1..60 {
+        app.advance(Duration::from_secs(1));
+        assert_eq!(app.presence_of(50).await["userPresenceType"], "Online");
+    }
+    app.advance(Duration::from_secs(1));
+    let p = app.presence_of(50).await;
+    assert_eq!(p["userPresenceType"], "Offline");
     assert_eq!(p["lastLocation"], "Xbox");
 }
 
 #[tokio::test]
 async fn presence_is_exact_at_read_time_before_the_sweeper_runs() {
-    let ttl = Duration::from_millis(300);
-    let app = spawn_app_with(|s| {
+    let ttl = Duration::from_secs(60);
+    let app = spawn_app_with_clock(|s| {
         s.presence.heartbeat_ttl = ttl;
         // The sweeper will not run during the test: reads alone must see the expiry.
         s.presence.sweep_interval = Duration::from_secs(3600);
     })
     .await;
-    let started = Instant::now();
     register(&app, 51, json!({"placeId": 99})).await;
-    let p = eventually(Duration::from_secs(10), || async {
-        let p = app.presence_of(51).await;
-        (p["userPresenceType"] == "Offline").then_some(p)
-    })
-    .await;
-    assert!(started.elapsed() >= ttl);
+    app.advance(ttl - Duration::from_millis(1));
+    assert_eq!(app.presence_of(51).await["userPresenceType"], "InGame");
+    app.advance(Duration::from_millis(1));
+    let p = app.presence_of(51).await;
+    assert_eq!(p["userPresenceType"], "Offline");
     assert_eq!(p["lastLocation"], "Playing");
     assert_eq!(p["placeId"], Value::Null);
     assert_eq!(p["rootPlaceId"], Value::Null);
+    assert!(app.metrics().await.contains("presence_expired_total 0\n"));
 }
 
 #[tokio::test]

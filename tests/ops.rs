@@ -64,8 +64,9 @@ async fn ready_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_ser
 
 #[tokio::test]
 async fn metrics_count_requests_heartbeats_users_and_expiries() {
-    let app = spawn_app_with(|s| {
-        s.presence.heartbeat_ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(60);
+    let app = spawn_app_with_clock(|s| {
+        s.presence.heartbeat_ttl = ttl;
         s.presence.sweep_interval = Duration::from_millis(20);
     })
     .await;
@@ -88,6 +89,9 @@ async fn metrics_count_requests_heartbeats_users_and_expiries() {
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
+    assert!(text.contains("presence_expired_total 0"), "{text}");
+    app.advance(ttl);
+    // The sweeper wakes every 20 ms of real time and reads the moved clock.
     let text = eventually(Duration::from_secs(10), || async {
         let text = metrics_text(&app).await;
         text.contains("presence_expired_total 2").then_some(text)
@@ -102,7 +106,7 @@ async fn metrics_count_requests_heartbeats_users_and_expiries() {
 
 #[tokio::test]
 async fn heartbeats_past_a_users_burst_get_429_with_retry_after() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_app_with_clock(|s| {
         s.rate_limit.register_per_second = 1;
         s.rate_limit.register_burst = 2;
     })
@@ -117,22 +121,36 @@ async fn heartbeats_past_a_users_burst_get_429_with_retry_after() {
         .send()
         .await
         .unwrap();
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // One token a second: the next one is exactly a second away on the stopped clock.
+    assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(error_of(res).await, (429, 0, "TooManyRequests".to_owned()));
     // Another user has a bucket of its own, and a bad credential is still 401.
     app.heartbeat(8, json!({})).await;
     let res = app.post_json(REGISTER, &json!({})).await;
     assert_eq!(error_of(res).await.0, 401);
+    // The bucket refills by the server's clock: not before the second is up, then one.
+    app.advance(Duration::from_millis(999));
+    assert_eq!(register_status(&app, 7).await, 429);
+    app.advance(Duration::from_millis(1));
+    assert_eq!(register_status(&app, 7).await, 200);
+    assert_eq!(register_status(&app, 7).await, 429);
+}
+
+async fn register_status(app: &TestApp, user: u64) -> u16 {
+    app.client
+        .post(app.url(REGISTER))
+        .bearer_auth(app.token(user))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
 async fn lookups_past_an_addresses_burst_get_429() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_app_with_clock(|s| {
         s.rate_limit.lookup_per_second = 1;
         s.rate_limit.lookup_burst = 3;
     })
@@ -141,8 +159,14 @@ async fn lookups_past_an_addresses_burst_get_429() {
         app.lookup(&[1]).await;
     }
     let res = app.post_json(USERS, &json!({"userIds": [1]})).await;
-    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(error_of(res).await, (429, 0, "TooManyRequests".to_owned()));
+    app.advance(Duration::from_secs(3));
+    for _ in 0..3 {
+        app.lookup(&[1]).await;
+    }
+    let res = app.post_json(USERS, &json!({"userIds": [1]})).await;
+    assert_eq!(res.status(), 429);
 }
 
 #[tokio::test]
@@ -158,7 +182,7 @@ async fn forwarded_addresses_get_their_own_buckets_only_when_trusted() {
             .status()
             .as_u16()
     }
-    let trusting = spawn_app_with(|s| {
+    let trusting = spawn_app_with_clock(|s| {
         s.rate_limit.lookup_per_second = 1;
         s.rate_limit.lookup_burst = 1;
         s.rate_limit.trust_forwarded_for = true;
@@ -166,7 +190,10 @@ async fn forwarded_addresses_get_their_own_buckets_only_when_trusted() {
     .await;
     assert_eq!(lookup_from(&trusting, "203.0.113.1").await, 200);
     assert_eq!(lookup_from(&trusting, "203.0.113.1").await, 429);
-    assert_eq!(lookup_from(&trusting, "203.0.113.2, 10.0.0.1").await, 200);
+    assert_eq!(lookup_from(&trusting, "203.0.113.2").await, 200);
+    // The rightmost entry (the nearest proxy's) is the key: what a client writes to its
+    // left is not.
+    assert_eq!(lookup_from(&trusting, "192.0.2.7, 203.0.113.2").await, 429);
 
     let wary = spawn_app_with(|s| {
         s.rate_limit.lookup_per_second = 1;
@@ -175,6 +202,68 @@ async fn forwarded_addresses_get_their_own_buckets_only_when_trusted() {
     .await;
     assert_eq!(lookup_from(&wary, "203.0.113.1").await, 200);
     assert_eq!(lookup_from(&wary, "203.0.113.2").await, 429);
+}
+
+#[tokio::test]
+async fn rotating_the_leftmost_forwarded_entry_does_not_escape_the_lookup_limit() {
+    async fn lookup_from(app: &TestApp, lines: &[String]) -> u16 {
+        let mut req = app.client.post(app.url(USERS));
+        for line in lines {
+            req = req.header("x-forwarded-for", line);
+        }
+        req.json(&json!({"userIds": [1]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    for hops in [1, 2] {
+        let app = spawn_app_with_clock(|s| {
+            s.rate_limit.lookup_per_second = 1;
+            s.rate_limit.lookup_burst = 3;
+            s.rate_limit.trust_forwarded_for = true;
+            s.rate_limit.trusted_hops = hops;
+        })
+        .await;
+        // The proxies append "203.0.113.9" (the client as the outer proxy saw it) and,
+        // with two hops, the outer proxy's own address; the client writes the rest.
+        let proxies = if hops == 1 {
+            "203.0.113.9".to_owned()
+        } else {
+            "203.0.113.9, 10.0.0.2".to_owned()
+        };
+        let mut statuses = Vec::new();
+        for n in 0..6 {
+            let spoofed = format!("198.51.100.{n}, 192.0.2.{n}");
+            statuses.push(lookup_from(&app, &[format!("{spoofed}, {proxies}")]).await);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "hops {hops}");
+        // The same list split over several header lines, joined in order, is the same key.
+        let split = ["198.51.100.77".to_owned(), proxies.clone()];
+        assert_eq!(lookup_from(&app, &split).await, 429, "hops {hops}");
+        // Another client behind the same proxies has a bucket of its own.
+        let other = proxies.replace("203.0.113.9", "203.0.113.10");
+        assert_eq!(lookup_from(&app, &[other]).await, 200, "hops {hops}");
+        // With fewer entries than hops, or a bad one, the key is the socket's peer (the
+        // nearest proxy, here the test itself): one bucket, not a fresh one per request.
+        let short_or_bad = if hops == 1 {
+            ["unknown".to_owned(), "unknown".to_owned()]
+        } else {
+            ["10.0.0.2".to_owned(), "junk, 10.0.0.2".to_owned()]
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            for line in &short_or_bad {
+                statuses.push(lookup_from(&app, std::slice::from_ref(line)).await);
+            }
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 429, 429, 429, 429, 429],
+            "hops {hops}"
+        );
+    }
 }
 
 #[test]

@@ -3,16 +3,17 @@
 //! checked through a lookup.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
 use presence_server::config::PlaceSettings;
 use serde_json::{json, Value};
 
-/// A short TTL for expiry tests: long enough that a lookup right after a heartbeat
-/// always lands before it, even on a busy machine.
-const TTL: Duration = Duration::from_millis(600);
+/// The TTL of the expiry tests, which run on a mock clock: time moves only when a test
+/// says so, so the TTL can be realistic.
+const TTL: Duration = Duration::from_secs(60);
+const MS: Duration = Duration::from_millis(1);
 
 /// A place whose root is another place of the same universe.
 fn annex() -> PlaceSettings {
@@ -26,6 +27,17 @@ fn annex() -> PlaceSettings {
 
 async fn app_with_places() -> TestApp {
     spawn_app_with(|s| s.places = vec![crossroads(), annex()]).await
+}
+
+/// An app on a mock clock with a TTL of [`TTL`], a sweeper that wakes often, and the
+/// catalog.
+async fn app_on_a_mock_clock() -> TestApp {
+    spawn_app_with_clock(|s| {
+        s.presence.heartbeat_ttl = TTL;
+        s.presence.sweep_interval = Duration::from_millis(20);
+        s.places = vec![crossroads(), annex()];
+    })
+    .await
 }
 
 /// A Bearer heartbeat of `user` with a raw body and, when given, a content type.
@@ -377,22 +389,23 @@ async fn a_location_that_only_contains_studio_is_not_in_studio() {
 
 #[tokio::test]
 async fn disconnect_makes_the_user_offline_at_once_keeping_its_last_location() {
-    let app = app_with_places().await;
+    let app = app_on_a_mock_clock().await;
     app.heartbeat(30, json!({"placeId": 1818, "gameId": GAME}))
         .await;
     let before = app.presence_of(30).await;
     assert_eq!(before["userPresenceType"], "InGame");
-    // Let the millisecond clock move on, so that an updated lastOnline is visible.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Move the clock on, so that an updated lastOnline is visible.
+    app.advance(Duration::from_millis(20));
     app.heartbeat(30, json!({"disconnect": true})).await;
     let after = app.presence_of(30).await;
     assert_eq!(
         state_of(&app, 30).await,
         expected(30, "Offline", "Classic: Crossroads", None, None)
     );
-    assert!(
-        time_of(&after["lastOnline"]) > time_of(&before["lastOnline"]),
-        "lastOnline {} not after {}",
+    assert_eq!(
+        time_of(&after["lastOnline"]) - time_of(&before["lastOnline"]),
+        chrono::Duration::milliseconds(20),
+        "lastOnline {} is not 20 ms after {}",
         after["lastOnline"],
         before["lastOnline"]
     );
@@ -612,72 +625,66 @@ async fn a_heartbeat_only_changes_the_caller() {
 
 #[tokio::test]
 async fn a_user_expires_to_offline_keeping_its_location_and_last_online() {
-    let app = spawn_app_with(|s| {
-        s.presence.heartbeat_ttl = TTL;
-        s.presence.sweep_interval = Duration::from_millis(50);
-        s.places = vec![crossroads()];
-    })
-    .await;
-    let started = Instant::now();
+    let app = app_on_a_mock_clock().await;
     app.heartbeat(50, json!({"placeId": 1818, "gameId": GAME}))
         .await;
     let online = app.presence_of(50).await;
     assert_eq!(online["userPresenceType"], "InGame");
     assert_eq!(online["gameId"], GAME);
-    let offline = eventually(Duration::from_secs(10), || async {
-        let p = app.presence_of(50).await;
-        (p["userPresenceType"] == "Offline").then_some(p)
-    })
-    .await;
-    assert!(started.elapsed() >= TTL);
+    // Present until the deadline, exclusive, whether or not the sweeper has run.
+    app.advance(TTL - MS);
+    assert_eq!(app.presence_of(50).await["userPresenceType"], "InGame");
+    app.advance(MS);
+    let offline = app.presence_of(50).await;
     assert_eq!(offline["lastOnline"], online["lastOnline"]);
     assert_eq!(
         state_of(&app, 50).await,
         expected(50, "Offline", "Classic: Crossroads", None, None)
     );
+    // And the same once the sweeper has flipped the user.
+    app.swept(1).await;
+    assert_eq!(app.presence_of(50).await, offline);
 }
 
 #[tokio::test]
 async fn a_heartbeat_before_expiry_keeps_the_user_present() {
-    let app = spawn_app_with(|s| {
-        s.presence.heartbeat_ttl = TTL;
-        s.presence.sweep_interval = Duration::from_millis(50);
-    })
-    .await;
+    let app = app_on_a_mock_clock().await;
     app.heartbeat(51, json!({"location": "Xbox"})).await;
-    // Heartbeat every quarter TTL for three TTLs (the pacing, not the assertion): every
-    // lookup, a quarter TTL after the previous heartbeat, finds the user Online, which
-    // past the first TTL holds only if each heartbeat extended the deadline.
-    let until = Instant::now() + TTL * 3;
-    while Instant::now() < until {
-        tokio::time::sleep(TTL / 4).await;
+    // Each heartbeat, one millisecond before the previous one's deadline, keeps the user
+    // Online for another TTL: four TTLs in all.
+    for _ in 0..4 {
+        app.advance(TTL - MS);
         assert_eq!(app.presence_of(51).await["userPresenceType"], "Online");
         app.heartbeat(51, json!({"location": "Xbox"})).await;
     }
+    app.advance(TTL - MS);
+    assert_eq!(app.presence_of(51).await["userPresenceType"], "Online");
+    app.advance(MS);
+    assert_eq!(app.presence_of(51).await["userPresenceType"], "Offline");
 }
 
 #[tokio::test]
 async fn a_heartbeat_after_expiry_brings_the_user_back() {
-    let app = spawn_app_with(|s| {
-        s.presence.heartbeat_ttl = TTL;
-        s.presence.sweep_interval = Duration::from_millis(50);
-    })
-    .await;
+    let app = app_on_a_mock_clock().await;
     app.heartbeat(52, json!({"location": "Xbox"})).await;
-    let offline = eventually(Duration::from_secs(10), || async {
-        let p = app.presence_of(52).await;
-        (p["userPresenceType"] == "Offline").then_some(p)
-    })
-    .await;
+    app.advance(TTL);
+    app.swept(1).await;
+    let offline = app.presence_of(52).await;
+    assert_eq!(offline["userPresenceType"], "Offline");
+    app.advance(Duration::from_secs(1));
     app.heartbeat(52, json!({"location": "Phone"})).await;
     let back = app.presence_of(52).await;
     assert_eq!(back["userPresenceType"], "Online");
     assert_eq!(back["lastLocation"], "Phone");
-    assert!(time_of(&back["lastOnline"]) >= time_of(&offline["lastOnline"]));
+    assert_eq!(
+        time_of(&back["lastOnline"]) - time_of(&offline["lastOnline"]),
+        chrono::Duration::milliseconds(61_000)
+    );
     // And it expires again on its own.
-    eventually(Duration::from_secs(10), || async {
-        let p = app.presence_of(52).await;
-        (p["userPresenceType"] == "Offline" && p["lastLocation"] == "Phone").then_some(())
-    })
-    .await;
+    app.advance(TTL);
+    app.swept(2).await;
+    let p = app.presence_of(52).await;
+    assert_eq!(p["userPresenceType"], "Offline");
+    assert_eq!(p["lastLocation"], "Phone");
+    assert_eq!(p["lastOnline"], back["lastOnline"]);
 }

@@ -3,7 +3,6 @@
 //! Authentication comes before CSRF, so a bad credential is 401 even without a CSRF token.
 
 use std::future::{ready, Ready};
-use std::time::SystemTime;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -79,7 +78,7 @@ impl FromRequest for WritingUser {
             let (user, credential) = authenticate(req, state)?;
             state.limits.register(user)?;
             if let Credential::Cookie(jwt) = &credential {
-                let now = SystemTime::now();
+                let now = state.clock.wall().to_system_time();
                 let sent = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
                 if !sent.is_some_and(|token| state.auth.csrf_valid(jwt, token, now)) {
                     return Err(ApiError::CsrfFailed {

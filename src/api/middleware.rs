@@ -15,12 +15,15 @@ use super::AppState;
 const TEXT_JSON_UTF8: HeaderValue = HeaderValue::from_static("text/json; charset=utf-8");
 
 /// Answers `text/json` to clients that ask for it and not for `application/json`, counts
-/// and times each request, and logs it at debug level.
+/// and times each request (and counts it in flight meanwhile), and logs it at debug level.
 pub async fn negotiate_and_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
+    let _in_flight = req
+        .app_data::<actix_web::web::Data<AppState>>()
+        .map(|state| state.metrics.in_flight());
     let text_json = wants_text_json(req.request());
     let mut res = next.call(req).await?;
     if text_json && res.headers().get(header::CONTENT_TYPE) == Some(&JSON_UTF8) {

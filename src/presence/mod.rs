@@ -11,4 +11,4 @@ pub use location::{Location, Locations};
 pub use model::{AppReport, Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
 pub use places::PlaceCatalog;
 pub use store::Store;
-pub use time::Clock;
+pub use time::{Clock, MockClock};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use presence_server::app::Shutdown;
 use presence_server::auth::Authenticator;
-use presence_server::presence::UserId;
+use presence_server::presence::{Clock, MockClock, UserId};
 use presence_server::{Application, Settings};
 use serde_json::Value;
 
@@ -38,7 +38,12 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub settings: Settings,
+    /// Mints credentials by the server's clock.
     pub auth: Authenticator,
+    /// The clock the server runs on.
+    pub clock: Clock,
+    /// The handle that moves the server's clock, for apps from [`spawn_app_with_clock`].
+    pub mock: Option<MockClock>,
     shutdown: Shutdown,
 }
 
@@ -60,24 +65,54 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The real server on the system clock.
 pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_on(change, Clock::system(), None)
+}
+
+/// The real server on a mock clock that stands still until [`TestApp::advance`] moves it
+/// (monotonic and wall time together). It starts at the current wall time rounded down to
+/// a whole second. The sweeper still wakes every `sweep_interval` of real time and then
+/// reads this clock.
+pub async fn spawn_app_with_clock(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let (clock, mock) = Clock::mock();
+    spawn_on(change, clock, Some(mock))
+}
+
+fn spawn_on(change: impl FnOnce(&mut Settings), clock: Clock, mock: Option<MockClock>) -> TestApp {
     let mut settings = test_settings();
     change(&mut settings);
     settings.validate().expect("test settings must be valid");
-    let app = Application::build(settings.clone()).expect("the server builds");
+    let app =
+        Application::build_with_clock(settings.clone(), clock.clone()).expect("the server builds");
     let addr = app.local_addr();
     let shutdown = app.shutdown();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
         client: reqwest::Client::new(),
-        auth: Authenticator::new(&settings.auth.jwt_secret),
+        auth: Authenticator::with_clock(&settings.auth.jwt_secret, clock.clone()),
+        clock,
+        mock,
         settings,
         shutdown,
     }
 }
 
 impl TestApp {
+    /// Moves the server's mock clock on by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.mock
+            .as_ref()
+            .expect("advance needs an app from spawn_app_with_clock")
+            .increment(by);
+    }
+
+    /// The server clock's wall time, in whole seconds since the Unix epoch.
+    pub fn now_secs(&self) -> u64 {
+        u64::try_from(self.clock.now().wall.0 / 1000).unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -126,6 +161,23 @@ impl TestApp {
     /// The presence of one user.
     pub async fn presence_of(&self, id: u64) -> Value {
         self.lookup(&[id]).await.remove(0)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
+    /// Waits (bounded) until the sweeper, which wakes every `sweep_interval` of real time,
+    /// has flipped `expired` users Offline in all.
+    pub async fn swept(&self, expired: u64) {
+        let line = format!("presence_expired_total {expired}\n");
+        eventually(Duration::from_secs(10), || async {
+            self.metrics().await.contains(&line).then_some(())
+        })
+        .await;
     }
 
     /// Stops the server gracefully and waits for it.
