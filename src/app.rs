@@ -27,6 +27,9 @@ pub struct Application {
     server: Server,
     sweeper: Periodic,
     snapshotter: Option<Periodic>,
+    /// With persistence on: the exclusive hold on `persistence.path`, released only after
+    /// the last snapshot is written (or when the application is dropped unrun).
+    snapshot_lock: Option<persistence::SnapshotLock>,
     state: web::Data<AppState>,
 }
 
@@ -43,7 +46,13 @@ impl Application {
             settings.presence.offline_retention,
         ));
         let persist = &settings.persistence;
+        let mut snapshot_lock = None;
         if persist.enabled {
+            // First of all: nothing may touch the snapshot's files while another process
+            // owns them.
+            let lock = persistence::lock(&persist.path)?;
+            tracing::debug!(lock = %lock.path().display(), "snapshot path locked");
+            snapshot_lock = Some(lock);
             persistence::prepare(&persist.path).with_context(|| {
                 format!(
                     "persistence.path {} is not writable",
@@ -54,6 +63,7 @@ impl Application {
                 Some(loaded) => tracing::info!(
                     path = %persist.path.display(),
                     users = loaded.users,
+                    forgotten = loaded.forgotten,
                     bytes = loaded.bytes,
                     seconds = loaded.seconds,
                     "snapshot loaded"
@@ -132,7 +142,7 @@ impl Application {
                 Periodic::spawn("presence-snapshot", persist.snapshot_interval, move || {
                     // A failed periodic write is retried at the next interval; the previous
                     // snapshot stays in place meanwhile.
-                    let _ = write_snapshot(&store, &path, clock);
+                    let _ = write_snapshot(&store, &path, clock, Last::No);
                 })
                 .context("cannot start the snapshot thread")?;
             Some(writer)
@@ -144,6 +154,7 @@ impl Application {
             server,
             sweeper,
             snapshotter,
+            snapshot_lock,
             state,
         })
     }
@@ -168,19 +179,22 @@ impl Application {
     }
 
     /// Serves until stopped; then stops and joins the background threads and, with
-    /// persistence on, writes a last snapshot. Fails if that snapshot cannot be written.
+    /// persistence on, writes a last snapshot and only then releases the snapshot path.
+    /// Fails if that snapshot cannot be written.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
         let (sweeper, snapshotter, state) = (self.sweeper, self.snapshotter, self.state);
+        let snapshot_lock = self.snapshot_lock;
         tokio::task::spawn_blocking(move || {
             sweeper.stop();
             if let Some(snapshotter) = snapshotter {
                 snapshotter.stop();
                 let path = &state.settings.persistence.path;
-                write_snapshot(&state.store, path, state.clock).with_context(|| {
+                write_snapshot(&state.store, path, state.clock, Last::Yes).with_context(|| {
                     format!("cannot write the last snapshot to {}", path.display())
                 })?;
             }
+            drop(snapshot_lock);
             anyhow::Ok(())
         })
         .await
@@ -209,9 +223,31 @@ impl Shutdown {
     }
 }
 
-/// Writes a snapshot and logs the outcome.
-fn write_snapshot(store: &Store, path: &std::path::Path, clock: Clock) -> std::io::Result<()> {
+/// Whether a snapshot is the last one, written on shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Yes,
+    No,
+}
+
+/// Writes a snapshot and logs the outcome: the last one at info, periodic ones at debug.
+fn write_snapshot(
+    store: &Store,
+    path: &std::path::Path,
+    clock: Clock,
+    last: Last,
+) -> std::io::Result<()> {
     match persistence::write(store, path, clock.now()) {
+        Ok(stats) if last == Last::Yes => {
+            tracing::info!(
+                path = %path.display(),
+                users = stats.users,
+                bytes = stats.bytes,
+                seconds = stats.seconds,
+                "last snapshot written"
+            );
+            Ok(())
+        }
         Ok(stats) => {
             tracing::debug!(
                 path = %path.display(),
