@@ -676,6 +676,39 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_path_is_held_by_one_lock_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/snap");
+        let held = lock(&path).unwrap();
+        assert_eq!(held.path(), dir.path().join("sub/snap.lock"));
+        let pid = std::process::id().to_string();
+        assert_eq!(fs::read_to_string(held.path()).unwrap().trim(), pid);
+        let err = lock(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(&format!("pid {pid}")), "{err}");
+        drop(held);
+        let again = lock(&path).unwrap();
+        assert_eq!(fs::read_to_string(again.path()).unwrap().trim(), pid);
+    }
+
+    #[test]
+    fn a_length_past_the_end_of_the_file_is_refused_without_reading_on() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0i64.to_le_bytes());
+        bytes.push(USER_TAG);
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&0i64.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes()); // location_len
+        bytes.extend_from_slice(b"Home");
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let err = decode(&bytes, |_| {}).unwrap_err();
+        assert!(err.contains("ends in the middle of a record"), "{err}");
+    }
+
+    #[test]
     fn a_path_below_a_file_cannot_be_prepared() {
         let file = tempfile::NamedTempFile::new().unwrap();
         assert!(prepare(&file.path().join("snap")).is_err());
