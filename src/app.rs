@@ -27,9 +27,10 @@ pub struct Application {
     server: Server,
     sweeper: Periodic,
     snapshotter: Option<Periodic>,
-    /// With persistence on: the exclusive hold on `persistence.path`, released only after
-    /// the last snapshot is written (or when the application is dropped unrun).
-    snapshot_lock: Option<persistence::SnapshotLock>,
+    /// With persistence on: the exclusive hold on `persistence.path`, shared with the
+    /// snapshot thread and released only after the last snapshot is written (or, for an
+    /// application dropped unrun, once that thread has ended too).
+    snapshot_lock: Option<Arc<persistence::SnapshotLock>>,
     state: web::Data<AppState>,
 }
 
@@ -52,7 +53,7 @@ impl Application {
             // owns them.
             let lock = persistence::lock(&persist.path)?;
             tracing::debug!(lock = %lock.path().display(), "snapshot path locked");
-            snapshot_lock = Some(lock);
+            snapshot_lock = Some(Arc::new(lock));
             persistence::prepare(&persist.path).with_context(|| {
                 format!(
                     "persistence.path {} is not writable",
@@ -138,8 +139,11 @@ impl Application {
         let persist = &state.settings.persistence;
         let snapshotter = if persist.enabled {
             let path = persist.path.clone();
+            // No snapshot is ever written without the lock.
+            let held = snapshot_lock.clone();
             let writer =
                 Periodic::spawn("presence-snapshot", persist.snapshot_interval, move || {
+                    let _held = &held;
                     // A failed periodic write is retried at the next interval; the previous
                     // snapshot stays in place meanwhile.
                     let _ = write_snapshot(&store, &path, clock, Last::No);

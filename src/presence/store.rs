@@ -847,6 +847,27 @@ mod tests {
         assert_eq!(s.sweep(at(19_700)).dropped, 1);
     }
 
+    #[test]
+    fn the_snapshot_writer_runs_with_no_shard_lock_held() {
+        let s = store();
+        for n in 1..=300 {
+            s.heartbeat(user(n), online("a"), at(0));
+            s.heartbeat(user(n + 1_000), Heartbeat::Disconnect, at(0));
+        }
+        let ids = s.user_ids();
+        let mut saved = 0;
+        s.save_many(&ids, at(10), |u| {
+            // A heartbeat to this user could take its shard's write lock right now.
+            assert!(
+                !s.users.try_get_mut(&u.user_id).is_locked(),
+                "{}",
+                u.user_id
+            );
+            saved += 1;
+        });
+        assert_eq!(saved, 600);
+    }
+
     fn with_retention() -> Store {
         Store::new(
             TTL,
