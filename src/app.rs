@@ -27,6 +27,10 @@ pub struct Application {
     server: Server,
     sweeper: Periodic,
     snapshotter: Option<Periodic>,
+    /// With persistence on: the exclusive hold on `persistence.path`, shared with the
+    /// snapshot thread and released only after the last snapshot is written (or, for an
+    /// application dropped unrun, once that thread has ended too).
+    snapshot_lock: Option<Arc<persistence::SnapshotLock>>,
     state: web::Data<AppState>,
 }
 
@@ -50,7 +54,13 @@ impl Application {
             settings.presence.offline_retention,
         ));
         let persist = &settings.persistence;
+        let mut snapshot_lock = None;
         if persist.enabled {
+            // First of all: nothing may touch the snapshot's files while another process
+            // owns them.
+            let lock = persistence::lock(&persist.path)?;
+            tracing::debug!(lock = %lock.path().display(), "snapshot path locked");
+            snapshot_lock = Some(Arc::new(lock));
             persistence::prepare(&persist.path).with_context(|| {
                 format!(
                     "persistence.path {} is not writable",
@@ -61,6 +71,7 @@ impl Application {
                 Some(loaded) => tracing::info!(
                     path = %persist.path.display(),
                     users = loaded.users,
+                    forgotten = loaded.forgotten,
                     bytes = loaded.bytes,
                     seconds = loaded.seconds,
                     "snapshot loaded"
@@ -144,10 +155,13 @@ impl Application {
             let writer = {
                 let on_restart = restarted(&state, "snapshot");
                 let state = state.clone();
+                // No snapshot is ever written without the lock.
+                let held = snapshot_lock.clone();
                 Periodic::spawn(
                     "presence-snapshot",
                     persist.snapshot_interval,
                     move || {
+                        let _held = &held;
                         // A failed periodic write is counted and retried at the next
                         // interval; the previous snapshot stays in place meanwhile.
                         let _ = write_snapshot(&state, false);
@@ -165,6 +179,7 @@ impl Application {
             server,
             sweeper,
             snapshotter,
+            snapshot_lock,
             state,
         })
     }
@@ -189,10 +204,12 @@ impl Application {
     }
 
     /// Serves until stopped; then stops and joins the background threads and, with
-    /// persistence on, writes a last snapshot. Fails if that snapshot cannot be written.
+    /// persistence on, writes a last snapshot and only then releases the snapshot path.
+    /// Fails if that snapshot cannot be written.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
         let (sweeper, snapshotter, state) = (self.sweeper, self.snapshotter, self.state);
+        let snapshot_lock = self.snapshot_lock;
         tokio::task::spawn_blocking(move || {
             sweeper.stop();
             if let Some(snapshotter) = snapshotter {
@@ -202,6 +219,7 @@ impl Application {
                     format!("cannot write the last snapshot to {}", path.display())
                 })?;
             }
+            drop(snapshot_lock);
             anyhow::Ok(())
         })
         .await

@@ -14,9 +14,15 @@
 //! A file is written beside its final path, fsynced, renamed over it, and the folder is
 //! fsynced: a crash leaves the previous snapshot or the new one, never a torn file. A
 //! file that is corrupt, truncated or of another version is refused, never overwritten.
+//!
+//! One process at a time owns a snapshot path: [`lock`] takes an exclusive lock on
+//! `<path>.lock` (and writes its pid there) for as long as the returned [`SnapshotLock`]
+//! lives, so a second server on the same path stops at start-up instead of writing the same
+//! temporary file. Only a regular file is read: a FIFO or a device is refused before any
+//! read, and a read never goes past the file's size.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::num::NonZeroI64;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,6 +40,96 @@ const END_TAG: u8 = 0;
 /// Users read from the store per batch while writing: each is one short read lock.
 const WRITE_BATCH: usize = 1024;
 
+/// Why a snapshot path could not be locked; the message names the path and the holder.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "persistence.path {path} is in use by another presence-server ({holder}, holding \
+         {lock}); stop that server first, or give this one another persistence.path"
+    )]
+    Held {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("cannot lock persistence.path {path} through {lock}: {source}")]
+    Io {
+        path: PathBuf,
+        lock: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// The exclusive hold on a snapshot path: `<path>.lock` stays locked until this is dropped
+/// (or the process ends, however it ends). The lock file itself is left in place: removing
+/// it would let a third process lock a new file while a second still waits on the old one.
+#[derive(Debug)]
+pub struct SnapshotLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl SnapshotLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Takes the exclusive lock of the snapshot at `path`, creating its folder and lock file
+/// if needed, and writes this process's id into the lock file. Never waits: when another
+/// process holds the lock, the error names it by the pid it wrote.
+pub fn lock(path: &Path) -> Result<SnapshotLock, LockError> {
+    let lock = sibling(path, ".lock");
+    let io_error = |source| LockError::Io {
+        path: path.to_owned(),
+        lock: lock.clone(),
+        source,
+    };
+    if let Some(dir) = parent(path) {
+        fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    let mut file = open_without_blocking(&mut options, &lock).map_err(io_error)?;
+    let file_type = file.metadata().map_err(io_error)?.file_type();
+    if !file_type.is_file() {
+        let problem = format!("it is {}, not a regular file", describe(file_type));
+        return Err(io_error(io::Error::other(problem)));
+    }
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            return Err(LockError::Held {
+                path: path.to_owned(),
+                holder: holder(&mut file),
+                lock,
+            })
+        }
+        Err(fs4::TryLockError::Error(source)) => return Err(io_error(source)),
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(io_error)?;
+    Ok(SnapshotLock {
+        _file: file,
+        path: lock,
+    })
+}
+
+/// Who holds a lock file, as its holder wrote it: `pid N`, or a note that it is unknown
+/// (the holder has locked the file but not written its pid yet).
+fn holder(file: &mut File) -> String {
+    let mut text = String::new();
+    let read = file.take(32).read_to_string(&mut text);
+    match read.ok().and_then(|_| text.trim().parse::<u32>().ok()) {
+        Some(pid) => format!("pid {pid}"),
+        None => "pid not known yet".into(),
+    }
+}
+
 /// Why a snapshot could not be read; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -49,20 +145,75 @@ pub enum SnapshotError {
 /// What a write or a load did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotStats {
+    /// Users written, or restored.
     pub users: u64,
+    /// On a load: users in the file not restored, being Offline past
+    /// `presence.offline_retention` already.
+    pub forgotten: u64,
     pub bytes: u64,
     pub seconds: f64,
 }
 
 /// Creates the snapshot's folder and proves that a file can be written there, so that a
-/// bad `persistence.path` stops start-up instead of failing later.
+/// bad `persistence.path` stops start-up instead of failing later. Call it with the path's
+/// [`lock`] held: it writes the temporary file that snapshots are written to.
 pub fn prepare(path: &Path) -> io::Result<()> {
     if let Some(dir) = parent(path) {
         fs::create_dir_all(dir)?;
     }
     let probe = temporary_path(path);
-    File::create(&probe)?;
+    create_temporary(&probe)?;
     fs::remove_file(&probe)
+}
+
+/// Creates `temporary` afresh. Whatever was there (a file left by a crash, or anything
+/// else) is removed first and never opened: opening a FIFO to write to it would wait for
+/// a reader, and a symbolic link would be followed.
+fn create_temporary(temporary: &Path) -> io::Result<File> {
+    match fs::remove_file(temporary) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temporary)
+}
+
+/// Opens `path` without waiting on it: on Unix a FIFO opens at once (rather than when a
+/// writer comes), so that the caller can see what it is and refuse it.
+fn open_without_blocking(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// What kind of file something that is not a regular file is, for a message.
+fn describe(file_type: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Writes every user of `store` to `path`, atomically.
@@ -81,13 +232,14 @@ pub fn write(store: &Store, path: &Path, now: Now) -> io::Result<SnapshotStats> 
     }
     result.map(|(users, bytes)| SnapshotStats {
         users,
+        forgotten: 0,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
 fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)> {
-    let file = File::create(temporary)?;
+    let file = create_temporary(temporary)?;
     let mut out = Encoder {
         out: BufWriter::with_capacity(1 << 20, file),
         crc: crc32fast::Hasher::new(),
@@ -99,6 +251,7 @@ fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)>
     out.put(&now.wall.0.to_le_bytes());
     let mut users = 0u64;
     for batch in store.user_ids().chunks(WRITE_BATCH) {
+        // Runs with no lock of the store held (see `Store::save_many`).
         store.save_many(batch, now, |user| {
             users += 1;
             encode_user(&mut out, user);
@@ -172,25 +325,42 @@ fn encode_user<W: Write>(out: &mut Encoder<W>, user: &SavedUser<'_>) {
 }
 
 /// Loads `path` into `store` as of `now`. `Ok(None)` when there is no file yet.
+///
+/// Only a regular file is read, and never past the size it had when opened: a FIFO, a
+/// device, a socket or a directory is refused without reading a byte.
 pub fn load(store: &Store, path: &Path, now: Now) -> Result<Option<SnapshotStats>, SnapshotError> {
     let started = Instant::now();
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SnapshotError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+    let io_error = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
     };
     let invalid = |problem: String| SnapshotError::Invalid {
         path: path.to_owned(),
         problem,
     };
-    let users = decode(&bytes, |user| store.restore(user, now)).map_err(invalid)?;
+    let file = match open_without_blocking(OpenOptions::new().read(true), path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_error(source)),
+    };
+    let metadata = file.metadata().map_err(io_error)?;
+    if !metadata.is_file() {
+        let kind = describe(metadata.file_type());
+        return Err(invalid(format!("it is {kind}, not a regular file")));
+    }
+    let len = metadata.len();
+    let capacity = usize::try_from(len)
+        .map_err(|_| invalid(format!("it is too large to read ({len} bytes)")))?;
+    let mut bytes = Vec::with_capacity(capacity);
+    file.take(len).read_to_end(&mut bytes).map_err(io_error)?;
+    let mut restored = 0u64;
+    let users = decode(&bytes, |user| {
+        restored += u64::from(store.restore(user, now))
+    })
+    .map_err(invalid)?;
     Ok(Some(SnapshotStats {
-        users,
+        users: restored,
+        forgotten: users.saturating_sub(restored),
         bytes: bytes.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     }))
@@ -338,8 +508,13 @@ fn parent(path: &Path) -> Option<&Path> {
 
 /// Where a snapshot is written before it is renamed over `path`.
 fn temporary_path(path: &Path) -> PathBuf {
+    sibling(path, ".tmp")
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
 }
 
@@ -418,7 +593,10 @@ mod tests {
         let restored = store();
         // Restored in a process whose monotonic clock started elsewhere.
         let later = at(50, 1_700_000_002_000);
-        assert_eq!(decode(&bytes, |u| restored.restore(u, later)), Ok(3));
+        assert_eq!(
+            decode(&bytes, |u| assert!(restored.restore(u, later))),
+            Ok(3)
+        );
         let ids = [user(1), user(2), user(3), user(4)];
         let before = original.get_many(&ids, Mono(3_000));
         let after = restored.get_many(&ids, Mono(50 + 1_000));
@@ -438,7 +616,7 @@ mod tests {
         let bytes = encode(&original, at(2_000, 1_700_000_001_000));
         let restored = store();
         let much_later = at(0, 1_700_000_100_000);
-        decode(&bytes, |u| restored.restore(u, much_later)).unwrap();
+        decode(&bytes, |u| assert!(restored.restore(u, much_later))).unwrap();
         let v = restored.get_many(&[user(2)], Mono(0)).remove(0);
         assert_eq!(v.kind, PresenceType::Offline);
         assert_eq!(v.last_location, "Playing");
@@ -495,6 +673,39 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("snap")]);
+    }
+
+    #[test]
+    fn a_snapshot_path_is_held_by_one_lock_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/snap");
+        let held = lock(&path).unwrap();
+        assert_eq!(held.path(), dir.path().join("sub/snap.lock"));
+        let pid = std::process::id().to_string();
+        assert_eq!(fs::read_to_string(held.path()).unwrap().trim(), pid);
+        let err = lock(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(&format!("pid {pid}")), "{err}");
+        drop(held);
+        let again = lock(&path).unwrap();
+        assert_eq!(fs::read_to_string(again.path()).unwrap().trim(), pid);
+    }
+
+    #[test]
+    fn a_length_past_the_end_of_the_file_is_refused_without_reading_on() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0i64.to_le_bytes());
+        bytes.push(USER_TAG);
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.extend_from_slice(&0i64.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes()); // location_len
+        bytes.extend_from_slice(b"Home");
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let err = decode(&bytes, |_| {}).unwrap_err();
+        assert!(err.contains("ends in the middle of a record"), "{err}");
     }
 
     #[test]

@@ -338,7 +338,9 @@ async fn a_body_filling_the_limit_is_decoded_exactly() {
         .take(4096 - prefix.chars().count())
         .collect();
     let location = format!("{prefix}{filler}");
-    let overhead = json!({ "location": location, "padding": "" }).to_string().len();
+    let overhead = json!({ "location": location, "padding": "" })
+        .to_string()
+        .len();
     let padding = "p".repeat(limit - 1 - overhead);
     let body = json!({ "location": location, "padding": padding }).to_string();
     assert_eq!(body.len(), limit - 1);

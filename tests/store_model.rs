@@ -137,3 +137,94 @@ proptest! {
         prop_assert_eq!(store.len(), model.len());
     }
 }
+
+const RETENTION_MS: u64 = 3_000;
+/// The retention index's resolution with a 100ms sweep and a 3s retention.
+const RETENTION_BUCKET_MS: u64 = 100;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// With `presence.offline_retention` on: reads agree with the model for every user the
+    /// store still holds; a user is forgotten only once it has been Offline for the whole
+    /// retention, and surely by the first sweep a bucket after that; and the retention
+    /// index never holds more slots than there are users, whatever the sequence.
+    #[test]
+    fn retention_forgets_on_time_and_keeps_one_slot_per_user(
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        let store = Store::new(
+            Duration::from_millis(TTL_MS),
+            Duration::from_millis(100),
+            Some(Duration::from_millis(RETENTION_MS)),
+        );
+        let mut model: HashMap<u64, Expected> = HashMap::new();
+        let mut now = 0u64;
+        let offline_for = |e: &Expected, now: u64| match e.deadline {
+            Some(d) if now < d => None,
+            _ => Some(now - (e.last_online - at(0).wall.0) as u64),
+        };
+        for op in ops {
+            let swept = matches!(op, Op::Sweep { .. });
+            match op {
+                Op::Heartbeat { user, location, after } => {
+                    now += after;
+                    let heartbeat = Heartbeat::Present {
+                        location: LocationName::Given(LOCATIONS[location]),
+                        session: Session { kind: PresenceType::Online, place: None, game_id: None },
+                    };
+                    store.heartbeat(UserId::new(user).unwrap(), heartbeat, at(now));
+                    model.insert(user, Expected {
+                        last_online: at(now).wall.0,
+                        location: LOCATIONS[location],
+                        deadline: Some(now + TTL_MS),
+                    });
+                }
+                Op::Disconnect { user, after } => {
+                    now += after;
+                    store.heartbeat(UserId::new(user).unwrap(), Heartbeat::Disconnect, at(now));
+                    let location = model.get(&user).map_or("", |e| e.location);
+                    model.insert(user, Expected {
+                        last_online: at(now).wall.0,
+                        location,
+                        deadline: None,
+                    });
+                }
+                Op::Sweep { after } => {
+                    now += after;
+                    store.sweep(at(now));
+                }
+            }
+            // Users the store has forgotten: each must have been Offline for the retention.
+            let ids: Vec<UserId> = (1..=USERS).map(|n| UserId::new(n).unwrap()).collect();
+            for view in store.get_many(&ids, Mono(now)) {
+                let n = view.user_id.get();
+                if view.last_online.is_none() {
+                    if let Some(e) = model.remove(&n) {
+                        let off = offline_for(&e, now);
+                        prop_assert!(
+                            off.is_some_and(|ms| ms >= RETENTION_MS),
+                            "user {} forgotten at {} too early: {:?}", n, now, e
+                        );
+                    }
+                }
+            }
+            if swept {
+                for (n, e) in &model {
+                    let off = offline_for(e, now).unwrap_or(0);
+                    prop_assert!(
+                        off < RETENTION_MS + RETENTION_BUCKET_MS,
+                        "user {} still held at {}: {:?}", n, now, e
+                    );
+                }
+            }
+            check(&store, &model, now);
+            prop_assert!(store.retention_scheduled() <= store.len());
+        }
+        now += TTL_MS + RETENTION_MS + 500;
+        store.sweep(at(now));
+        prop_assert_eq!(store.len(), 0);
+        prop_assert_eq!(store.retention_scheduled(), 0);
+        prop_assert_eq!(store.scheduled(), 0);
+    }
+}

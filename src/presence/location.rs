@@ -17,7 +17,10 @@ use super::model::Session;
 use super::time::Mono;
 
 /// What a map entry points at.
-#[derive(Debug)]
+///
+/// `Clone` only so that the store can take a `Live` record back with `Arc::make_mut`
+/// should it ever be shared (see `Store::live_mut`); a `Location` record is never cloned.
+#[derive(Debug, Clone)]
 pub(crate) enum Record {
     /// The text of a location; shared.
     Location(Box<str>),
@@ -27,13 +30,16 @@ pub(crate) enum Record {
 
 /// A present user's session. Lives only while the user is present (or until the sweeper
 /// reaches it after its deadline).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Live {
     pub location: Location,
     /// Present while `now < deadline`.
     pub deadline: Mono,
     /// The deadline this user's expiry-index slot was filed under.
     pub scheduled: Mono,
+    /// With `presence.offline_retention` on: the retention slot filed when this user was
+    /// last Offline has not come due yet, so going Offline again files none.
+    pub retention_pending: bool,
     pub session: Session,
 }
 
@@ -51,6 +57,14 @@ impl Location {
             Record::Location(text) => text,
             // Unreachable by construction: only `Location::new` builds the inner record.
             Record::Live(_) => "",
+        }
+    }
+
+    /// The location an Offline user's record is, or `None` for a present user's record.
+    pub(crate) fn of_record(record: &Arc<Record>) -> Option<Self> {
+        match **record {
+            Record::Location(_) => Some(Self(Arc::clone(record))),
+            Record::Live(_) => None,
         }
     }
 
@@ -142,13 +156,18 @@ impl Locations {
         location
     }
 
-    /// Forgets texts no user points at any more; returns how many.
+    /// Forgets texts no user points at any more; returns how many. Safe to run while
+    /// other threads add texts: it counts what it removes itself rather than comparing
+    /// lengths that those threads change meanwhile.
     pub fn purge_unused(&self) -> usize {
-        let before = self.shared.len();
-        self.shared.retain(|location| location.holders() > 1);
-        let after = self.shared.len();
-        self.len.store(after, Ordering::Relaxed);
-        before - after
+        let mut removed = 0;
+        self.shared.retain(|location| {
+            let used = location.holders() > 1;
+            removed += usize::from(!used);
+            used
+        });
+        self.len.store(self.shared.len(), Ordering::Relaxed);
+        removed
     }
 
     pub fn len(&self) -> usize {
@@ -199,5 +218,33 @@ mod tests {
         assert_eq!(locations.purge_unused(), 1);
         assert_eq!(locations.len(), 1);
         assert!(Arc::ptr_eq(&locations.get("kept").0, &kept.0));
+    }
+
+    #[test]
+    fn purging_while_texts_are_added_counts_only_what_it_removed() {
+        // Texts added during a purge are held, so the purge removes none of them; it used
+        // to subtract the set's lengths and underflow when the set grew meanwhile.
+        let locations = std::sync::Arc::new(Locations::new(1 << 20));
+        let adder = {
+            let locations = std::sync::Arc::clone(&locations);
+            std::thread::spawn(move || {
+                let held: Vec<_> = (0..20_000)
+                    .map(|i| locations.get(&format!("place {i}")))
+                    .collect();
+                held
+            })
+        };
+        let mut purges = 0;
+        while !adder.is_finished() {
+            assert_eq!(locations.purge_unused(), 0);
+            purges += 1;
+        }
+        let held = adder.join().unwrap();
+        assert!(purges > 0);
+        assert_eq!(locations.purge_unused(), 0);
+        assert_eq!(locations.len(), held.len());
+        drop(held);
+        assert_eq!(locations.purge_unused(), 20_000);
+        assert!(locations.is_empty());
     }
 }

@@ -18,7 +18,8 @@ use triomphe::Arc;
 use super::expiry::ExpiryIndex;
 use super::location::{Live, Location, Locations, Record};
 use super::model::{
-    Heartbeat, LocationName, Now, PresenceType, PresenceView, SavedSession, SavedUser, UserId,
+    Heartbeat, LocationName, Now, PresenceType, PresenceView, SavedSession, SavedUser, Session,
+    UserId,
 };
 use super::time::{duration_millis, Mono, WallMillis};
 
@@ -69,11 +70,23 @@ pub struct SweepReport {
 }
 
 /// Forgetting Offline users whose `lastOnline` is older than `after`.
+///
+/// Invariant: every Offline user has exactly one slot in `index`, and a present user has
+/// at most one (the slot of its last Offline period, marked by `Live::retention_pending`),
+/// so the index never holds more slots than there are users. Going Offline files a slot
+/// only when none is pending; a slot that comes due re-checks its user (see
+/// `Store::forget_retired`) and is refiled at the user's exact due time when it is early.
 #[derive(Debug)]
 struct Retention {
     after: Duration,
-    /// One slot per Offline transition, due when that user's `lastOnline + after` passes.
     index: ExpiryIndex,
+}
+
+impl Retention {
+    /// When a user whose last heartbeat was at `since` is due to be forgotten.
+    fn due(&self, since: Mono) -> Mono {
+        since.saturating_add(self.after)
+    }
 }
 
 /// All users' presence. Shared behind an `Arc`; every method takes `&self`.
@@ -117,9 +130,11 @@ impl Store {
         }
     }
 
-    /// Users holding a session of each present type, as of the last sweep.
+    /// Users holding a session of each present type, as of the last sweep. Never negative:
+    /// a session is counted when its record is made and uncounted when it is replaced,
+    /// both under that user's lock, so every decrement follows its increment.
     pub fn sessions_by_type(&self) -> [(PresenceType, i64); 3] {
-        let count = |i: usize| self.sessions[i].load(Ordering::Relaxed).max(0);
+        let count = |i: usize| self.sessions[i].load(Ordering::Relaxed);
         [
             (PresenceType::Online, count(0)),
             (PresenceType::InGame, count(1)),
@@ -138,23 +153,28 @@ impl Store {
                 self.apply(occupied.get_mut(), heartbeat, now, deadline)
             }
             MapEntry::Vacant(vacant) => {
-                let mut entry = Entry {
-                    last_online: now.wall,
-                    record: Location::nowhere().record(),
+                let (record, filed) = match heartbeat {
+                    Heartbeat::Disconnect => (
+                        Location::nowhere().record(),
+                        self.retention_due(now.mono)
+                            .map_or(Filed::Nothing, Filed::Retention),
+                    ),
+                    Heartbeat::Present { location, session } => (
+                        self.new_live(self.resolve(location), session, deadline, false),
+                        Filed::Expiry(deadline),
+                    ),
                 };
-                let filed = self.apply(&mut entry, heartbeat, now, deadline);
-                vacant.insert(entry);
+                vacant.insert(Entry {
+                    last_online: now.wall,
+                    record,
+                });
                 filed
             }
         };
-        match filed {
-            Filed::Nothing => {}
-            Filed::Expiry => self.expiry.schedule(user, deadline),
-            Filed::Retention => self.file_retention(user, now.mono),
-        }
+        self.file(user, filed);
     }
 
-    /// Applies a heartbeat to an entry; says which index needs a new slot for this user.
+    /// Applies a heartbeat to a known user's entry; says which index needs a new slot.
     fn apply(
         &self,
         entry: &mut Entry,
@@ -165,15 +185,20 @@ impl Store {
         entry.last_online = now.wall;
         match heartbeat {
             Heartbeat::Disconnect => {
-                if let Record::Live(live) = &*entry.record {
-                    self.count_session(live.session.kind, -1);
-                    entry.record = live.location.record();
+                let Record::Live(live) = &*entry.record else {
+                    // Offline already: its one retention slot is filed.
+                    return Filed::Nothing;
+                };
+                self.count_session(live.session.kind, -1);
+                let pending = live.retention_pending;
+                entry.record = live.location.record();
+                match self.retention_due(now.mono) {
+                    Some(due) if !pending => Filed::Retention(due),
+                    _ => Filed::Nothing,
                 }
-                Filed::Retention
             }
             Heartbeat::Present { location, session } => {
-                // A present user's record is its alone, so it is updated in place.
-                if let Some(Record::Live(live)) = Arc::get_mut(&mut entry.record) {
+                if let Some(live) = live_mut(&mut entry.record) {
                     if live.session.kind != session.kind {
                         self.count_session(live.session.kind, -1);
                         self.count_session(session.kind, 1);
@@ -185,17 +210,42 @@ impl Store {
                     }
                     return Filed::Nothing;
                 }
-                if let Record::Live(shared) = &*entry.record {
-                    self.count_session(shared.session.kind, -1);
+                // Offline until now: with retention on, its slot stays filed and pending.
+                let pending = self.retention.is_some();
+                entry.record = self.new_live(self.resolve(location), session, deadline, pending);
+                Filed::Expiry(deadline)
+            }
+        }
+    }
+
+    /// A present user's own record, its session counted.
+    fn new_live(
+        &self,
+        location: Location,
+        session: Session,
+        deadline: Mono,
+        retention_pending: bool,
+    ) -> Arc<Record> {
+        self.count_session(session.kind, 1);
+        Arc::new(Record::Live(Live {
+            location,
+            deadline,
+            scheduled: deadline,
+            retention_pending,
+            session,
+        }))
+    }
+
+    /// Files the slot a change asked for. Called after the user's lock is released: a slot
+    /// filed late is harmless, since the sweeper re-checks every slot against the entry.
+    fn file(&self, user: UserId, filed: Filed) {
+        match filed {
+            Filed::Nothing => {}
+            Filed::Expiry(deadline) => self.expiry.schedule(user, deadline),
+            Filed::Retention(due) => {
+                if let Some(retention) = &self.retention {
+                    retention.index.schedule(user, due);
                 }
-                self.count_session(session.kind, 1);
-                entry.record = Arc::new(Record::Live(Live {
-                    location: self.resolve(location),
-                    deadline,
-                    scheduled: deadline,
-                    session,
-                }));
-                Filed::Expiry
             }
         }
     }
@@ -207,13 +257,9 @@ impl Store {
         }
     }
 
-    /// Files a retention slot for a user who went Offline with its last heartbeat at `since`.
-    fn file_retention(&self, user: UserId, since: Mono) {
-        if let Some(retention) = &self.retention {
-            retention
-                .index
-                .schedule(user, since.saturating_add(retention.after));
-        }
+    /// When a user whose last heartbeat was at `since` is due to be forgotten, if ever.
+    fn retention_due(&self, since: Mono) -> Option<Mono> {
+        self.retention.as_ref().map(|r| r.due(since))
     }
 
     /// Calls `visit` with the presence of each id, in the given order, each borrowed from
@@ -243,29 +289,40 @@ impl Store {
         ids
     }
 
-    /// Calls `save` with each of `ids` that is still known, as of `now`, under that user's
-    /// read lock (one user at a time). A present user's deadline is written as wall-clock
-    /// time; a user past its deadline is saved Offline.
+    /// Calls `save` with each of `ids` that is still known, as of `now`. A present user's
+    /// deadline is written as wall-clock time; a user past its deadline is saved Offline.
+    ///
+    /// The whole batch is copied first, each user under its shard's read lock for just that
+    /// copy (a location handle and the session: no text is copied), and `save` runs after
+    /// every lock is released: it may write to disk, and a slow disk must not stall
+    /// heartbeats to a shard. Callers keep `ids` to a bounded batch.
     pub fn save_many(&self, ids: &[UserId], now: Now, mut save: impl FnMut(&SavedUser<'_>)) {
+        let mut copied = Vec::with_capacity(ids.len());
         for &id in ids {
             let Some(entry) = self.users.get(&id) else {
                 continue;
             };
-            let (last_location, live) = match &*entry.record {
+            let (location, live) = match &*entry.record {
                 Record::Live(live) => {
                     let left = live.deadline.0.saturating_sub(now.mono.0);
                     let saved = (left > 0).then(|| SavedSession {
                         deadline: WallMillis(now.wall.0.saturating_add(left as i64)),
                         session: live.session.clone(),
                     });
-                    (live.location.as_str(), saved)
+                    (live.location.clone(), saved)
                 }
-                Record::Location(text) => (&**text, None),
+                Record::Location(_) => match Location::of_record(&entry.record) {
+                    Some(location) => (location, None),
+                    None => continue,
+                },
             };
+            copied.push((id, entry.last_online, location, live));
+        }
+        for (user_id, last_online, location, live) in copied {
             save(&SavedUser {
-                user_id: id,
-                last_online: entry.last_online,
-                last_location: Cow::Borrowed(last_location),
+                user_id,
+                last_online,
+                last_location: Cow::Borrowed(location.as_str()),
                 live,
             });
         }
@@ -273,40 +330,75 @@ impl Store {
 
     /// Puts back a saved user as of `now`: present until its deadline if that is still
     /// ahead by the wall clock, Offline otherwise. Replaces what the store had for it.
-    pub fn restore(&self, saved: SavedUser<'_>, now: Now) {
-        let location = self.locations.get(&saved.last_location);
+    ///
+    /// An Offline user already past `presence.offline_retention` by the wall clock is not
+    /// restored at all (returns `false`); any other Offline user is due to be forgotten at
+    /// its exact time, `lastOnline + offline_retention`, counted from `now`.
+    pub fn restore(&self, saved: SavedUser<'_>, now: Now) -> bool {
         let left = saved
             .live
             .as_ref()
             .map_or(0, |live| live.deadline.0.saturating_sub(now.wall.0));
-        let record = match saved.live {
-            Some(live) if left > 0 => {
-                let deadline = Mono(now.mono.0.saturating_add(left as u64));
-                self.expiry.schedule(saved.user_id, deadline);
-                self.count_session(live.session.kind, 1);
-                Arc::new(Record::Live(Live {
-                    location,
-                    deadline,
-                    scheduled: deadline,
-                    session: live.session,
-                }))
-            }
-            _ => {
-                let age = now.wall.0.saturating_sub(saved.last_online.0).max(0) as u64;
-                self.file_retention(saved.user_id, Mono(now.mono.0.saturating_sub(age)));
-                location.record()
-            }
-        };
-        let replaced = self.users.insert(
-            saved.user_id,
-            Entry {
+        let live = saved.live.filter(|_| left > 0);
+        // With retention: when an Offline user is due, or `None` when it is past due now.
+        let offline_due = self.retention.as_ref().map(|retention| {
+            let age = now.wall.0.saturating_sub(saved.last_online.0).max(0) as u64;
+            duration_millis(retention.after)
+                .checked_sub(age)
+                .filter(|&left| left > 0)
+                .map(|left| Mono(now.mono.0.saturating_add(left)))
+        });
+        let forget = live.is_none() && matches!(offline_due, Some(None));
+        let new_entry = |had_slot: bool| {
+            let location = self.locations.get(&saved.last_location);
+            let (record, filed) = match &live {
+                Some(live) => {
+                    let deadline = Mono(now.mono.0.saturating_add(left as u64));
+                    let record = self.new_live(location, live.session.clone(), deadline, had_slot);
+                    (record, Filed::Expiry(deadline))
+                }
+                None => {
+                    let filed = match offline_due.flatten() {
+                        Some(due) if !had_slot => Filed::Retention(due),
+                        _ => Filed::Nothing,
+                    };
+                    (location.record(), filed)
+                }
+            };
+            let entry = Entry {
                 last_online: saved.last_online,
                 record,
-            },
-        );
-        if let Some(Record::Live(old)) = replaced.as_ref().map(|e| &*e.record) {
-            self.count_session(old.session.kind, -1);
-        }
+            };
+            (entry, filed)
+        };
+        let filed = match self.users.entry(saved.user_id) {
+            MapEntry::Occupied(mut occupied) => {
+                let had_slot = match &*occupied.get().record {
+                    Record::Live(old) => {
+                        self.count_session(old.session.kind, -1);
+                        old.retention_pending
+                    }
+                    Record::Location(_) => self.retention.is_some(),
+                };
+                if forget {
+                    occupied.remove();
+                    return false;
+                }
+                let (entry, filed) = new_entry(had_slot);
+                *occupied.get_mut() = entry;
+                filed
+            }
+            MapEntry::Vacant(vacant) => {
+                if forget {
+                    return false;
+                }
+                let (entry, filed) = new_entry(false);
+                vacant.insert(entry);
+                filed
+            }
+        };
+        self.file(saved.user_id, filed);
+        true
     }
 
     /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past
@@ -317,22 +409,23 @@ impl Store {
         while let Some((bucket, due)) = self.expiry.take_due(now.mono) {
             for batch in due.chunks(SWEEP_BATCH) {
                 let mut fresh = Vec::new();
-                let mut gone = Vec::new();
+                let mut retired = Vec::new();
                 for &user in batch {
                     match self.expire_one(user, bucket, now.mono) {
                         Slot::Stale => {}
                         Slot::Fresh(deadline) => fresh.push((user, deadline)),
-                        Slot::Expired(last_heartbeat) => gone.push((user, last_heartbeat)),
+                        Slot::Expired(retire) => {
+                            report.expired += 1;
+                            if let Some(due) = retire {
+                                retired.push((user, due));
+                            }
+                        }
                     }
                 }
                 report.rescheduled += fresh.len();
-                report.expired += gone.len();
                 self.expiry.schedule_many(fresh);
                 if let Some(retention) = &self.retention {
-                    retention.index.schedule_many(
-                        gone.into_iter()
-                            .map(|(user, at)| (user, at.saturating_add(retention.after))),
-                    );
+                    retention.index.schedule_many(retired);
                 }
                 std::thread::yield_now();
             }
@@ -356,7 +449,7 @@ impl Store {
             return Slot::Stale;
         };
         let entry = &mut *entry;
-        let Some(Record::Live(live)) = Arc::get_mut(&mut entry.record) else {
+        let Some(live) = live_mut(&mut entry.record) else {
             // Offline already (disconnected): the slot outlived its session.
             return Slot::Stale;
         };
@@ -370,36 +463,43 @@ impl Store {
         }
         let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
         self.count_session(live.session.kind, -1);
-        entry.record = live.location.record();
-        Slot::Expired(last_heartbeat)
+        let retire = self
+            .retention_due(last_heartbeat)
+            .filter(|_| !live.retention_pending);
+        let offline = live.location.record();
+        entry.record = offline;
+        Slot::Expired(retire)
     }
 
-    /// Drops the Offline users whose retention slot came due and whose `lastOnline` is
-    /// older than the retention by the wall clock.
+    /// Re-checks the users whose retention slot came due: an Offline user whose
+    /// `lastOnline` is older than the retention by the wall clock is dropped; one that is
+    /// not (it came back and left again since, or the wall clock was set back) keeps its one
+    /// slot, refiled at its exact due time; a present user just loses the pending mark, so
+    /// that its next Offline period files a new slot.
     fn forget_retired(&self, retention: &Retention, now: Now) -> usize {
-        let after_ms = i64::try_from(duration_millis(retention.after)).unwrap_or(i64::MAX);
+        let after_ms = duration_millis(retention.after);
         let mut dropped = 0;
         let mut not_yet = Vec::new();
         while let Some((_, due)) = retention.index.take_due(now.mono) {
             for batch in due.chunks(SWEEP_BATCH) {
                 for &user in batch {
-                    let mut wait = None;
-                    let removed = self.users.remove_if(&user, |_, entry| {
-                        if !matches!(&*entry.record, Record::Location(_)) {
+                    let mut refile = None;
+                    let removed = self.users.remove_if_mut(&user, |_, entry| {
+                        if let Some(live) = live_mut(&mut entry.record) {
+                            live.retention_pending = false;
                             return false;
                         }
-                        let age = now.wall.0.saturating_sub(entry.last_online.0);
-                        if age < after_ms {
-                            // Came back and left again since: its newer slot is filed, but
-                            // a wall clock set back can also land here; keep one slot.
-                            wait = Some(after_ms - age);
+                        let age = now.wall.0.saturating_sub(entry.last_online.0).max(0) as u64;
+                        let left = after_ms.saturating_sub(age);
+                        if left > 0 {
+                            refile = Some(Mono(now.mono.0.saturating_add(left)));
                         }
-                        age >= after_ms
+                        left == 0
                     });
                     if removed.is_some() {
                         dropped += 1;
-                    } else if let Some(ms) = wait {
-                        not_yet.push((user, Mono(now.mono.0.saturating_add(ms as u64))));
+                    } else if let Some(due) = refile {
+                        not_yet.push((user, due));
                     }
                 }
                 std::thread::yield_now();
@@ -422,27 +522,50 @@ impl Store {
     pub fn scheduled(&self) -> usize {
         self.expiry.len()
     }
+
+    /// Slots in the retention index: never more than the users held (0 without retention).
+    pub fn retention_scheduled(&self) -> usize {
+        self.retention.as_ref().map_or(0, |r| r.index.len())
+    }
 }
 
-/// Which index a heartbeat must file its user in.
+/// A present user's own session, to change in place; `None` for an Offline user.
+///
+/// Nothing clones a `Live` record (snapshots copy the session, not the record), so this
+/// never copies. Should one ever be shared all the same, `make_mut` gives this entry its own
+/// copy instead of leaving the session unchangeable (a shared record was once skipped by
+/// the sweeper as stale and never expired).
+fn live_mut(record: &mut Arc<Record>) -> Option<&mut Live> {
+    if !matches!(**record, Record::Live(_)) {
+        // Checked first: `make_mut` on a shared location record would copy it.
+        return None;
+    }
+    match Arc::make_mut(record) {
+        Record::Live(live) => Some(live),
+        Record::Location(_) => None,
+    }
+}
+
+/// Which index a change must file its user in, and when the slot is due.
 enum Filed {
     Nothing,
-    Expiry,
-    Retention,
+    Expiry(Mono),
+    Retention(Mono),
 }
 
 /// What the sweeper found for one expiry slot.
 enum Slot {
     Stale,
     Fresh(Mono),
-    /// Flipped Offline; carries the time of the last heartbeat.
-    Expired(Mono),
+    /// Flipped Offline; carries when it is due to be forgotten, if it needs a new
+    /// retention slot.
+    Expired(Option<Mono>),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::model::{PlaceInfo, Session};
+    use crate::presence::model::PlaceInfo;
     use uuid::Uuid;
 
     const TTL: Duration = Duration::from_millis(1000);
@@ -722,6 +845,145 @@ mod tests {
         assert_eq!(one(&s, 1, 10_200).last_location, "back");
         assert_eq!(s.sweep(at(19_400)).dropped, 0);
         assert_eq!(s.sweep(at(19_700)).dropped, 1);
+    }
+
+    #[test]
+    fn the_snapshot_writer_runs_with_no_shard_lock_held() {
+        let s = store();
+        for n in 1..=300 {
+            s.heartbeat(user(n), online("a"), at(0));
+            s.heartbeat(user(n + 1_000), Heartbeat::Disconnect, at(0));
+        }
+        let ids = s.user_ids();
+        let mut saved = 0;
+        s.save_many(&ids, at(10), |u| {
+            // A heartbeat to this user could take its shard's write lock right now.
+            assert!(
+                !s.users.try_get_mut(&u.user_id).is_locked(),
+                "{}",
+                u.user_id
+            );
+            saved += 1;
+        });
+        assert_eq!(saved, 600);
+    }
+
+    fn with_retention() -> Store {
+        Store::new(
+            TTL,
+            Duration::from_millis(100),
+            Some(Duration::from_secs(10)),
+        )
+    }
+
+    fn retention_slots(s: &Store) -> usize {
+        s.retention.as_ref().unwrap().index.len()
+    }
+
+    #[test]
+    fn going_online_and_offline_again_and_again_keeps_one_retention_slot() {
+        let s = with_retention();
+        for i in 0..1_000 {
+            s.heartbeat(user(1), online("a"), at(i * 2));
+            s.heartbeat(user(1), Heartbeat::Disconnect, at(i * 2 + 1));
+            // Disconnecting again while Offline files nothing either.
+            s.heartbeat(user(1), Heartbeat::Disconnect, at(i * 2 + 1));
+        }
+        assert_eq!(retention_slots(&s), 1);
+        // Expiry instead of disconnect: still one slot, through sweeps.
+        for i in 0..50 {
+            let t = 2_000 + i * 2_000;
+            s.heartbeat(user(1), online("b"), at(t));
+            s.sweep(at(t + 1_000));
+            assert_eq!(one(&s, 1, t + 1_000).kind, PresenceType::Offline);
+        }
+        assert_eq!(retention_slots(&s), 1);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_retention_slot_due_while_present_is_filed_again_on_the_next_offline_period() {
+        let s = with_retention();
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(0)); // slot due at 10_000
+        s.heartbeat(user(1), online("a"), at(9_000)); // present: the slot stays pending
+        assert_eq!(retention_slots(&s), 1);
+        for t in (9_500..=10_500).step_by(500) {
+            s.heartbeat(user(1), online("a"), at(t));
+        }
+        assert_eq!(s.sweep(at(10_500)).dropped, 0);
+        // The slot came due while present: consumed, nothing pending any more.
+        assert_eq!(retention_slots(&s), 0);
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(11_000));
+        assert_eq!(retention_slots(&s), 1);
+        assert_eq!(s.sweep(at(20_900)).dropped, 0);
+        assert_eq!(s.sweep(at(21_200)).dropped, 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_early_retention_slot_is_refiled_at_the_exact_due_time() {
+        let s = with_retention();
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(0)); // due at 10_000
+        s.heartbeat(user(1), online("a"), at(4_000));
+        s.heartbeat(user(1), Heartbeat::Disconnect, at(5_000)); // pending: nothing new
+        assert_eq!(retention_slots(&s), 1);
+        assert_eq!(s.sweep(at(10_200)).dropped, 0);
+        assert_eq!(retention_slots(&s), 1);
+        assert_eq!(s.sweep(at(14_900)).dropped, 0);
+        assert_eq!(s.sweep(at(15_200)).dropped, 1);
+        assert_eq!(retention_slots(&s), 0);
+    }
+
+    #[test]
+    fn a_shared_live_record_is_still_updated_and_expired() {
+        let s = store();
+        s.heartbeat(user(1), online("a"), at(0));
+        let shared = s.users.get(&user(1)).unwrap().record.clone();
+        // A heartbeat on a shared record takes a copy and keeps the one expiry slot.
+        s.heartbeat(user(1), online("b"), at(100));
+        assert_eq!(s.scheduled(), 1);
+        assert_eq!(one(&s, 1, 1_050).kind, PresenceType::Online);
+        // Shared again, so that the sweeper meets a shared record as well.
+        let again = s.users.get(&user(1)).unwrap().record.clone();
+        assert!(!Arc::ptr_eq(&shared, &again));
+        // The sweeper expires a shared record too, and the count goes back to zero.
+        assert_eq!(s.sweep(at(1_050)).rescheduled, 1);
+        assert_eq!(s.sweep(at(1_100)).expired, 1);
+        drop((shared, again));
+        assert_eq!(s.sessions_by_type().map(|(_, n)| n), [0, 0, 0]);
+        assert_eq!(s.scheduled(), 0);
+    }
+
+    fn saved(n: u64, last_online: i64) -> SavedUser<'static> {
+        SavedUser {
+            user_id: user(n),
+            last_online: WallMillis(last_online),
+            last_location: Cow::Borrowed("Home"),
+            live: None,
+        }
+    }
+
+    #[test]
+    fn restored_users_past_retention_are_not_kept_and_others_are_due_on_time() {
+        let s = with_retention();
+        // A process whose monotonic clock has just started, an hour after the snapshot.
+        let now = Now {
+            mono: Mono(5),
+            wall: WallMillis(1_700_000_000_000),
+        };
+        assert!(!s.restore(saved(1, now.wall.0 - 3_600_000), now));
+        assert!(!s.restore(saved(2, now.wall.0 - 10_000), now));
+        assert!(s.restore(saved(3, now.wall.0 - 8_000), now));
+        assert_eq!(s.len(), 1);
+        assert_eq!(retention_slots(&s), 1);
+        let later = |ms: u64| Now {
+            mono: Mono(5 + ms),
+            wall: WallMillis(now.wall.0 + ms as i64),
+        };
+        // Due 2s after the restart (bucket resolution: 156ms), not 10s.
+        assert_eq!(s.sweep(later(1_800)).dropped, 0);
+        assert_eq!(s.sweep(later(2_200)).dropped, 1);
+        assert!(s.is_empty());
     }
 
     #[test]

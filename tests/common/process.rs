@@ -48,9 +48,15 @@ pub struct Running {
     rest: mpsc::Receiver<String>,
 }
 
-// The child is reaped by `Running`'s drop; if start-up fails the test fails anyway.
-#[allow(clippy::zombie_processes)]
-pub fn start(mut cmd: Command) -> Running {
+/// Starts the binary and waits until it logs its address. Panics if it exits first.
+pub fn start(cmd: Command) -> Running {
+    try_start(cmd).unwrap_or_else(|stderr| panic!("start-up failed: {stderr}"))
+}
+
+/// Starts the binary and waits until it logs its address (`Ok`), or until it exits
+/// non-zero first, refusing to start (`Err` with what it printed). A process that does
+/// neither within 30s is killed and the test fails: start-up must never hang.
+pub fn try_start(mut cmd: Command) -> Result<Running, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -68,9 +74,20 @@ pub fn start(mut cmd: Command) -> Running {
     });
     let mut logs = Vec::new();
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address within 30s");
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Its stderr closed: the process has ended.
+                let status = child.wait().unwrap();
+                assert!(!status.success(), "exited 0 without listening: {logs:?}");
+                return Err(logs.join("\n"));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("neither listening nor refused within 30s: {logs:?}");
+            }
+        };
         // Text logs say `address=IP:PORT`; JSON logs have an "address" field.
         let addr = line
             .split_whitespace()
@@ -83,12 +100,12 @@ pub fn start(mut cmd: Command) -> Running {
             });
         logs.push(line);
         if let Some(addr) = addr {
-            return Running {
+            return Ok(Running {
                 child,
                 addr,
                 logs,
                 rest: rx,
-            };
+            });
         }
     }
 }
