@@ -128,6 +128,8 @@ proptest! {
                 }
             }
             check(&store, &model, now);
+            // However users connect and disconnect, each holds at most one expiry slot.
+            prop_assert!(store.scheduled() <= store.len());
         }
         // Once every deadline has passed and a sweep ran, nobody is left in the index.
         now += TTL_MS + 200;

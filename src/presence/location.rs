@@ -28,8 +28,8 @@ pub(crate) enum Record {
     Live(Live),
 }
 
-/// A present user's session. Lives only while the user is present (or until the sweeper
-/// reaches it after its deadline).
+/// A present user's session. Lives only while the user is present (or, after its deadline
+/// or a disconnect, until the sweeper reaches its slot).
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
     pub location: Location,
@@ -40,6 +40,11 @@ pub(crate) struct Live {
     /// With `presence.offline_retention` on: the retention slot filed when this user was
     /// last Offline has not come due yet, so going Offline again files none.
     pub retention_pending: bool,
+    /// The user disconnected: Offline since `deadline` (set to that moment), and no longer
+    /// counted as a session. The record is kept, with its expiry slot, until the sweeper
+    /// reaches that slot, so that a user who comes back before then reuses both: no
+    /// sequence of connects and disconnects files more than one expiry slot.
+    pub left: bool,
     pub session: Session,
 }
 

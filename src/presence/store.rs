@@ -185,21 +185,29 @@ impl Store {
         entry.last_online = now.wall;
         match heartbeat {
             Heartbeat::Disconnect => {
-                let Record::Live(live) = &*entry.record else {
+                let Some(live) = live_mut(&mut entry.record) else {
                     // Offline already: its one retention slot is filed.
                     return Filed::Nothing;
                 };
-                self.count_session(live.session.kind, -1);
-                let pending = live.retention_pending;
-                entry.record = live.location.record();
+                // Offline from now on, but the record and its expiry slot stay until the
+                // sweeper reaches that slot (see `Live::left`).
+                self.uncount(live);
+                live.left = true;
+                live.deadline = live.deadline.min(now.mono);
                 match self.retention_due(now.mono) {
-                    Some(due) if !pending => Filed::Retention(due),
+                    Some(due) if !live.retention_pending => {
+                        live.retention_pending = true;
+                        Filed::Retention(due)
+                    }
                     _ => Filed::Nothing,
                 }
             }
             Heartbeat::Present { location, session } => {
                 if let Some(live) = live_mut(&mut entry.record) {
-                    if live.session.kind != session.kind {
+                    if live.left {
+                        live.left = false;
+                        self.count_session(session.kind, 1);
+                    } else if live.session.kind != session.kind {
                         self.count_session(live.session.kind, -1);
                         self.count_session(session.kind, 1);
                     }
@@ -218,6 +226,13 @@ impl Store {
         }
     }
 
+    /// Stops counting a session whose record is replaced or left.
+    fn uncount(&self, live: &Live) {
+        if !live.left {
+            self.count_session(live.session.kind, -1);
+        }
+    }
+
     /// A present user's own record, its session counted.
     fn new_live(
         &self,
@@ -232,6 +247,7 @@ impl Store {
             deadline,
             scheduled: deadline,
             retention_pending,
+            left: false,
             session,
         }))
     }
@@ -375,7 +391,7 @@ impl Store {
             MapEntry::Occupied(mut occupied) => {
                 let had_slot = match &*occupied.get().record {
                     Record::Live(old) => {
-                        self.count_session(old.session.kind, -1);
+                        self.uncount(old);
                         old.retention_pending
                     }
                     Record::Location(_) => self.retention.is_some(),
@@ -412,7 +428,7 @@ impl Store {
                 let mut retired = Vec::new();
                 for &user in batch {
                     match self.expire_one(user, bucket, now.mono) {
-                        Slot::Stale => {}
+                        Slot::Stale | Slot::Left => {}
                         Slot::Fresh(deadline) => fresh.push((user, deadline)),
                         Slot::Expired(retire) => {
                             report.expired += 1;
@@ -461,6 +477,11 @@ impl Store {
             live.scheduled = live.deadline;
             return Slot::Fresh(live.deadline);
         }
+        if live.left {
+            // Disconnected: its retention slot was filed then, and it was uncounted.
+            entry.record = live.location.record();
+            return Slot::Left;
+        }
         let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
         self.count_session(live.session.kind, -1);
         let retire = self
@@ -486,8 +507,11 @@ impl Store {
                     let mut refile = None;
                     let removed = self.users.remove_if_mut(&user, |_, entry| {
                         if let Some(live) = live_mut(&mut entry.record) {
-                            live.retention_pending = false;
-                            return false;
+                            if !live.left {
+                                live.retention_pending = false;
+                                return false;
+                            }
+                            // Disconnected: Offline, and this is its slot.
                         }
                         let age = now.wall.0.saturating_sub(entry.last_online.0).max(0) as u64;
                         let left = after_ms.saturating_sub(age);
@@ -560,6 +584,8 @@ enum Slot {
     /// Flipped Offline; carries when it is due to be forgotten, if it needs a new
     /// retention slot.
     Expired(Option<Mono>),
+    /// A disconnected user's record, now reclaimed (not an expiry).
+    Left,
 }
 
 #[cfg(test)]
@@ -764,7 +790,8 @@ mod tests {
         s.heartbeat(user(1), online("a"), at(0));
         s.heartbeat(user(1), Heartbeat::Disconnect, at(10));
         s.heartbeat(user(1), online("b"), at(20));
-        assert_eq!(s.scheduled(), 2);
+        // The disconnected session's record and slot were reused.
+        assert_eq!(s.scheduled(), 1);
         let report = s.sweep(at(1100));
         assert_eq!((report.expired, report.rescheduled), (1, 0));
         assert_eq!(s.scheduled(), 0);
@@ -776,10 +803,30 @@ mod tests {
         s.heartbeat(user(1), online("a"), at(0));
         s.heartbeat(user(1), Heartbeat::Disconnect, at(100));
         s.heartbeat(user(1), online("b"), at(500));
-        assert_eq!(s.sweep(at(1000)), SweepReport::default());
+        let report = s.sweep(at(1000));
+        assert_eq!((report.expired, report.rescheduled), (0, 1));
         assert_eq!(one(&s, 1, 1000).kind, PresenceType::Online);
         assert_eq!(s.sweep(at(1500)).expired, 1);
         assert_eq!(s.scheduled(), 0);
+    }
+
+    #[test]
+    fn connecting_and_disconnecting_in_a_loop_holds_one_expiry_slot() {
+        let s = store();
+        for t in 0..1000 {
+            s.heartbeat(user(1), in_game(5), at(t * 2));
+            assert_eq!(one(&s, 1, t * 2).kind, PresenceType::InGame);
+            s.heartbeat(user(1), Heartbeat::Disconnect, at(t * 2 + 1));
+            let v = one(&s, 1, t * 2 + 1);
+            assert_eq!((v.kind, v.place), (PresenceType::Offline, None));
+            assert_eq!(v.last_online, Some(at(t * 2 + 1).wall));
+        }
+        assert_eq!(s.scheduled(), 1);
+        assert_eq!(s.sessions_by_type().map(|(_, n)| n), [0, 0, 0]);
+        // Reclaiming the disconnected record is not an expiry, and frees the slot.
+        assert_eq!(s.sweep(at(5000)), SweepReport::default());
+        assert_eq!(s.scheduled(), 0);
+        assert_eq!(one(&s, 1, 5000).last_location, "Playing");
     }
 
     #[test]
