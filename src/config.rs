@@ -50,6 +50,9 @@ pub struct ServerSettings {
     pub keep_alive: Duration,
     /// Open connections allowed per worker; more wait in the listen queue.
     pub max_connections_per_worker: usize,
+    /// Open connections allowed from one peer IP address; more are closed at once. 0 = no
+    /// limit (behind a load balancer every client shares its address).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +67,7 @@ impl Default for ServerSettings {
             request_body_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(5),
             max_connections_per_worker: 25_000,
+            max_connections_per_address: 1024,
         }
     }
 }
