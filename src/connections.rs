@@ -13,7 +13,9 @@
 //! - the first byte after that starts a request head, which must end (an empty line) within
 //!   `request_head_timeout`; meanwhile no more than `keep_alive` may pass between bytes;
 //! - once the head has ended the request belongs to the application (the body has its own
-//!   timeout there) until its response is written.
+//!   timeout there) until its response is written;
+//! - a write that cannot proceed (the peer reads nothing) for `keep_alive` ends the
+//!   connection, in any phase.
 //!
 //! The first request of a connection is left to the dispatcher's own head timer, which
 //! answers a slow head with `408`. Past a deadline the wrapper fails the next read or write,
@@ -130,7 +132,7 @@ impl Connection {
         match self.phase {
             // A head under way keeps its deadline, whatever is being answered meanwhile.
             Phase::Head => {}
-            Phase::Busy if written == CONTINUE => {}
+            Phase::Busy if written == CONTINUE => self.due = None,
             Phase::Busy | Phase::Idle => {
                 self.phase = Phase::Idle;
                 self.due = self.deadlines.idle.map(|idle| Instant::now() + idle);
@@ -196,8 +198,18 @@ impl AsyncWrite for Connection {
                 }
                 Poll::Ready(Ok(n))
             }
-            // A peer that stops reading cannot hold the connection past the deadline either.
-            Poll::Pending if this.poll_due(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => {
+                // A peer that stops reading cannot hold the connection either: a write that
+                // makes no progress for `idle` ends it, whatever the phase.
+                if this.due.is_none() {
+                    this.due = this.deadlines.idle.map(|idle| Instant::now() + idle);
+                }
+                if this.poll_due(cx) {
+                    Poll::Ready(Err(timed_out()))
+                } else {
+                    Poll::Pending
+                }
+            }
             other => other,
         }
     }

@@ -299,6 +299,53 @@ async fn a_request_with_expect_continue_is_answered_on_a_kept_connection() {
     .await;
 }
 
+#[tokio::test]
+async fn a_client_that_sends_requests_but_never_reads_is_closed_after_keep_alive() {
+    // Pipelined requests pile up answers the client never reads, until the server can
+    // neither write nor read: no head is under way, and nothing is idle.
+    let app = spawn_app_with(|s| {
+        s.server.request_head_timeout = LONG;
+        s.server.keep_alive = SHORT;
+    })
+    .await;
+    let addr = app.addr;
+    let outcome = blocking(move || {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .bind(&SocketAddr::new(ip("127.0.0.2"), 0).into())
+            .unwrap();
+        socket.connect_timeout(&addr.into(), PATIENCE).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream
+            .set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let request = b"GET /openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let start = Instant::now();
+        let mut blocked_since: Option<Instant> = None;
+        loop {
+            match stream.write(request) {
+                Ok(_) => blocked_since = None,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    blocked_since.get_or_insert_with(Instant::now);
+                }
+                // Reset by the server: closed.
+                Err(_) => return Ok(blocked_since.map(|t| t.elapsed())),
+            }
+            if start.elapsed() > PATIENCE * 2 {
+                return Err(blocked_since.map(|t| t.elapsed()));
+            }
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "still open; writes blocked for {:?}",
+        outcome.unwrap_err()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Connections per address.
 
