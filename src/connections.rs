@@ -200,9 +200,11 @@ impl AsyncWrite for Connection {
             }
             Poll::Pending => {
                 // A peer that stops reading cannot hold the connection either: a write that
-                // makes no progress for `idle` ends it, whatever the phase.
+                // makes no progress for `idle` (or `head` with keep-alive off) ends it,
+                // whatever the phase.
                 if this.due.is_none() {
-                    this.due = this.deadlines.idle.map(|idle| Instant::now() + idle);
+                    let stall = this.deadlines.idle.unwrap_or(this.deadlines.head);
+                    this.due = Some(Instant::now() + stall);
                 }
                 if this.poll_due(cx) {
                     Poll::Ready(Err(timed_out()))
