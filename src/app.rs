@@ -7,15 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::{HttpService, Protocol};
+use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
 use anyhow::Context as _;
 
 use crate::api::limits::RateLimits;
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::connections::{AddressLimiter, Connection, Deadlines};
 use crate::metrics::Metrics;
 use crate::periodic::Periodic;
 use crate::persistence;
@@ -98,32 +102,9 @@ impl Application {
         state
             .metrics
             .snapshot_written(clock.now().wall.0 as f64 / 1000.0);
-        let server_settings = &state.settings.server;
-        let shared = state.clone();
-        let mut http = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .wrap(from_fn(api::middleware::negotiate_and_log))
-                .configure(api::configure)
-                .default_service(web::to(api::routes::not_found))
-        })
-        .disable_signals()
-        .shutdown_timeout(server_settings.shutdown_timeout.as_secs().max(1))
-        .client_request_timeout(server_settings.request_head_timeout)
-        .keep_alive(server_settings.keep_alive)
-        .max_connections(server_settings.max_connections_per_worker);
-        if server_settings.workers > 0 {
-            http = http.workers(server_settings.workers);
-        }
-        let http = http
-            .bind(server_settings.bind)
-            .with_context(|| format!("cannot listen on {}", server_settings.bind))?;
-        let addr = http
-            .addrs()
-            .first()
-            .copied()
-            .context("the server is bound to no address")?;
-        let server = http.run();
+        let server = serve(&state)?;
+        let addr = server.addr;
+        let server = server.server;
         let sweeper = {
             let on_restart = restarted(&state, "sweeper");
             let state = state.clone();
@@ -246,6 +227,118 @@ impl Shutdown {
         }
         self.server.stop(true).await;
     }
+}
+
+/// A bound, not yet running HTTP server.
+struct Bound {
+    addr: SocketAddr,
+    server: Server,
+}
+
+/// The HTTP server: actix-server accepts connections; each one passes the per-address limit,
+/// is wrapped in a [`Connection`] that keeps the head and idle deadlines on every request
+/// (actix-http keeps them on the first only), and is served by actix-http with the
+/// application. This is what `actix_web::HttpServer` assembles, plus those two steps.
+fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
+    let settings = &state.settings.server;
+    let listener =
+        listen(settings.bind).with_context(|| format!("cannot listen on {}", settings.bind))?;
+    let addr = listener
+        .local_addr()
+        .context("the server is bound to no address")?;
+    let mut builder = Server::build()
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+        .max_concurrent_connections(settings.max_connections_per_worker)
+        .backlog(BACKLOG);
+    if settings.workers > 0 {
+        builder = builder.workers(settings.workers);
+    }
+    let draining = builder.graceful_shutdown_signal();
+    let limiter = AddressLimiter::new(settings.max_connections_per_address);
+    let deadlines = Deadlines::from_settings(settings);
+    let (head_timeout, keep_alive) = (settings.request_head_timeout, settings.keep_alive);
+    let shared = state.clone();
+    let builder = builder
+        .listen("presence-http", listener, move || {
+            let shared = shared.clone();
+            let app = App::new()
+                .app_data(shared)
+                .wrap(from_fn(api::middleware::negotiate_and_log))
+                .configure(api::configure)
+                .default_service(web::to(api::routes::not_found))
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            let draining = draining.clone();
+            let http = HttpService::build()
+                .keep_alive(keep_alive)
+                .client_request_timeout(head_timeout)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                // The application reads nothing from `AppConfig` (host and address
+                // come from the request).
+                .finish(map_config(app, |()| AppConfig::default()));
+            let limiter = limiter.clone();
+            fn_service(move |stream: TcpStream| {
+                let admitted = accept(&limiter, stream, deadlines);
+                async move { admitted }
+            })
+            .and_then(http)
+        })
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    Ok(Bound {
+        addr,
+        server: builder.run(),
+    })
+}
+
+/// The listen queue, as `actix_web::HttpServer` sets it.
+const BACKLOG: u32 = 1024;
+/// How long a connection being closed may take to flush its last answer (the
+/// `actix_web::HttpServer` default).
+const CLIENT_DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listening socket on `addr`, with the options `actix_web::HttpServer` uses.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(IpProtocol::TCP),
+    )?;
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG as i32)?;
+    Ok(socket.into())
+}
+
+/// Admits a new connection under the per-address limit, or closes it (by dropping it).
+fn accept(
+    limiter: &std::sync::Arc<AddressLimiter>,
+    stream: TcpStream,
+    deadlines: Deadlines,
+) -> Result<(Connection, Protocol, Option<SocketAddr>), actix_http::error::DispatchError> {
+    let peer = stream.peer_addr().ok();
+    let slot = match peer.map(|p| limiter.admit(p.ip())) {
+        Some(Ok(slot)) => slot,
+        Some(Err(_)) => {
+            tracing::debug!(peer = ?peer, "connection refused: too many from this address");
+            return Err(actix_http::error::DispatchError::Io(std::io::Error::other(
+                "too many connections from this address",
+            )));
+        }
+        None => None,
+    };
+    Ok((
+        Connection::new(stream, deadlines, slot),
+        Protocol::Http1,
+        peer,
+    ))
 }
 
 /// Counts a restart of background task `task` (a name of

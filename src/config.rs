@@ -50,6 +50,9 @@ pub struct ServerSettings {
     pub keep_alive: Duration,
     /// Open connections allowed per worker; more wait in the listen queue.
     pub max_connections_per_worker: usize,
+    /// Open connections allowed from one peer IP address; more are closed at once. 0 = no
+    /// limit (behind a load balancer every client shares its address).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +67,7 @@ impl Default for ServerSettings {
             request_body_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(5),
             max_connections_per_worker: 25_000,
+            max_connections_per_address: 1024,
         }
     }
 }
@@ -285,10 +289,12 @@ impl Settings {
             Duration::ZERO,
             10 * MINUTE,
         )?;
+        // The HTTP layer checks its own head and keep-alive deadlines on a clock it refreshes
+        // every half second: shorter values would fire early.
         span(
             "server.request_head_timeout",
             server.request_head_timeout,
-            MILLI,
+            SECOND,
             10 * MINUTE,
         )?;
         span(
@@ -297,11 +303,24 @@ impl Settings {
             MILLI,
             10 * MINUTE,
         )?;
-        span("server.keep_alive", server.keep_alive, Duration::ZERO, HOUR)?;
+        if !server.keep_alive.is_zero() {
+            span(
+                "server.keep_alive (when not 0s)",
+                server.keep_alive,
+                SECOND,
+                HOUR,
+            )?;
+        }
         count(
             "server.max_connections_per_worker",
             server.max_connections_per_worker,
             1,
+            MAX_CONNECTIONS,
+        )?;
+        count(
+            "server.max_connections_per_address",
+            server.max_connections_per_address,
+            0,
             MAX_CONNECTIONS,
         )?;
         let presence = &self.presence;
@@ -640,6 +659,15 @@ mod tests {
                 "server.request_body_timeout",
             ),
             ("[server]\nkeep_alive = \"2h\"\n", "server.keep_alive"),
+            ("[server]\nkeep_alive = \"300ms\"\n", "server.keep_alive"),
+            (
+                "[server]\nrequest_head_timeout = \"500ms\"\n",
+                "server.request_head_timeout",
+            ),
+            (
+                "[server]\nmax_connections_per_address = 2000000\n",
+                "server.max_connections_per_address",
+            ),
             (
                 "[server]\nmax_connections_per_worker = 0\n",
                 "server.max_connections_per_worker",

@@ -4,6 +4,8 @@
 //!
 //! - [`config`]: typed settings: file → `PRESENCE__*` environment → validation.
 //! - [`app`]: builds the HTTP server and the sweeper from settings, and shuts them down.
+//! - [`connections`]: per-address connection limit, and head and idle deadlines on every
+//!   request of a connection.
 //! - [`auth`]: JWT credentials and CSRF tokens.
 //! - [`presence`]: the domain, no HTTP: ids and views ([`presence::model`]), the sharded
 //!   map ([`presence::store`]), the expiry index and sweeper ([`presence::expiry`]), the
@@ -19,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod metrics;
 pub mod periodic;
 pub mod persistence;

@@ -78,6 +78,7 @@ fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
                  set PRESENCE__AUTH__JWT_SECRET or auth.jwt_secret before deploying"
             );
         }
+        presence_server::connections::raise_open_files_limit();
         let mut signals = ShutdownSignals::install()?;
         let app = Application::build(settings)?;
         tracing::info!(address = %app.local_addr(), config = %config.display(), "presence-server listening");

@@ -1,0 +1,413 @@
+//! What happens to a TCP connection before and around the HTTP layer: the per-address
+//! connection limit, and deadlines on every request head and every idle spell.
+//!
+//! actix-http's HTTP/1 dispatcher enforces `client_request_timeout` on the first request
+//! head of a connection only (its head timer is armed once, when the connection starts,
+//! and cleared by the first decoded request), and its keep-alive timer is cleared as soon
+//! as any byte is read. A connection that sends one whole request and then one byte of a
+//! second therefore has no timer at all and stays open for good. [`Connection`] wraps the
+//! socket and watches the bytes going by, so that those deadlines hold for every request:
+//!
+//! - after a response was written the connection is idle: it is closed `keep_alive` after
+//!   the write unless a byte arrives;
+//! - the first byte after that starts a request head, which must end (an empty line) within
+//!   `request_head_timeout`; meanwhile no more than `keep_alive` may pass between bytes;
+//! - once the head has ended the request belongs to the application (the body has its own
+//!   timeout there) until its response is written;
+//! - a write that cannot proceed (the peer reads nothing) for `keep_alive` ends the
+//!   connection, in any phase.
+//!
+//! The first request of a connection is left to the dispatcher's own head timer, which
+//! answers a slow head with `408`. Past a deadline the wrapper fails the next read or write,
+//! and the dispatcher drops the connection.
+
+use std::future::Future as _;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::rt::net::TcpStream;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ServerSettings;
+
+/// The deadlines a [`Connection`] enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From the first byte of a request head to its end.
+    pub head: Duration,
+    /// Longest silence while idle or inside a head; `None` when keep-alive is off (the
+    /// dispatcher then closes after each response).
+    pub idle: Option<Duration>,
+}
+
+impl Deadlines {
+    pub fn from_settings(server: &ServerSettings) -> Self {
+        Self {
+            head: server.request_head_timeout,
+            idle: (!server.keep_alive.is_zero()).then_some(server.keep_alive),
+        }
+    }
+}
+
+/// Where a connection stands in its stream of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the first response, or between the end of a head and its response: the
+    /// dispatcher or the application keeps time.
+    Busy,
+    /// A response was written and nothing has been read since.
+    Idle,
+    /// Some bytes of a request head have been read, not yet its end.
+    Head,
+}
+
+/// The interim answer to `Expect: 100-continue`, which the dispatcher writes before a
+/// request's body is read: it is not the response to that request.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A TCP stream that enforces [`Deadlines`] on each request after the first, and holds the
+/// connection's place in the per-address count for as long as it lives.
+pub struct Connection {
+    stream: TcpStream,
+    deadlines: Deadlines,
+    phase: Phase,
+    head_end: HeadEnd,
+    /// When the current head must have ended (meaningful in [`Phase::Head`]).
+    head_due: Instant,
+    /// When the connection is closed unless something happens first.
+    due: Option<Instant>,
+    /// Made the first time a deadline is waited for, then moved rather than remade.
+    timer: Option<Pin<Box<Sleep>>>,
+    _slot: Option<AddressSlot>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, deadlines: Deadlines, slot: Option<AddressSlot>) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            deadlines,
+            phase: Phase::Busy,
+            head_end: HeadEnd::default(),
+            head_due: now,
+            due: None,
+            timer: None,
+            _slot: slot,
+        }
+    }
+
+    /// Accounts for bytes just read; returns whether the current deadline has passed.
+    fn on_read(&mut self, bytes: &[u8]) -> bool {
+        if self.phase == Phase::Busy {
+            return false;
+        }
+        let now = Instant::now();
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.head_end = HeadEnd::default();
+            self.head_due = now + self.deadlines.head;
+        }
+        if self.head_end.feed(bytes) {
+            self.phase = Phase::Busy;
+            self.due = None;
+            return false;
+        }
+        let due = match self.deadlines.idle {
+            Some(idle) => self.head_due.min(now + idle),
+            None => self.head_due,
+        };
+        self.due = Some(due);
+        now >= due
+    }
+
+    /// Accounts for bytes just written.
+    fn on_write(&mut self, written: &[u8]) {
+        match self.phase {
+            // A head under way keeps its deadline, whatever is being answered meanwhile.
+            Phase::Head => {}
+            Phase::Busy if written == CONTINUE => self.due = None,
+            Phase::Busy | Phase::Idle => {
+                self.phase = Phase::Idle;
+                self.due = self.deadlines.idle.map(|idle| Instant::now() + idle);
+            }
+        }
+    }
+
+    /// Whether the current deadline has passed; if not, the task is woken when it does.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(due) = self.due else {
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "request head or keep-alive deadline passed",
+    )
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() && this.on_read(read) {
+                    return Poll::Ready(Err(timed_out()));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.poll_due(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.on_write(&data[..n]);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                // A peer that stops reading cannot hold the connection either: a write that
+                // makes no progress for `idle` (or `head` with keep-alive off) ends it,
+                // whatever the phase.
+                if this.due.is_none() {
+                    let stall = this.deadlines.idle.unwrap_or(this.deadlines.head);
+                    this.due = Some(Instant::now() + stall);
+                }
+                if this.poll_due(cx) {
+                    Poll::Ready(Err(timed_out()))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Finds the end of a request head (an empty line: `\n\r\n` or `\n\n`) across reads.
+/// Empty lines before any other byte are not an end: HTTP allows them before a request line.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadEnd {
+    /// 0: inside a line; 1: just after `\n`; 2: just after `\n\r`.
+    state: u8,
+    /// Whether any byte other than CR and LF has been seen.
+    started: bool,
+}
+
+impl HeadEnd {
+    /// Feeds bytes; returns true once the head has ended (the rest of `bytes` is not looked at).
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            match (self.state, b) {
+                (1 | 2, b'\n') if self.started => return true,
+                (_, b'\n') => self.state = 1,
+                (1, b'\r') => self.state = 2,
+                (_, b'\r') => self.state = 0,
+                _ => {
+                    self.state = 0;
+                    self.started = true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Counts open connections per peer address and refuses those over the limit.
+#[derive(Debug)]
+pub struct AddressLimiter {
+    limit: usize,
+    open: DashMap<IpAddr, usize, foldhash::fast::RandomState>,
+}
+
+/// A connection's place in its address's count, given back when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    limiter: Arc<AddressLimiter>,
+    ip: IpAddr,
+}
+
+/// A connection refused because its address already holds the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit;
+
+impl AddressLimiter {
+    /// `limit` connections per address at most; 0 = no limit.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            open: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+        })
+    }
+
+    /// Takes a place for a connection from `ip`; `Ok(None)` when there is no limit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<AddressSlot>, OverLimit> {
+        if self.limit == 0 {
+            return Ok(None);
+        }
+        // IPv4 clients of a dual-stack listener arrive as `::ffff:a.b.c.d`.
+        let ip = ip.to_canonical();
+        let mut count = self.open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return Err(OverLimit);
+        }
+        *count += 1;
+        Ok(Some(AddressSlot {
+            limiter: Arc::clone(self),
+            ip,
+        }))
+    }
+
+    /// Open connections from `ip` (for tests and diagnostics).
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        self.open.get(&ip.to_canonical()).map_or(0, |n| *n)
+    }
+
+    /// Addresses with at least one open connection.
+    pub fn addresses(&self) -> usize {
+        self.open.len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Entry::Occupied(mut entry) = self.limiter.open.entry(self.ip) {
+            let count = entry.get_mut();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that the connection limits
+/// (not the operating system's default of often 1024) decide how many clients fit, and
+/// logs the outcome.
+pub fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let before = rlimit::getrlimit(rlimit::Resource::NOFILE);
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(soft) => {
+                let (was, hard) = before.unwrap_or((soft, soft));
+                tracing::info!(
+                    soft = soft,
+                    hard = hard,
+                    was = was,
+                    "open files limit (RLIMIT_NOFILE)"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot raise the open files limit (RLIMIT_NOFILE); it bounds how many \
+                 connections the server holds"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(chunks: &[&[u8]]) -> Option<usize> {
+        let mut head = HeadEnd::default();
+        chunks.iter().position(|c| head.feed(c))
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line_even_split_across_reads() {
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some(0));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\n", b"\r", b"\n"]), Some(2));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\n"]), Some(1));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some(0));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\r\n"]), None);
+    }
+
+    #[test]
+    fn empty_lines_alone_are_not_a_head() {
+        assert_eq!(ends(&[b"\r\n\r\n\r\n", b"\n\n"]), None);
+        assert_eq!(
+            ends(&[b"\r\n\r\n", b"G", b"ET / HTTP/1.1\r\n\r\n"]),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn the_limiter_counts_per_address_and_forgets_closed_connections() {
+        let limiter = AddressLimiter::new(2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = limiter.admit(a).unwrap();
+        let second = limiter.admit(a).unwrap();
+        assert_eq!(limiter.admit(a).unwrap_err(), OverLimit);
+        // The same address seen through a dual-stack listener.
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(limiter.admit(mapped).unwrap_err(), OverLimit);
+        assert!(limiter.admit(b).unwrap().is_some());
+        assert_eq!(limiter.open_from(a), 2);
+        drop(first);
+        assert_eq!(limiter.open_from(a), 1);
+        let third = limiter.admit(a).unwrap();
+        drop((second, third));
+        assert_eq!(limiter.open_from(a), 0);
+        assert_eq!(
+            limiter.addresses(),
+            0,
+            "no entry is kept for a quiet address"
+        );
+    }
+
+    #[test]
+    fn a_limit_of_zero_admits_everyone_without_counting() {
+        let limiter = AddressLimiter::new(0);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..10 {
+            assert!(limiter.admit(a).unwrap().is_none());
+        }
+        assert_eq!(limiter.addresses(), 0);
+    }
+}
