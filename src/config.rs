@@ -25,6 +25,8 @@ pub struct Settings {
     pub persistence: PersistenceSettings,
     pub rate_limit: RateLimitSettings,
     pub logging: LoggingSettings,
+    pub store: StoreSettings,
+    pub redis: RedisSettings,
     pub places: Vec<PlaceSettings>,
 }
 
@@ -208,6 +210,48 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// Where presence lives (CONTRACT section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded sharded map of this process, with its snapshots.
+    #[default]
+    Memory,
+    /// A Redis server or Redis Cluster shared by any number of nodes.
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// The server, or with `cluster` any one node of the cluster; `rediss://` for TLS.
+    pub url: String,
+    /// Redis Cluster: discover the nodes from `url` and route by slot.
+    pub cluster: bool,
+    /// Prefix of every key, so that several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Longest wait for Redis within one request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            key_prefix: "presence:".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -380,6 +424,15 @@ impl Settings {
             )?;
             if self.persistence.path.as_os_str().is_empty() {
                 return Err("persistence.path must not be empty".into());
+            }
+        }
+        if self.store.backend == Backend::Redis {
+            span("redis.timeout", self.redis.timeout, MILLI, MINUTE)?;
+            if self.redis.url.is_empty() {
+                return Err("redis.url must not be empty".into());
+            }
+            if self.redis.key_prefix.len() > 64 {
+                return Err("redis.key_prefix must be at most 64 bytes".into());
             }
         }
         if self.auth.jwt_secret.is_empty() {
