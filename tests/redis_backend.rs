@@ -152,6 +152,7 @@ async fn a_heartbeat_through_one_node_is_seen_by_every_node() {
 
     let counts = a.counts().await.unwrap();
     assert_eq!(counts.sessions.map(|(_, n)| n), [1, 0, 0]);
+    assert_eq!(counts.tracked, 2);
     a.check_ready().await.unwrap();
     // A lookup writes nothing: the unknown user 3 has no key.
     assert_eq!(

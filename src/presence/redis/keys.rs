@@ -5,7 +5,7 @@
 //! - `<prefix>{<shard>}e`: the shard's expiry set, user id → deadline (ms), present users
 //!   only;
 //! - `<prefix>{<shard>}n`: the shard's counters, a hash of presence type (`1`, `2`, `3`) →
-//!   users holding such a session.
+//!   users holding such a session, and `t` → records (see `scripts`).
 //!
 //! A user's shard is its id modulo [`SHARDS`]; 1024 shards spread over the 16384 slots
 //! and keep a sweep down to 1024 small commands.

@@ -431,24 +431,35 @@ impl RedisBackend {
     }
 
     /// Users holding a session, by type, summed over every shard's counters (as of the last
-    /// claims), and the keys in the database(s) for the tracked users (see the README).
+    /// claims), and the users tracked: the records counted the same way without a
+    /// retention; with one (Redis forgets records by itself, uncounted), the keys of the
+    /// database(s), an upper bound (see the README).
     pub async fn counts(&self) -> Result<Counts, PresenceError> {
         let inner = &self.inner;
         self.bounded("counts", |c| async move {
             let reads = (0..SHARDS).map(|shard| {
                 let mut c = c.clone();
                 let mut read = redis::cmd("HMGET");
-                read.arg(inner.keys.counters(shard)).arg(1).arg(2).arg(3);
+                read.arg(inner.keys.counters(shard))
+                    .arg(1)
+                    .arg(2)
+                    .arg(3)
+                    .arg("t");
                 async move { read.query_async::<Vec<Option<i64>>>(&mut c).await }
             });
-            let mut sums = [0i64; 3];
+            let mut sums = [0i64; 4];
             for counters in join_all(reads).await {
                 for (sum, n) in sums.iter_mut().zip(counters?) {
                     *sum += n.unwrap_or(0);
                 }
             }
-            let mut c = c.clone();
-            let tracked: i64 = redis::cmd("DBSIZE").query_async(&mut c).await?;
+            let tracked = match inner.retention_ms {
+                None => sums[3],
+                Some(_) => {
+                    let mut c = c.clone();
+                    redis::cmd("DBSIZE").query_async(&mut c).await?
+                }
+            };
             Ok(Counts {
                 sessions: [
                     (PresenceType::Online, sums[0]),

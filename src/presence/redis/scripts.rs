@@ -26,13 +26,20 @@ end
 
 /// A heartbeat or a disconnect of one user.
 ///
+/// The counters' field `t` counts the records a heartbeat created (less those a claim
+/// deleted): the users tracked, while no retention makes Redis forget records by itself.
+///
 /// KEYS: the record, the shard's expiry set, the shard's counters.
 /// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new record (for
 /// `p`), the deadline (for `p`), the retention in ms or `-1` for none (for `d`).
 const HEARTBEAT_BODY: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local old_type = 0
-if old then old_type = string.byte(old, 1) - 48 end
+if old then
+  old_type = string.byte(old, 1) - 48
+else
+  redis.call('HINCRBY', KEYS[3], 't', 1)
+end
 if ARGV[3] == 'p' then
   local new_type = string.byte(ARGV[4], 1) - 48
   if old_type ~= new_type then
@@ -92,6 +99,7 @@ for i = 3, #KEYS do
             redis.call('PEXPIRE', KEYS[i], string.format('%.0f', left))
           else
             redis.call('DEL', KEYS[i])
+            redis.call('HINCRBY', KEYS[2], 't', -1)
           end
         end
         flipped = flipped + 1
