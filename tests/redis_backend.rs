@@ -376,3 +376,44 @@ async fn redis_memory_per_user() {
     println!("Redis memory per present user: {present_cost:.1} bytes");
     println!("Redis memory per Offline user: {offline_cost:.1} bytes");
 }
+
+/// On a Redis Cluster named by `PRESENCE_TEST_REDIS_CLUSTER` (any one node's URL; skipped
+/// when unset): heartbeats and claims land on their shard's node, and a lookup spanning
+/// many slots is answered whole, in order.
+#[tokio::test]
+async fn on_a_cluster_every_call_is_routed_by_slot() {
+    let Ok(url) = std::env::var("PRESENCE_TEST_REDIS_CLUSTER") else {
+        return;
+    };
+    let mut settings = test_settings();
+    settings.store.backend = Backend::Redis;
+    settings.redis.url = url;
+    settings.redis.cluster = true;
+    settings.redis.key_prefix = format!("cluster-test-{}:", std::process::id());
+    settings.presence.heartbeat_ttl = Duration::from_secs(1);
+    let (clock, mock) = Clock::mock();
+    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
+    let b = Presence::from_settings(&settings, clock).unwrap();
+    a.check_ready().await.unwrap();
+    for n in 1..=2000 {
+        a.heartbeat(user(n), present("Website", None))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<UserId> = (0..50)
+        .map(|i| user(1 + i * 37))
+        .chain([user(999_999)])
+        .collect();
+    let views = b.get_many(&ids).await.unwrap();
+    assert_eq!(views.len(), ids.len());
+    for (view, id) in views.iter().zip(&ids).take(50) {
+        assert_eq!((view.user_id, view.kind), (*id, PresenceType::Online));
+    }
+    assert_eq!(views[50].last_online, None);
+    assert_eq!(b.counts().await.unwrap().sessions[0].1, 2000);
+    mock.increment(Duration::from_secs(1));
+    let (ra, rb) = tokio::join!(a.sweep(), b.sweep());
+    assert_eq!(ra.unwrap().expired + rb.unwrap().expired, 2000);
+    assert_eq!(a.counts().await.unwrap().sessions[0].1, 0);
+    assert_eq!(one(&b, 77).await.kind, PresenceType::Offline);
+}
