@@ -1,5 +1,6 @@
-//! Builds the running service from settings (the store loaded from its snapshot, the HTTP
-//! server, the sweeper and the snapshot writer) and shuts it down. `main` and the tests go
+//! Builds the running service from settings (presence on its backend, the memory store
+//! loaded from its snapshot, the HTTP server, the sweeper and the snapshot writer) and shuts
+//! it down. `main` and the tests go
 //! through the same [`Application::build`].
 
 use std::net::SocketAddr;

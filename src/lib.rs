@@ -7,13 +7,16 @@
 //! - [`connections`]: per-address connection limit, and head and idle deadlines on every
 //!   request of a connection.
 //! - [`auth`]: JWT credentials and CSRF tokens.
-//! - [`presence`]: the domain, no HTTP: ids and views ([`presence::model`]), the sharded
-//!   map ([`presence::store`]), the expiry index and sweeper ([`presence::expiry`]), the
+//! - [`presence`]: the domain, no HTTP: the one interface the API calls
+//!   ([`presence::service`]), ids and views ([`presence::model`]), the memory backend's
+//!   sharded map ([`presence::store`]) and expiry index ([`presence::expiry`]), the Redis
+//!   backend ([`presence::redis`]), the sweeper and its owner ([`presence::sweeper`]), the
 //!   place catalog ([`presence::places`]) and the two clocks ([`presence::time`]).
 //! - [`api`]: HTTP only: routes, the body extractor, credential extractors, the error type
 //!   and the JSON shapes.
 //! - [`persistence`]: snapshots of the store, written atomically and read at start-up.
-//! - [`periodic`]: the background threads (sweeper, snapshot writer) and their shutdown.
+//! - [`periodic`]: the background threads (memory sweeper, snapshot writer) and their
+//!   shutdown.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: log set-up.
 
