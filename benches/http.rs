@@ -18,7 +18,12 @@
 //! - `BENCH_SECONDS`: measured seconds per scenario and server (default 5), after
 //!   `BENCH_WARMUP_SECONDS` of warm-up (default 1);
 //! - `BENCH_USERS`: distinct heartbeating users (default 4096);
-//! - `BENCH_CLIENT_THREADS`: load generator threads (default 1).
+//! - `BENCH_CLIENT_THREADS`: load generator threads (default 1);
+//! - `BENCH_REDIS_URL`: also run a third server, the presence server on the Redis backend
+//!   at that URL (standalone), in the same run. For its rows the bench reads Redis's own
+//!   CPU time (`INFO cpu`) over the measured seconds, per request; and it runs
+//!   `redis-benchmark` (which must be on the PATH) with the equivalent raw commands against
+//!   the same Redis: the heartbeat script by `EVALSHA`, and an `MGET` of 50 records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io;
@@ -53,7 +58,11 @@ const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 20;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 const PRESENCE: &str = "presence-server";
+const PRESENCE_REDIS: &str = "presence on redis";
+const REDIS_BENCHMARK: &str = "redis-benchmark";
 const BARE: &str = "bare actix";
+/// The key prefix the bench's Redis server writes under.
+const BENCH_PREFIX: &str = "bench-http:";
 
 fn main() {
     // Cargo passes `--bench` (and maybe a filter); there is nothing to choose, so all
@@ -61,7 +70,8 @@ fn main() {
     let config = Config::from_env();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let servers = Servers::start();
+    let redis_url = std::env::var("BENCH_REDIS_URL").ok();
+    let servers = Servers::start(redis_url.as_deref());
     let auth = Authenticator::new(SECRET);
     let heartbeats = Arc::new(heartbeat_requests(&auth, config.users));
     let lookups = Arc::new(lookup_requests(config.users));
@@ -80,16 +90,30 @@ fn main() {
         servers.presence_addr, servers.bare_addr
     );
 
+    let mut targets = vec![(PRESENCE, servers.presence_addr)];
+    if let Some(addr) = servers.redis_addr {
+        targets.push((PRESENCE_REDIS, addr));
+    }
+    targets.push((BARE, servers.bare_addr));
     let mut results = Vec::new();
     for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
-        for (server, addr) in [(PRESENCE, servers.presence_addr), (BARE, servers.bare_addr)] {
+        for &(server, addr) in &targets {
             eprintln!("running {scenario} against {server} ...");
+            let cpu = match (server, &redis_url) {
+                (PRESENCE_REDIS, Some(url)) => Some(RedisCpu::during(url, &config)),
+                _ => None,
+            };
             let outcome = run_load(addr, requests, &config);
-            results.push(Row::new(scenario, server, outcome, config.measure));
+            let mut row = Row::new(scenario, server, outcome, config.measure);
+            row.redis_cpu_us = cpu.and_then(|c| c.per_request(row.requests));
+            results.push(row);
         }
     }
 
     servers.stop();
+    if let Some(url) = &redis_url {
+        results.extend(redis_benchmark_rows(url, &config));
+    }
 
     print_table(&results);
     let json = to_json(&results, cores, &config);
@@ -141,13 +165,23 @@ fn env_number(name: &str, default: f64) -> f64 {
 struct Servers {
     presence_addr: SocketAddr,
     presence: ServerHandle,
+    redis_addr: Option<SocketAddr>,
+    redis: Option<ServerHandle>,
     bare_addr: SocketAddr,
     bare: ServerHandle,
     thread: JoinHandle<()>,
 }
 
 impl Servers {
-    fn start() -> Self {
+    fn start(redis_url: Option<&str>) -> Self {
+        let redis_settings = redis_url.map(|url| {
+            let mut settings = presence_settings();
+            settings.store.backend = presence_server::config::Backend::Redis;
+            settings.redis.url = url.to_owned();
+            settings.redis.key_prefix = BENCH_PREFIX.into();
+            settings.validate().expect("bench settings must be valid");
+            settings
+        });
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bench-servers".into())
@@ -155,6 +189,9 @@ impl Servers {
                 actix_web::rt::System::new().block_on(async move {
                     let app = Application::build(presence_settings())
                         .expect("the presence server builds");
+                    let on_redis = redis_settings.map(|settings| {
+                        Application::build(settings).expect("the Redis-backed server builds")
+                    });
                     let bare = HttpServer::new(|| {
                         App::new()
                             .route(REGISTER, web::post().to(bare_heartbeat))
@@ -167,19 +204,39 @@ impl Servers {
                     .expect("the bare server binds");
                     let bare_addr = bare.addrs()[0];
                     let bare = bare.run();
-                    tx.send((app.local_addr(), app.handle(), bare_addr, bare.handle()))
-                        .expect("main waits for the servers");
-                    let (presence, bare) = tokio::join!(app.run_until_stopped(), bare);
+                    let redis_side = on_redis
+                        .as_ref()
+                        .map(|app| (app.local_addr(), app.handle()));
+                    tx.send((
+                        app.local_addr(),
+                        app.handle(),
+                        redis_side,
+                        bare_addr,
+                        bare.handle(),
+                    ))
+                    .expect("main waits for the servers");
+                    let redis_run = async move {
+                        match on_redis {
+                            Some(app) => app.run_until_stopped().await,
+                            None => Ok(()),
+                        }
+                    };
+                    let (presence, on_redis, bare) =
+                        tokio::join!(app.run_until_stopped(), redis_run, bare);
                     presence.expect("the presence server failed");
+                    on_redis.expect("the Redis-backed server failed");
                     bare.expect("the bare server failed");
                 });
             })
             .expect("cannot start the server thread");
-        let (presence_addr, presence, bare_addr, bare) =
+        let (presence_addr, presence, redis_side, bare_addr, bare) =
             rx.recv().expect("the servers did not start");
+        let (redis_addr, redis) = redis_side.unzip();
         Self {
             presence_addr,
             presence,
+            redis_addr,
+            redis,
             bare_addr,
             bare,
             thread,
@@ -193,7 +250,12 @@ impl Servers {
             .build()
             .expect("a runtime to stop the servers");
         rt.block_on(async {
-            tokio::join!(self.presence.stop(true), self.bare.stop(true));
+            let redis = async {
+                if let Some(handle) = self.redis {
+                    handle.stop(true).await;
+                }
+            };
+            tokio::join!(self.presence.stop(true), redis, self.bare.stop(true));
         });
         self.thread.join().expect("the server thread panicked");
     }
@@ -535,6 +597,8 @@ struct Row {
     p99_us: f64,
     errors: u64,
     first_error: Option<String>,
+    /// Redis's own CPU time per request, for rows served by Redis.
+    redis_cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -563,6 +627,7 @@ impl Row {
             p99_us: percentile(99.0),
             errors: outcome.errors,
             first_error: outcome.first_error,
+            redis_cpu_us: None,
         }
     }
 }
@@ -588,14 +653,17 @@ fn ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64)> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<11} {:<16} {:>11} {:>10} {:>10} {:>7}",
-        "scenario", "server", "requests/s", "p50 µs", "p99 µs", "errors"
+        "{:<11} {:<18} {:>11} {:>10} {:>10} {:>7} {:>16}",
+        "scenario", "server", "requests/s", "p50 µs", "p99 µs", "errors", "Redis CPU µs/req"
     );
-    println!("{}", "-".repeat(70));
+    println!("{}", "-".repeat(89));
     for row in rows {
+        let cpu = row
+            .redis_cpu_us
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
         println!(
-            "{:<11} {:<16} {:>11.0} {:>10.0} {:>10.0} {:>7}",
-            row.scenario, row.server, row.per_sec, row.p50_us, row.p99_us, row.errors
+            "{:<11} {:<18} {:>11.0} {:>10.0} {:>10.0} {:>7} {:>16}",
+            row.scenario, row.server, row.per_sec, row.p50_us, row.p99_us, row.errors, cpu
         );
     }
     println!();
@@ -635,6 +703,7 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "p99_us": finite(r.p99_us),
             "errors": r.errors,
             "first_error": r.first_error,
+            "redis_cpu_us_per_request": r.redis_cpu_us.and_then(finite),
         })).collect::<Vec<_>>(),
         "ratios": ratios(rows).into_iter().map(|(scenario, throughput, p50)| serde_json::json!({
             "scenario": scenario,
@@ -658,4 +727,176 @@ fn write_json(path: &PathBuf, json: &serde_json::Value) -> io::Result<()> {
     }
     let text = serde_json::to_string_pretty(json).map_err(io::Error::other)?;
     std::fs::write(path, text + "\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------
+
+/// Redis's CPU time (user + system, seconds) as `INFO cpu` reports it.
+fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_connection().ok()?;
+    let info: String = redis::cmd("INFO").arg("cpu").query(&mut conn).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+}
+
+/// Redis CPU time over the measured seconds of one run, sampled on a thread of its own at
+/// the start and the end of the measurement (after the warm-up).
+struct RedisCpu(JoinHandle<Option<f64>>);
+
+impl RedisCpu {
+    fn during(url: &str, config: &Config) -> Self {
+        let url = url.to_owned();
+        let (warmup, measure) = (config.warmup, config.measure);
+        Self(std::thread::spawn(move || {
+            std::thread::sleep(warmup);
+            let before = redis_cpu_seconds(&url)?;
+            std::thread::sleep(measure);
+            Some(redis_cpu_seconds(&url)? - before)
+        }))
+    }
+
+    fn per_request(self, requests: u64) -> Option<f64> {
+        let seconds = self.0.join().ok()??;
+        (requests > 0).then(|| seconds * 1e6 / requests as f64)
+    }
+}
+
+/// `redis-benchmark` with the commands a node sends for each scenario, against the same
+/// Redis: the heartbeat script by `EVALSHA` (on keys of the same layout, with the record
+/// the node writes), and one `MGET` of 50 records. Redis CPU per request is read around
+/// each run.
+fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
+    let Ok(client) = redis::Client::open(url) else {
+        eprintln!("redis-benchmark skipped: {url} is not a Redis URL");
+        return Vec::new();
+    };
+    let info = client.get_connection_info();
+    let (host, port) = match &info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        _ => {
+            eprintln!("redis-benchmark skipped: only plain TCP URLs are supported here");
+            return Vec::new();
+        }
+    };
+    let script = presence_server::presence::redis::scripts::heartbeat();
+    let sha = redis::Script::new(&script).get_hash().to_owned();
+    // The script is loaded by the node's heartbeats; load it again in case.
+    if let Ok(mut conn) = client.get_connection() {
+        let _: Result<String, _> = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&script)
+            .query(&mut conn);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let deadline = now + 60_000;
+    // A present user's record as the node writes it, for `Website`.
+    let mut record = Vec::new();
+    presence_server::presence::redis::record::encode_present(
+        &presence_server::presence::model::Session {
+            kind: presence_server::presence::PresenceType::Online,
+            place: None,
+            game_id: None,
+        },
+        "Website",
+        now,
+        deadline,
+        &mut record,
+    );
+    let record = String::from_utf8_lossy(&record).into_owned();
+    let keys = presence_server::presence::redis::keys::Keys::new("bench-raw:");
+    let user = |id: u64| keys.user(presence_server::presence::UserId::new(id).expect("an id"));
+    let shard0 = |key: String| key;
+    // `__rand_int__` picks among `-r` ids in shard 0's slot, like 4096 users of one shard.
+    let user_key = user(1024).replace("1024", "__rand_int__");
+    let mut heartbeat: Vec<String> = vec!["EVALSHA".into(), sha, "3".into(), user_key];
+    heartbeat.push(shard0(keys.expiry(0)));
+    heartbeat.push(shard0(keys.counters(0)));
+    heartbeat.extend([
+        "__rand_int__".into(),
+        now.to_string(),
+        "p".into(),
+        record,
+        deadline.to_string(),
+        "-1".into(),
+    ]);
+    // The node's own records, written by its heartbeats scenario: 50 of them per MGET.
+    let mut lookup: Vec<String> = vec!["MGET".into()];
+    let own = presence_server::presence::redis::keys::Keys::new(BENCH_PREFIX);
+    for i in 0..IDS_PER_LOOKUP as u64 {
+        let id = 1 + (i * 163) % config.users.max(1);
+        lookup.push(own.user(presence_server::presence::UserId::new(id).expect("an id")));
+    }
+    let requests = (config.measure.as_secs_f64() * 60_000.0).max(10_000.0) as u64;
+    let mut rows = Vec::new();
+    for (scenario, command) in [("heartbeats", heartbeat), ("lookups", lookup)] {
+        eprintln!("running {scenario} with {REDIS_BENCHMARK} ...");
+        let before = redis_cpu_seconds(url);
+        let out = std::process::Command::new("redis-benchmark")
+            .args(["-h", &host, "-p", &port.to_string()])
+            .args(["-c", &config.connections.to_string()])
+            .args(["-n", &requests.to_string(), "-r", &config.users.to_string()])
+            .args(["--threads", "1", "--csv"])
+            .args(&command)
+            .output();
+        let after = redis_cpu_seconds(url);
+        let out = match out {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => {
+                eprintln!(
+                    "redis-benchmark failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                continue;
+            }
+            Err(e) => {
+                eprintln!("redis-benchmark could not run: {e}");
+                continue;
+            }
+        };
+        // --csv: a header line, then "test","rps","avg_latency_ms","min","p50","p95","p99","max".
+        let Some(fields) = out.lines().nth(1).map(|l| {
+            l.split(',')
+                .map(|f| f.trim_matches('"').parse::<f64>().unwrap_or(f64::NAN))
+                .collect::<Vec<_>>()
+        }) else {
+            eprintln!("redis-benchmark said nothing readable: {out}");
+            continue;
+        };
+        let per_sec = fields.get(1).copied().unwrap_or(f64::NAN);
+        rows.push(Row {
+            scenario,
+            server: REDIS_BENCHMARK,
+            requests,
+            per_sec,
+            p50_us: fields.get(4).copied().unwrap_or(f64::NAN) * 1000.0,
+            p99_us: fields.get(6).copied().unwrap_or(f64::NAN) * 1000.0,
+            errors: 0,
+            first_error: None,
+            redis_cpu_us: before
+                .zip(after)
+                .map(|(b, a)| (a - b) * 1e6 / requests as f64),
+        });
+    }
+    if let Ok(mut conn) = client.get_connection() {
+        // The raw run's keys are throwaway; the node's own are left for inspection.
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("bench-raw:*")
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+    rows
 }

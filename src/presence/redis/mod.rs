@@ -19,7 +19,7 @@
 
 pub mod keys;
 pub mod record;
-mod scripts;
+pub mod scripts;
 
 use std::fmt;
 use std::future::Future;
