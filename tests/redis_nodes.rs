@@ -100,6 +100,12 @@ async fn each_expiry_is_processed_once_across_nodes() {
         let node = if user % 2 == 0 { &a } else { &b };
         node.heartbeat(user, json!({"location": "Website"})).await;
     }
+    // One deployment: each node knows every user, whichever node it was sent to.
+    for node in [&a, &b] {
+        for p in node.lookup(&users).await {
+            assert_ne!(p["lastOnline"], NEVER_SEEN, "{p}");
+        }
+    }
 
     let expired = |a_text: &str, b_text: &str| {
         metric(a_text, "presence_expired_total") + metric(b_text, "presence_expired_total")
@@ -546,7 +552,7 @@ async fn a_cluster_master_killed_fails_over_without_a_node_restart() {
     cluster.nodes[victim].kill();
     let killed = Instant::now();
     // A replica takes over its slots.
-    cluster.wait_ok();
+    cluster.wait_failed_over(victim);
     // Requests succeed again, through the same node process.
     eventually(Duration::from_secs(30), || async {
         (load.saw(
@@ -573,7 +579,7 @@ async fn a_cluster_master_killed_fails_over_without_a_node_restart() {
 
     // The killed node comes back as a replica; nothing is refused meanwhile.
     cluster.nodes[victim].restart();
-    cluster.wait_ok();
+    cluster.wait_rejoined(victim);
     for p in app.lookup(&users).await {
         assert_eq!(p["userPresenceType"], "Online", "{p}");
     }

@@ -281,6 +281,9 @@ impl OwnCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "1000",
+                        // A replica may take over however long ago it last heard its master.
+                        "--cluster-replica-validity-factor",
+                        "0",
                     ],
                 )
             })
@@ -304,6 +307,13 @@ impl OwnCluster {
         );
         let cluster = Self { nodes };
         cluster.wait_ok();
+        // Every replica has its master's data, so that any master can fail over.
+        wait_until(Duration::from_secs(30), "replicas in sync", || {
+            cluster.nodes.iter().all(|n| {
+                let info = cli(n.port, &["info", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
         cluster
     }
 
@@ -320,6 +330,42 @@ impl OwnCluster {
                 info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             })
         });
+    }
+
+    /// Waits until every running node marks node `victim` as failed and the cluster is
+    /// whole again, its slots taken over by a promoted replica.
+    pub fn wait_failed_over(&self, victim: usize) {
+        let addr = format!("127.0.0.1:{}@", self.nodes[victim].port);
+        wait_until(
+            Duration::from_secs(30),
+            "the dead master marked fail",
+            || {
+                self.nodes.iter().filter(|n| n.running()).all(|n| {
+                    cli(n.port, &["cluster", "nodes"]).lines().any(|l| {
+                        l.contains(&addr)
+                            && l.split_whitespace()
+                                .nth(2)
+                                .is_some_and(|f| f.split(',').any(|f| f == "fail"))
+                    })
+                })
+            },
+        );
+        self.wait_ok();
+    }
+
+    /// Waits until node `index`, restarted, has rejoined as a replica and the cluster is ok.
+    pub fn wait_rejoined(&self, index: usize) {
+        let port = self.nodes[index].port;
+        wait_until(
+            Duration::from_secs(30),
+            "the old master rejoined as a replica",
+            || {
+                cli(port, &["cluster", "nodes"])
+                    .lines()
+                    .any(|l| l.contains("myself,slave") && l.contains(" connected"))
+            },
+        );
+        self.wait_ok();
     }
 
     /// The index of a running node that is a master now.
