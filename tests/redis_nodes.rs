@@ -342,10 +342,16 @@ impl Load {
                 ];
                 for (what, req) in requests {
                     let sent = Instant::now();
-                    let res = req.timeout(Duration::from_secs(30)).send().await.unwrap();
-                    let status = res.status().as_u16();
-                    let retry_after = res.headers().contains_key("retry-after");
-                    let body = res.text().await.unwrap();
+                    // No answer within 30 s (a hang) is recorded as status 0.
+                    let (status, retry_after, body) =
+                        match req.timeout(Duration::from_secs(30)).send().await {
+                            Ok(res) => (
+                                res.status().as_u16(),
+                                res.headers().contains_key("retry-after"),
+                                res.text().await.unwrap_or_default(),
+                            ),
+                            Err(e) => (0, false, e.to_string()),
+                        };
                     out.lock().unwrap().push(Outcome {
                         what,
                         status,
