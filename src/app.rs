@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix_http::{HttpService, Protocol};
 use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
@@ -18,18 +17,19 @@ use anyhow::Context as _;
 use crate::api::limits::RateLimits;
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{PersistenceSettings, Settings};
 use crate::connections::{AddressLimiter, Connection, Deadlines};
 use crate::metrics::Metrics;
 use crate::periodic::Periodic;
 use crate::persistence;
-use crate::presence::{Clock, PlaceCatalog, Store};
+use crate::presence::sweeper::Sweeper;
+use crate::presence::{Clock, PlaceCatalog, Presence, Store};
 
 /// A bound server with its sweeper and snapshot writer, ready to run.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
-    sweeper: Periodic,
+    sweeper: Sweeper,
     snapshotter: Option<Periodic>,
     /// With persistence on: the exclusive hold on `persistence.path`, shared with the
     /// snapshot thread and released only after the last snapshot is written (or, for an
@@ -52,44 +52,24 @@ impl Application {
     /// a [`Clock::mock`] to move time by hand. The sweeper and snapshot threads still run
     /// every `sweep_interval` and `snapshot_interval` of real time.
     pub fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
-        let store = Arc::new(Store::new(
-            settings.presence.heartbeat_ttl,
-            settings.presence.sweep_interval,
-            settings.presence.offline_retention,
-        ));
-        let persist = &settings.persistence;
-        let mut snapshot_lock = None;
-        if persist.enabled {
-            // First of all: nothing may touch the snapshot's files while another process
-            // owns them.
-            let lock = persistence::lock(&persist.path)?;
-            tracing::debug!(lock = %lock.path().display(), "snapshot path locked");
-            snapshot_lock = Some(Arc::new(lock));
-            persistence::prepare(&persist.path).with_context(|| {
-                format!(
-                    "persistence.path {} is not writable",
-                    persist.path.display()
-                )
-            })?;
-            match persistence::load(&store, &persist.path, clock.now())? {
-                Some(loaded) => tracing::info!(
-                    path = %persist.path.display(),
-                    users = loaded.users,
-                    forgotten = loaded.forgotten,
-                    bytes = loaded.bytes,
-                    seconds = loaded.seconds,
-                    "snapshot loaded"
-                ),
-                None => tracing::info!(
-                    path = %persist.path.display(),
-                    "no snapshot yet: starting empty"
-                ),
+        let presence = Presence::from_settings(&settings, clock.clone())?;
+        let snapshot_lock = match presence.memory_store() {
+            Some(store) if settings.persistence.enabled => {
+                Some(load_snapshot(store, &settings.persistence, &clock)?)
             }
-        }
+            None if settings.persistence.enabled => {
+                tracing::info!(
+                    "persistence.* is not used with store.backend = \"redis\": Redis's own \
+                     RDB/AOF persistence applies"
+                );
+                None
+            }
+            _ => None,
+        };
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
             auth: Authenticator::with_clock(&settings.auth.jwt_secret, clock.clone()),
-            store,
+            presence,
             clock: clock.clone(),
             limits: RateLimits::with_clock(&settings.rate_limit, clock.clone()),
             metrics: Metrics::new(&api::routes::ROUTES),
@@ -103,21 +83,14 @@ impl Application {
             .metrics
             .snapshot_written(clock.now().wall.0 as f64 / 1000.0);
         let server = serve(&state)?;
-        let addr = server.addr;
-        let server = server.server;
         let sweeper = {
-            let on_restart = restarted(&state, "sweeper");
-            let state = state.clone();
-            Periodic::spawn(
-                "presence-sweeper",
+            let swept = state.clone();
+            Sweeper::start(
+                &state.presence,
                 state.settings.presence.sweep_interval,
-                move || {
-                    let started = Instant::now();
-                    let report = state.store.sweep(state.clock.now());
-                    state.limits.forget_idle();
-                    state
-                        .metrics
-                        .swept(&report, started.elapsed().as_secs_f64());
+                move |report, took| {
+                    swept.limits.forget_idle();
+                    swept.metrics.swept(report, took.as_secs_f64());
                     if report.expired + report.dropped > 0 {
                         tracing::debug!(
                             expired = report.expired,
@@ -127,37 +100,17 @@ impl Application {
                         );
                     }
                 },
-                on_restart,
+                restarted(&state, "sweeper"),
             )
-            .context("cannot start the sweeper thread")?
+            .context("cannot start the sweeper")?
         };
-        let persist = &state.settings.persistence;
-        let snapshotter = if persist.enabled {
-            let writer = {
-                let on_restart = restarted(&state, "snapshot");
-                let state = state.clone();
-                // No snapshot is ever written without the lock.
-                let held = snapshot_lock.clone();
-                Periodic::spawn(
-                    "presence-snapshot",
-                    persist.snapshot_interval,
-                    move || {
-                        let _held = &held;
-                        // A failed periodic write is counted and retried at the next
-                        // interval; the previous snapshot stays in place meanwhile.
-                        let _ = write_snapshot(&state, false);
-                    },
-                    on_restart,
-                )
-                .context("cannot start the snapshot thread")?
-            };
-            Some(writer)
-        } else {
-            None
+        let snapshotter = match &snapshot_lock {
+            Some(lock) => Some(start_snapshots(&state, lock)?),
+            None => None,
         };
         Ok(Self {
-            addr,
-            server,
+            addr: server.addr,
+            server: server.server,
             sweeper,
             snapshotter,
             snapshot_lock,
@@ -191,8 +144,8 @@ impl Application {
         let served = self.server.await;
         let (sweeper, snapshotter, state) = (self.sweeper, self.snapshotter, self.state);
         let snapshot_lock = self.snapshot_lock;
+        sweeper.stop().await;
         tokio::task::spawn_blocking(move || {
-            sweeper.stop();
             if let Some(snapshotter) = snapshotter {
                 snapshotter.stop();
                 let path = &state.settings.persistence.path;
@@ -227,6 +180,62 @@ impl Shutdown {
         }
         self.server.stop(true).await;
     }
+}
+
+/// Locks `persistence.path` and loads its snapshot into `store`. The lock is taken first of
+/// all: nothing may touch the snapshot's files while another process owns them.
+fn load_snapshot(
+    store: &Store,
+    persist: &PersistenceSettings,
+    clock: &Clock,
+) -> anyhow::Result<Arc<persistence::SnapshotLock>> {
+    let lock = persistence::lock(&persist.path)?;
+    tracing::debug!(lock = %lock.path().display(), "snapshot path locked");
+    persistence::prepare(&persist.path).with_context(|| {
+        format!(
+            "persistence.path {} is not writable",
+            persist.path.display()
+        )
+    })?;
+    match persistence::load(store, &persist.path, clock.now())? {
+        Some(loaded) => tracing::info!(
+            path = %persist.path.display(),
+            users = loaded.users,
+            forgotten = loaded.forgotten,
+            bytes = loaded.bytes,
+            seconds = loaded.seconds,
+            "snapshot loaded"
+        ),
+        None => tracing::info!(
+            path = %persist.path.display(),
+            "no snapshot yet: starting empty"
+        ),
+    }
+    Ok(Arc::new(lock))
+}
+
+/// Starts the thread that writes a snapshot every `persistence.snapshot_interval`, holding
+/// `lock` (no snapshot is ever written without it).
+fn start_snapshots(
+    state: &web::Data<AppState>,
+    lock: &Arc<persistence::SnapshotLock>,
+) -> anyhow::Result<Periodic> {
+    let on_restart = restarted(state, "snapshot");
+    let held = Arc::clone(lock);
+    let state = state.clone();
+    let interval = state.settings.persistence.snapshot_interval;
+    Periodic::spawn(
+        "presence-snapshot",
+        interval,
+        move || {
+            let _held = &held;
+            // A failed periodic write is counted and retried at the next interval; the
+            // previous snapshot stays in place meanwhile.
+            let _ = write_snapshot(&state, false);
+        },
+        on_restart,
+    )
+    .context("cannot start the snapshot thread")
 }
 
 /// A bound, not yet running HTTP server.
@@ -343,7 +352,7 @@ fn accept(
 
 /// Counts a restart of background task `task` (a name of
 /// [`crate::metrics::BACKGROUND_TASKS`]).
-fn restarted(state: &web::Data<AppState>, task: &'static str) -> impl Fn() + Send + 'static {
+fn restarted(state: &web::Data<AppState>, task: &'static str) -> impl Fn() + Send + Sync + 'static {
     let state = state.clone();
     move || state.metrics.background_restart(task)
 }
@@ -353,7 +362,10 @@ fn restarted(state: &web::Data<AppState>, task: &'static str) -> impl Fn() + Sen
 fn write_snapshot(state: &AppState, last: bool) -> std::io::Result<()> {
     let path = &state.settings.persistence.path;
     let now = state.clock.now();
-    match persistence::write(&state.store, path, now) {
+    let Some(store) = state.presence.memory_store() else {
+        return Ok(());
+    };
+    match persistence::write(store, path, now) {
         Ok(stats) => {
             state.metrics.snapshot_written(now.wall.0 as f64 / 1000.0);
             if last {

@@ -434,6 +434,12 @@ impl Settings {
             if self.redis.key_prefix.len() > 64 {
                 return Err("redis.key_prefix must be at most 64 bytes".into());
             }
+            if self.redis.key_prefix.contains(['{', '}']) {
+                return Err(
+                    "redis.key_prefix must not contain { or } (keys carry a hash tag of their own)"
+                        .into(),
+                );
+            }
         }
         if self.auth.jwt_secret.is_empty() {
             return Err("auth.jwt_secret must not be empty".into());

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::presence::store::SweepReport;
-use crate::presence::Store;
+use crate::presence::Counts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -102,7 +102,7 @@ impl Metrics {
         let tracked = Gauge::default();
         registry.register(
             "presence_tracked_users",
-            "Users held in memory, present or Offline",
+            "Users held, present or Offline (on Redis: keys in its database, see the README)",
             tracked.clone(),
         );
         let heartbeats = Counter::default();
@@ -222,17 +222,19 @@ impl Metrics {
         self.restarts.get_or_create(&TaskLabels { task }).inc();
     }
 
-    /// The text exposition, with the store's gauges read now.
-    pub fn render(&self, store: &Store) -> String {
-        for (kind, count) in store.sessions_by_type() {
-            self.users
-                .get_or_create(&TypeLabels {
-                    r#type: kind.as_str(),
-                })
-                .set(count);
+    /// The text exposition, with the presence gauges set from `counts` (kept as they were
+    /// when `None`).
+    pub fn render(&self, counts: Option<&Counts>) -> String {
+        if let Some(counts) = counts {
+            for (kind, count) in counts.sessions {
+                self.users
+                    .get_or_create(&TypeLabels {
+                        r#type: kind.as_str(),
+                    })
+                    .set(count);
+            }
+            self.tracked.set(counts.tracked);
         }
-        self.tracked
-            .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -254,6 +256,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::presence::Store;
     use std::time::Duration;
 
     #[test]
@@ -276,7 +279,7 @@ mod tests {
         metrics.snapshot_written(1_800_000_000.5);
         metrics.background_restart("sweeper");
         let store = Store::new(Duration::from_secs(60), Duration::from_secs(1), None);
-        let text = metrics.render(&store);
+        let text = metrics.render(Some(&Counts::of_store(&store)));
         for expected in [
             r#"http_requests_total{route="/v1/presence/users",status="200"} 1"#,
             r#"http_requests_total{route="/v1/presence/users",status="400"} 1"#,
@@ -299,6 +302,6 @@ mod tests {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
         drop(held);
-        assert!(metrics.render(&store).contains("http_requests_in_flight 0"));
+        assert!(metrics.render(None).contains("http_requests_in_flight 0"));
     }
 }

@@ -37,9 +37,24 @@ pub enum ApiError {
     /// The server is shutting down (`/ready`).
     #[error("shutting down")]
     Unavailable,
+    /// The storage backend cannot be reached in time (CONTRACT section 7); answered with
+    /// `Retry-After`.
+    #[error("storage backend unavailable")]
+    BackendUnavailable,
     /// Never shown to the client; logged with its cause.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
+}
+
+/// What a 503 for an unavailable backend tells the client to wait, in seconds.
+const BACKEND_RETRY_AFTER_SECS: &str = "1";
+
+impl From<crate::presence::PresenceError> for ApiError {
+    fn from(e: crate::presence::PresenceError) -> Self {
+        match e {
+            crate::presence::PresenceError::Unavailable => Self::BackendUnavailable,
+        }
+    }
 }
 
 /// `application/json; charset=utf-8`, shared by every JSON answer.
@@ -59,7 +74,7 @@ impl ApiError {
             Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
             Self::BodyTimeout(_) => (0, "RequestTimeout"),
             Self::TooManyRequests { .. } => (0, "TooManyRequests"),
-            Self::Unavailable => (0, "ServiceUnavailable"),
+            Self::Unavailable | Self::BackendUnavailable => (0, "ServiceUnavailable"),
             Self::Internal(_) => (0, "InternalServerError"),
         }
     }
@@ -79,7 +94,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +116,9 @@ impl ResponseError for ApiError {
             }
             Self::TooManyRequests { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::BackendUnavailable => {
+                response.insert_header((header::RETRY_AFTER, BACKEND_RETRY_AFTER_SECS));
             }
             _ => {}
         }
@@ -127,6 +145,21 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"errors":[{"code":2,"message":"Too many User Ids being sent in the request."}]})
+        );
+    }
+
+    #[actix_web::test]
+    async fn an_unavailable_backend_is_503_with_retry_after() {
+        let e = ApiError::from(crate::presence::PresenceError::Unavailable);
+        let response = e.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER).unwrap(),
+            BACKEND_RETRY_AFTER_SECS
+        );
+        assert_eq!(
+            body_of(e).await,
+            serde_json::json!({"errors":[{"code":0,"message":"ServiceUnavailable"}]})
         );
     }
 

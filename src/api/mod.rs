@@ -11,12 +11,11 @@ pub mod ops;
 pub mod routes;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::presence::{Clock, PlaceCatalog, Store};
+use crate::presence::{Clock, PlaceCatalog, Presence};
 
 pub use error::ApiError;
 pub use routes::configure;
@@ -25,7 +24,7 @@ pub use routes::configure;
 #[derive(Debug)]
 pub struct AppState {
     pub settings: Settings,
-    pub store: Arc<Store>,
+    pub presence: Presence,
     pub catalog: PlaceCatalog,
     pub auth: Authenticator,
     pub clock: Clock,

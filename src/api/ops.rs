@@ -24,15 +24,17 @@ pub async fn health() -> HttpResponse {
         .body(r#"{"status":"ok"}"#)
 }
 
-/// `GET /ready`: 200 once the store is loaded and work is accepted, 503 while shutting down.
+/// `GET /ready`: 200 once the store is loaded and work is accepted; 503 while shutting down
+/// or while the storage backend (Redis) cannot be reached.
 #[utoipa::path(get, path = "/ready", responses(
     (status = 200, description = "Accepting work", content((Status = "application/json"), (Status = "text/json"))),
-    (status = 503, description = "0: ServiceUnavailable (shutting down)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+    (status = 503, description = "0: ServiceUnavailable (shutting down, or the storage backend cannot be reached)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
 ))]
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable);
     }
+    state.presence.check_ready().await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(r#"{"status":"ready"}"#))
@@ -44,7 +46,15 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         content_type = "application/openmetrics-text"),
 ))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let body = state.metrics.render(&state.store);
+    // On a backend that cannot answer now, the presence gauges keep their last values.
+    let counts = match state.presence.counts().await {
+        Ok(counts) => Some(counts),
+        Err(e) => {
+            tracing::debug!(error = %e, "presence counts unavailable for /metrics");
+            None
+        }
+    };
+    let body = state.metrics.render(counts.as_ref());
     HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,

@@ -75,6 +75,8 @@ where
         (status = 429, description = "0: TooManyRequests", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("Retry-After" = String, description = "Seconds to wait"))),
         (status = 500, description = "0: InternalServerError", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 503, description = "0: ServiceUnavailable (the storage backend cannot be reached in time)", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -88,7 +90,7 @@ pub async fn register_app_presence(
         check_location_length(location, state.settings.api.max_location_length)?;
     }
     let heartbeat = Heartbeat::from_report(request.report(), &state.catalog);
-    state.store.heartbeat(user.0, heartbeat, state.clock.now());
+    state.presence.heartbeat(user.0, heartbeat).await?;
     state.metrics.heartbeat();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
@@ -131,6 +133,8 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
         (status = 429, description = "0: TooManyRequests", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("Retry-After" = String, description = "Seconds to wait"))),
         (status = 500, description = "0: InternalServerError", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 503, description = "0: ServiceUnavailable (the storage backend cannot be reached in time)", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security((), ("bearer" = []), ("cookie" = []))
 )]
@@ -143,8 +147,9 @@ pub async fn users(
     let ids = request.into_user_ids(state.settings.api.max_user_ids)?;
     let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
     state
-        .store
-        .visit_many(&ids, state.clock.now().mono, |view| answer.push(view));
+        .presence
+        .visit_many(&ids, |view| answer.push(view))
+        .await?;
     let bytes = answer.finish();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))

@@ -157,6 +157,12 @@ impl Clock {
         }
     }
 
+    /// True for a [`Clock::mock`]. A backend with a clock of its own (Redis) runs on this
+    /// clock instead when it is a mock, so that tests drive every backend's time alike.
+    pub fn is_mock(&self) -> bool {
+        matches!(self.source, Source::Mock(_))
+    }
+
     /// Wall time only, in milliseconds since the Unix epoch.
     pub fn wall(&self) -> WallMillis {
         match &self.source {

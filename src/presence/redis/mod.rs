@@ -1,0 +1,538 @@
+//! The Redis backend (standalone or Redis Cluster), the only module that knows Redis.
+//!
+//! - Keys: one record per user and, per shard, an expiry set and counters, all of a shard
+//!   under one hash tag (see [`keys`]); records are short strings (see [`record`]).
+//! - Writes: a heartbeat or disconnect is one script call (EVALSHA, loading the script on
+//!   `NOSCRIPT`), one round trip, atomic on the shard's node.
+//! - Reads: a lookup is one `MGET`; on a cluster the client splits it by slot and sends
+//!   every node its part at once. Nothing is written on a read.
+//! - Time: Redis's clock for every node, estimated from a `TIME` sample plus this process's
+//!   monotonic time since the sample (refreshed by the sweeper every second, and by any
+//!   call that finds the sample stale), so no request waits for `TIME`. With a mock
+//!   [`Clock`] the backend runs on that clock instead, so that tests drive its time.
+//! - Expiry: each sweep reads every shard's due users, then runs one claim script per shard
+//!   that has some; the script re-checks each user, so whichever nodes sweep, each expiry is
+//!   claimed once. Retention is Redis key expiry on Offline records.
+//! - Failure: every call, connecting included, is bounded by `redis.timeout`; past it, or on
+//!   any Redis error, the caller gets [`PresenceError::Unavailable`]. The connection is made
+//!   on first use and re-made by the client after a failure.
+
+pub mod keys;
+pub mod record;
+mod scripts;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use self::keys::{shard_of, Keys, SHARDS};
+use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
+use super::service::{Counts, PresenceError};
+use super::store::SweepReport;
+use super::time::{duration_millis, Clock};
+use crate::config::{PresenceSettings, RedisSettings};
+
+/// Due users claimed per shard and script call; a shard with more is claimed again in the
+/// same sweep.
+const CLAIM_BATCH: usize = 256;
+/// Rounds of claims in one sweep, at most (each round up to `CLAIM_BATCH` per shard).
+const MAX_CLAIM_ROUNDS: usize = 64;
+/// A `TIME` sample older than this is taken again before it is used.
+const STALE_SAMPLE: Duration = Duration::from_secs(5);
+/// How often the sweeper takes a new `TIME` sample.
+pub const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The Redis backend: cheap to clone, every clone shares the connection.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    connection: tokio::sync::OnceCell<Connection>,
+    /// The runtime the connection's background tasks run on: the application's, which
+    /// outlives every HTTP worker.
+    runtime: tokio::runtime::Handle,
+    keys: Keys,
+    ttl_ms: i64,
+    retention_ms: Option<i64>,
+    timeout: Duration,
+    time: TimeSource,
+    heartbeat: Script,
+    claim: Script,
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to a server or to a cluster; clones share it.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where "now" comes from.
+enum TimeSource {
+    /// The application's mock clock (tests).
+    Mock(Clock),
+    /// Redis's clock, estimated between `TIME` samples.
+    Redis(Sampled),
+}
+
+/// Redis time = this process's monotonic milliseconds since `origin` + `offset_ms`.
+struct Sampled {
+    origin: Instant,
+    offset_ms: AtomicI64,
+    /// Monotonic milliseconds of the last sample; negative before the first.
+    sampled_at: AtomicI64,
+}
+
+impl Sampled {
+    fn mono_ms(&self) -> i64 {
+        i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The estimate, if the last sample is fresh enough.
+    fn estimate(&self) -> Option<i64> {
+        let at = self.sampled_at.load(Ordering::Acquire);
+        let mono = self.mono_ms();
+        (at >= 0 && mono - at < duration_millis(STALE_SAMPLE) as i64)
+            .then(|| mono + self.offset_ms.load(Ordering::Acquire))
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("cluster", &matches!(self.inner.target, Target::Cluster(_)))
+            .field("keys", &self.inner.keys)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// A backend for `redis` (nothing is connected until first use: a Redis that is down
+    /// at start-up makes requests 503 until it is up). Must be called inside a Tokio
+    /// runtime, which then runs the connection's background tasks. With a mock `clock`,
+    /// times come from it rather than from Redis.
+    pub fn new(
+        redis: &RedisSettings,
+        presence: &PresenceSettings,
+        clock: &Clock,
+    ) -> anyhow::Result<Self> {
+        let target = if redis.cluster {
+            let client = ClusterClient::builder(vec![redis.url.as_str()])
+                .connection_timeout(redis.timeout)
+                .response_timeout(redis.timeout)
+                .retries(3)
+                .build()
+                .map_err(|e| anyhow::anyhow!("redis.url {}: {e}", redact(&redis.url)))?;
+            Target::Cluster(Box::new(client))
+        } else {
+            let client = redis::Client::open(redis.url.as_str())
+                .map_err(|e| anyhow::anyhow!("redis.url {}: {e}", redact(&redis.url)))?;
+            Target::Single(client)
+        };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow::anyhow!("the Redis backend needs a Tokio runtime"))?;
+        let time = if clock.is_mock() {
+            TimeSource::Mock(clock.clone())
+        } else {
+            TimeSource::Redis(Sampled {
+                origin: Instant::now(),
+                offset_ms: AtomicI64::new(0),
+                sampled_at: AtomicI64::new(-1),
+            })
+        };
+        let millis = |d: Duration| i64::try_from(duration_millis(d)).unwrap_or(i64::MAX);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                target,
+                connection: tokio::sync::OnceCell::new(),
+                runtime,
+                keys: Keys::new(&redis.key_prefix),
+                ttl_ms: millis(presence.heartbeat_ttl),
+                retention_ms: presence.offline_retention.map(millis),
+                timeout: redis.timeout,
+                time,
+                heartbeat: Script::new(&scripts::heartbeat()),
+                claim: Script::new(&scripts::claim()),
+            }),
+        })
+    }
+
+    /// Runs `work` with a connection, the whole bounded by `redis.timeout`.
+    async fn bounded<T, F, Fut>(&self, what: &'static str, work: F) -> Result<T, PresenceError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        let inner = &self.inner;
+        let attempt = async {
+            let connection = self.connection().await?;
+            work(connection).await
+        };
+        match tokio::time::timeout(inner.timeout, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::debug!(operation = what, error = %e, "redis call failed");
+                Err(PresenceError::Unavailable)
+            }
+            Err(_) => {
+                tracing::debug!(operation = what, timeout = ?inner.timeout, "redis call timed out");
+                Err(PresenceError::Unavailable)
+            }
+        }
+    }
+
+    /// The shared connection, made on first use (on the application's runtime).
+    async fn connection(&self) -> Result<Connection, redis::RedisError> {
+        let inner = &self.inner;
+        let connection = inner
+            .connection
+            .get_or_try_init(|| async {
+                let connect: std::pin::Pin<
+                    Box<dyn Future<Output = redis::RedisResult<Connection>> + Send>,
+                > = match &inner.target {
+                    Target::Single(client) => {
+                        let client = client.clone();
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(inner.timeout))
+                            .set_response_timeout(Some(inner.timeout))
+                            .set_number_of_retries(2)
+                            .set_max_delay(Duration::from_millis(500));
+                        Box::pin(async move {
+                            client
+                                .get_connection_manager_with_config(config)
+                                .await
+                                .map(Connection::Single)
+                        })
+                    }
+                    Target::Cluster(client) => {
+                        let client = client.clone();
+                        Box::pin(async move {
+                            client.get_async_connection().await.map(Connection::Cluster)
+                        })
+                    }
+                };
+                match inner.runtime.spawn(connect).await {
+                    Ok(result) => result,
+                    Err(e) => Err(redis::RedisError::from(std::io::Error::other(e))),
+                }
+            })
+            .await?;
+        Ok(connection.clone())
+    }
+
+    /// Redis's time now, in milliseconds since the Unix epoch.
+    async fn now(&self, connection: &mut Connection) -> Result<i64, redis::RedisError> {
+        match &self.inner.time {
+            TimeSource::Mock(clock) => Ok(clock.wall().0),
+            TimeSource::Redis(sampled) => match sampled.estimate() {
+                Some(now) => Ok(now),
+                None => sample(sampled, connection).await,
+            },
+        }
+    }
+
+    /// Takes a new `TIME` sample (nothing with a mock clock).
+    pub async fn refresh_clock(&self) -> Result<(), PresenceError> {
+        let TimeSource::Redis(sampled) = &self.inner.time else {
+            return Ok(());
+        };
+        self.bounded("TIME", |mut c| async move {
+            sample(sampled, &mut c).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Records one heartbeat or disconnect of `user`: one script call.
+    pub async fn heartbeat(
+        &self,
+        user: UserId,
+        heartbeat: &Heartbeat<'_>,
+    ) -> Result<(), PresenceError> {
+        let inner = &self.inner;
+        let shard = shard_of(user);
+        self.bounded("heartbeat", |mut c| async move {
+            let now = self.now(&mut c).await?;
+            let mut call = inner.heartbeat.key(inner.keys.user(user));
+            call.key(inner.keys.expiry(shard))
+                .key(inner.keys.counters(shard))
+                .arg(user.get())
+                .arg(now);
+            match heartbeat {
+                Heartbeat::Disconnect => {
+                    call.arg("d")
+                        .arg("")
+                        .arg(0)
+                        .arg(inner.retention_ms.unwrap_or(-1));
+                }
+                Heartbeat::Present { location, session } => {
+                    let deadline = now.saturating_add(inner.ttl_ms);
+                    let mut text = Vec::new();
+                    record::encode_present(session, location.as_str(), now, deadline, &mut text);
+                    call.arg("p").arg(text).arg(deadline).arg(-1);
+                }
+            }
+            call.invoke_async::<i64>(&mut c).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Calls `visit` with the presence of each id, in order, from one `MGET`.
+    pub async fn visit_many(
+        &self,
+        ids: &[UserId],
+        mut visit: impl FnMut(&PresenceView<'_>),
+    ) -> Result<(), PresenceError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let (now, records) = self
+            .bounded("lookup", |mut c| async move {
+                let now = self.now(&mut c).await?;
+                let mut mget = redis::cmd("MGET");
+                for &id in ids {
+                    mget.arg(inner.keys.user(id));
+                }
+                let records: Vec<Option<Vec<u8>>> = mget.query_async(&mut c).await?;
+                Ok((now, records))
+            })
+            .await?;
+        for (&id, found) in ids.iter().zip(records.iter()) {
+            let view = match found {
+                None => PresenceView::never_seen(id),
+                Some(bytes) => record::decode(id, bytes, now).unwrap_or_else(|e| {
+                    tracing::warn!(user = %id, error = %e, "ignoring a presence record");
+                    PresenceView::never_seen(id)
+                }),
+            };
+            visit(&view);
+        }
+        Ok(())
+    }
+
+    /// Claims the users whose deadline has passed, in every shard: their expiries are
+    /// counted here only if this call flipped them (another node may claim some first).
+    pub async fn sweep(&self) -> Result<SweepReport, PresenceError> {
+        let inner = &self.inner;
+        let mut report = SweepReport::default();
+        let mut connection = self.bounded("connect", |c| async move { Ok(c) }).await?;
+        let now = self
+            .bounded("TIME", |mut c| async move { self.now(&mut c).await })
+            .await?;
+        let mut shards: Vec<u16> = (0..SHARDS).collect();
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            // Read: every shard's due users, all requests in flight at once.
+            let due = bounded_by(inner.timeout, async {
+                let reads = shards.iter().map(|&shard| {
+                    let mut c = connection.clone();
+                    let mut read = redis::cmd("ZRANGEBYSCORE");
+                    read.arg(inner.keys.expiry(shard))
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(CLAIM_BATCH);
+                    async move { read.query_async::<Vec<u64>>(&mut c).await }
+                });
+                join_all(reads)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            // Claim: one script per shard with due users, all in flight at once.
+            let claims = shards
+                .iter()
+                .zip(&due)
+                .filter(|(_, users)| !users.is_empty())
+                .map(|(&shard, users)| {
+                    let mut call = inner.claim.key(inner.keys.expiry(shard));
+                    call.key(inner.keys.counters(shard))
+                        .arg(now)
+                        .arg(inner.retention_ms.unwrap_or(-1));
+                    for &user in users {
+                        if let Some(id) = UserId::new(user) {
+                            call.key(inner.keys.user(id)).arg(user);
+                        }
+                    }
+                    call
+                })
+                .collect::<Vec<_>>();
+            let flipped = bounded_by(inner.timeout, async {
+                let calls = claims.iter().map(|call| {
+                    let mut c = connection.clone();
+                    async move { call.invoke_async::<i64>(&mut c).await }
+                });
+                join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            report.expired += flipped.iter().map(|&n| n.max(0) as usize).sum::<usize>();
+            shards = shards
+                .iter()
+                .zip(&due)
+                .filter(|(_, users)| users.len() >= CLAIM_BATCH)
+                .map(|(&shard, _)| shard)
+                .collect();
+            if shards.is_empty() {
+                break;
+            }
+        }
+        // Keeps the connection named above alive until the sweep ends.
+        let _ = &mut connection;
+        Ok(report)
+    }
+
+    /// Users holding a session, by type, summed over every shard's counters (as of the last
+    /// claims), and the users tracked: the records counted the same way without a
+    /// retention; with one (Redis forgets records by itself, uncounted), the keys of the
+    /// database(s), an upper bound (see the README).
+    pub async fn counts(&self) -> Result<Counts, PresenceError> {
+        let inner = &self.inner;
+        self.bounded("counts", |c| async move {
+            let reads = (0..SHARDS).map(|shard| {
+                let mut c = c.clone();
+                let mut read = redis::cmd("HMGET");
+                read.arg(inner.keys.counters(shard))
+                    .arg(1)
+                    .arg(2)
+                    .arg(3)
+                    .arg("t");
+                async move { read.query_async::<Vec<Option<i64>>>(&mut c).await }
+            });
+            let mut sums = [0i64; 4];
+            for counters in join_all(reads).await {
+                for (sum, n) in sums.iter_mut().zip(counters?) {
+                    *sum += n.unwrap_or(0);
+                }
+            }
+            let tracked = match inner.retention_ms {
+                None => sums[3],
+                Some(_) => {
+                    let mut c = c.clone();
+                    redis::cmd("DBSIZE").query_async(&mut c).await?
+                }
+            };
+            Ok(Counts {
+                sessions: [
+                    (PresenceType::Online, sums[0]),
+                    (PresenceType::InGame, sums[1]),
+                    (PresenceType::InStudio, sums[2]),
+                ],
+                tracked,
+            })
+        })
+        .await
+    }
+
+    /// Whether Redis answers `PING` (every node, on a cluster) within the timeout.
+    pub async fn ping(&self) -> Result<(), PresenceError> {
+        self.bounded("PING", |mut c| async move {
+            redis::cmd("PING")
+                .query_async::<Value>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// Takes a `TIME` sample: Redis's time is taken to be that of the middle of the round trip.
+async fn sample(sampled: &Sampled, connection: &mut Connection) -> Result<i64, redis::RedisError> {
+    let before = sampled.mono_ms();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(connection).await?;
+    let after = sampled.mono_ms();
+    let redis_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+    let middle = before + (after - before) / 2;
+    sampled
+        .offset_ms
+        .store(redis_ms - middle, Ordering::Release);
+    sampled.sampled_at.store(middle, Ordering::Release);
+    Ok(redis_ms + (after - middle))
+}
+
+/// `work` bounded by `timeout`, its errors and its lateness as [`PresenceError`].
+async fn bounded_by<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, PresenceError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "redis call failed");
+            Err(PresenceError::Unavailable)
+        }
+        Err(_) => Err(PresenceError::Unavailable),
+    }
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown_in_messages() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,218 @@
+//! One user's record as Redis holds it: a short string, read by the scripts and by lookups.
+//!
+//! Fields are separated by `|`, numbers in decimal, the location last (so it may hold any
+//! byte, `|` included):
+//!
+//! - Offline: `0|<lastOnline ms>|<location>`
+//! - present: `<type>|<lastOnline ms>|<deadline ms>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`
+//!   with type `1` Online, `2` InGame, `3` InStudio; absent place fields empty, `gameId`
+//!   as 32 hex digits.
+//!
+//! Times are Redis's clock, in milliseconds since the Unix epoch. A present record whose
+//! deadline has passed reads as Offline at once, whether or not a sweeper has claimed it.
+
+use std::borrow::Cow;
+use std::num::NonZeroI64;
+
+use uuid::Uuid;
+
+use crate::presence::model::{PlaceInfo, PresenceType, PresenceView, Session, UserId};
+use crate::presence::time::WallMillis;
+
+/// The record of a present user, written whole by a heartbeat.
+pub fn encode_present(
+    session: &Session,
+    location: &str,
+    last_online: i64,
+    deadline: i64,
+    out: &mut Vec<u8>,
+) {
+    let mut int = itoa::Buffer::new();
+    out.clear();
+    out.reserve(64 + location.len());
+    out.push(b'0' + session.kind.as_int());
+    out.push(b'|');
+    out.extend_from_slice(int.format(last_online).as_bytes());
+    out.push(b'|');
+    out.extend_from_slice(int.format(deadline).as_bytes());
+    out.push(b'|');
+    if let Some(place) = session.place {
+        out.extend_from_slice(int.format(place.place_id).as_bytes());
+        out.push(b'|');
+        out.extend_from_slice(int.format(place.root_place_id).as_bytes());
+        out.push(b'|');
+        if let Some(universe) = place.universe_id {
+            out.extend_from_slice(int.format(universe.get()).as_bytes());
+        }
+        out.push(b'|');
+    } else {
+        out.extend_from_slice(b"|||");
+    }
+    if let Some(game) = session.game_id {
+        let mut hex = Uuid::encode_buffer();
+        out.extend_from_slice(game.simple().encode_lower(&mut hex).as_bytes());
+    }
+    out.push(b'|');
+    out.extend_from_slice(location.as_bytes());
+}
+
+/// A record that cannot be read (written by something else under our prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable presence record")]
+pub struct Corrupt;
+
+/// The view of `user` from its record, as of Redis time `now`: Offline once the deadline is
+/// `<= now`, with its `lastOnline` and location kept.
+pub fn decode(user: UserId, record: &[u8], now: i64) -> Result<PresenceView<'_>, Corrupt> {
+    let (&kind, rest) = record.split_first().ok_or(Corrupt)?;
+    let rest = rest.strip_prefix(b"|").ok_or(Corrupt)?;
+    let mut fields = rest.splitn(if kind == b'0' { 2 } else { 7 }, |&b| b == b'|');
+    let last_online = number(fields.next())?;
+    let mut view = PresenceView {
+        user_id: user,
+        kind: PresenceType::Offline,
+        last_location: Cow::Borrowed(""),
+        place: None,
+        game_id: None,
+        last_online: Some(WallMillis(last_online)),
+    };
+    let kind = match kind {
+        b'0' => {
+            view.last_location = text(fields.next())?;
+            return Ok(view);
+        }
+        b'1' => PresenceType::Online,
+        b'2' => PresenceType::InGame,
+        b'3' => PresenceType::InStudio,
+        _ => return Err(Corrupt),
+    };
+    let deadline = number(fields.next())?;
+    let place_id = optional(fields.next())?;
+    let root_place_id = optional(fields.next())?;
+    let universe_id = optional(fields.next())?;
+    let game = fields.next().ok_or(Corrupt)?;
+    view.last_location = text(fields.next())?;
+    if now >= deadline {
+        return Ok(view);
+    }
+    view.kind = kind;
+    view.place = place_id.map(|place_id| PlaceInfo {
+        place_id,
+        root_place_id: root_place_id.unwrap_or(place_id),
+        universe_id: universe_id.and_then(NonZeroI64::new),
+    });
+    if !game.is_empty() {
+        let game = std::str::from_utf8(game).map_err(|_| Corrupt)?;
+        view.game_id = Some(Uuid::try_parse(game).map_err(|_| Corrupt)?);
+    }
+    Ok(view)
+}
+
+fn number(field: Option<&[u8]>) -> Result<i64, Corrupt> {
+    let field = field.ok_or(Corrupt)?;
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Corrupt)
+}
+
+fn optional(field: Option<&[u8]>) -> Result<Option<i64>, Corrupt> {
+    match field {
+        Some([]) => Ok(None),
+        other => number(other).map(Some),
+    }
+}
+
+fn text(field: Option<&[u8]>) -> Result<Cow<'_, str>, Corrupt> {
+    // Locations arrive as JSON strings, so they are UTF-8; anything else was not written
+    // by a heartbeat, and is shown rather than refused.
+    Ok(String::from_utf8_lossy(field.ok_or(Corrupt)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> UserId {
+        UserId::new(42).unwrap()
+    }
+
+    fn in_game() -> Session {
+        Session {
+            kind: PresenceType::InGame,
+            place: Some(PlaceInfo {
+                place_id: 1818,
+                root_place_id: 1800,
+                universe_id: NonZeroI64::new(13058),
+            }),
+            game_id: Some(Uuid::from_u128(0x3f2504e0_4f89_11d3_9a0c_0305e82c3301)),
+        }
+    }
+
+    #[test]
+    fn a_present_record_reads_back_until_its_deadline() {
+        let mut out = Vec::new();
+        encode_present(&in_game(), "Classic | Crossroads", 1_000, 61_000, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "2|1000|61000|1818|1800|13058|3f2504e04f8911d39a0c0305e82c3301|Classic | Crossroads"
+        );
+        let v = decode(user(), &out, 60_999).unwrap();
+        assert_eq!(v.kind, PresenceType::InGame);
+        assert_eq!(v.place, in_game().place);
+        assert_eq!(v.game_id, in_game().game_id);
+        assert_eq!(v.last_location, "Classic | Crossroads");
+        assert_eq!(v.last_online, Some(WallMillis(1_000)));
+    }
+
+    #[test]
+    fn a_present_record_past_its_deadline_reads_offline_with_its_location() {
+        let mut out = Vec::new();
+        encode_present(&in_game(), "Obby", 1_000, 61_000, &mut out);
+        let v = decode(user(), &out, 61_000).unwrap();
+        assert_eq!(v.kind, PresenceType::Offline);
+        assert_eq!((v.place, v.game_id), (None, None));
+        assert_eq!(v.last_location, "Obby");
+        assert_eq!(v.last_online, Some(WallMillis(1_000)));
+    }
+
+    #[test]
+    fn an_online_record_has_empty_place_fields() {
+        let session = Session {
+            kind: PresenceType::Online,
+            place: None,
+            game_id: None,
+        };
+        let mut out = Vec::new();
+        encode_present(&session, "Website", 5, 10, &mut out);
+        assert_eq!(out, b"1|5|10|||||Website");
+        let v = decode(user(), &out, 6).unwrap();
+        assert_eq!(
+            (v.kind, v.place, v.game_id),
+            (PresenceType::Online, None, None)
+        );
+    }
+
+    #[test]
+    fn an_offline_record_keeps_last_online_and_location() {
+        let v = decode(user(), b"0|1700000000123|Studio - A|B", 0).unwrap();
+        assert_eq!(v.kind, PresenceType::Offline);
+        assert_eq!(v.last_location, "Studio - A|B");
+        assert_eq!(v.last_online, Some(WallMillis(1_700_000_000_123)));
+        assert_eq!(decode(user(), b"0|7|", 0).unwrap().last_location, "");
+    }
+
+    #[test]
+    fn records_not_written_by_a_heartbeat_are_refused() {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"9|1|x",
+            b"1|x|2||||a",
+            b"0|1",
+            b"2|1|2|3|4|5|nothex|a",
+        ] {
+            assert_eq!(decode(user(), bad, 0), Err(Corrupt), "{bad:?}");
+        }
+    }
+}

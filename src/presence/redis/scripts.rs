@@ -1,0 +1,121 @@
+//! The Lua scripts: each runs atomically on the one Redis node that holds its shard, so a
+//! heartbeat, a disconnect or a claim of due users is applied whole or not at all. Only
+//! commands that Valkey 7.2 also has.
+
+/// Finds where field `n` (1-based) of a record starts, and the record's location.
+const HELPERS: &str = r#"
+local function field_start(rec, n)
+  local at = 1
+  for _ = 2, n do
+    at = string.find(rec, '|', at, true) + 1
+  end
+  return at
+end
+local function field(rec, n)
+  local at = field_start(rec, n)
+  local stop = string.find(rec, '|', at, true)
+  return string.sub(rec, at, stop - 1)
+end
+local function location_of(rec)
+  if string.byte(rec, 1) == 48 then
+    return string.sub(rec, field_start(rec, 3))
+  end
+  return string.sub(rec, field_start(rec, 8))
+end
+"#;
+
+/// A heartbeat or a disconnect of one user.
+///
+/// The counters' field `t` counts the records a heartbeat created (less those a claim
+/// deleted): the users tracked, while no retention makes Redis forget records by itself.
+///
+/// KEYS: the record, the shard's expiry set, the shard's counters.
+/// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new record (for
+/// `p`), the deadline (for `p`), the retention in ms or `-1` for none (for `d`).
+const HEARTBEAT_BODY: &str = r#"
+local old = redis.call('GET', KEYS[1])
+local old_type = 0
+if old then
+  old_type = string.byte(old, 1) - 48
+else
+  redis.call('HINCRBY', KEYS[3], 't', 1)
+end
+if ARGV[3] == 'p' then
+  local new_type = string.byte(ARGV[4], 1) - 48
+  if old_type ~= new_type then
+    if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
+    redis.call('HINCRBY', KEYS[3], new_type, 1)
+  end
+  -- SET drops any retention expiry the record had while Offline.
+  redis.call('SET', KEYS[1], ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+  return 1
+end
+local location = ''
+if old then location = location_of(old) end
+if old_type > 0 then
+  redis.call('HINCRBY', KEYS[3], old_type, -1)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+redis.call('SET', KEYS[1], '0|' .. ARGV[2] .. '|' .. location)
+if ARGV[6] ~= '-1' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+return 1
+"#;
+
+/// Claims the due users of one shard: each whose expiry entry is still due and whose
+/// record's deadline has passed is flipped Offline (keeping `lastOnline` and the location),
+/// uncounted, removed from the expiry set, and given its retention expiry. A user that
+/// heartbeated since is left present; one claimed already (by another node) is skipped.
+/// Returns how many this call flipped.
+///
+/// KEYS: the shard's expiry set, the shard's counters, then the candidates' records.
+/// ARGV: now (ms), the retention in ms or `-1`, then the candidates' user ids, aligned with
+/// their records (ARGV[i] is the user of KEYS[i], from 3 on).
+const CLAIM_BODY: &str = r#"
+local now = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+local flipped = 0
+for i = 3, #KEYS do
+  local user = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], user)
+  if score and tonumber(score) <= now then
+    local rec = redis.call('GET', KEYS[i])
+    local kind = 0
+    if rec then kind = string.byte(rec, 1) - 48 end
+    if kind <= 0 then
+      redis.call('ZREM', KEYS[1], user)
+    else
+      local deadline = tonumber(field(rec, 3))
+      if deadline > now then
+        redis.call('ZADD', KEYS[1], deadline, user)
+      else
+        local last_online = field(rec, 2)
+        redis.call('SET', KEYS[i], '0|' .. last_online .. '|' .. location_of(rec))
+        redis.call('HINCRBY', KEYS[2], kind, -1)
+        redis.call('ZREM', KEYS[1], user)
+        if keep >= 0 then
+          local left = tonumber(last_online) + keep - now
+          if left > 0 then
+            redis.call('PEXPIRE', KEYS[i], string.format('%.0f', left))
+          else
+            redis.call('DEL', KEYS[i])
+            redis.call('HINCRBY', KEYS[2], 't', -1)
+          end
+        end
+        flipped = flipped + 1
+      end
+    end
+  end
+end
+return flipped
+"#;
+
+/// The heartbeat script's source.
+pub fn heartbeat() -> String {
+    format!("{HELPERS}{HEARTBEAT_BODY}")
+}
+
+/// The claim script's source.
+pub fn claim() -> String {
+    format!("{HELPERS}{CLAIM_BODY}")
+}

@@ -1,0 +1,197 @@
+//! The one interface the API calls: heartbeats, lookups, counts, readiness and sweeps, on
+//! whichever backend `store.backend` chose. The API knows nothing of which one answers.
+//!
+//! An enum rather than a trait object: the memory backend's calls stay plain synchronous
+//! calls inside an `async fn` (no boxing, no allocation per request), and a match on two
+//! variants costs nothing next to a request.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
+use super::redis::RedisBackend;
+use super::store::{Store, SweepReport};
+use super::time::Clock;
+use crate::config::{Backend, Settings};
+
+/// Why a presence call could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PresenceError {
+    /// The backend could not be reached, or did not answer within `redis.timeout`. Nothing
+    /// was applied (a heartbeat is atomic), or all of it was and the answer was lost.
+    #[error("the presence backend is unavailable")]
+    Unavailable,
+}
+
+/// What `/metrics` reports about presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Users holding a session of each present type, as of the last sweep.
+    pub sessions: [(PresenceType, i64); 3],
+    /// Users held, present or Offline: exact on memory; on Redis, the keys of the database
+    /// (see the README).
+    pub tracked: i64,
+}
+
+impl Counts {
+    /// The counts of a memory store.
+    pub fn of_store(store: &Store) -> Self {
+        Self {
+            sessions: store.sessions_by_type(),
+            tracked: i64::try_from(store.len()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Presence, on one backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Presence {
+    clock: Clock,
+    backend: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Memory(Arc<Store>),
+    Redis(RedisBackend),
+}
+
+impl fmt::Debug for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.backend {
+            Engine::Memory(store) => f
+                .debug_struct("Presence")
+                .field("memory_users", &store.len())
+                .finish(),
+            Engine::Redis(redis) => f.debug_struct("Presence").field("redis", redis).finish(),
+        }
+    }
+}
+
+impl Presence {
+    /// The backend `settings.store.backend` names, on `clock`. The memory store starts
+    /// empty (snapshots are loaded by the caller, see [`Self::memory_store`]); the Redis
+    /// backend connects on first use. Must be called inside a Tokio runtime.
+    pub fn from_settings(settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
+        match settings.store.backend {
+            Backend::Memory => {
+                let presence = &settings.presence;
+                let store = Store::new(
+                    presence.heartbeat_ttl,
+                    presence.sweep_interval,
+                    presence.offline_retention,
+                );
+                Ok(Self::memory(Arc::new(store), clock))
+            }
+            Backend::Redis => {
+                let redis = RedisBackend::new(&settings.redis, &settings.presence, &clock)?;
+                Ok(Self::redis(redis, clock))
+            }
+        }
+    }
+
+    /// Presence in `store`, on `clock`.
+    pub fn memory(store: Arc<Store>, clock: Clock) -> Self {
+        Self {
+            clock,
+            backend: Engine::Memory(store),
+        }
+    }
+
+    /// Presence in Redis. `clock` is used for nothing else than what the backend takes from
+    /// it (its time, when it is a mock).
+    pub fn redis(backend: RedisBackend, clock: Clock) -> Self {
+        Self {
+            clock,
+            backend: Engine::Redis(backend),
+        }
+    }
+
+    /// The clock this presence runs on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The memory backend's store, for snapshots; `None` on Redis.
+    pub fn memory_store(&self) -> Option<&Arc<Store>> {
+        match &self.backend {
+            Engine::Memory(store) => Some(store),
+            Engine::Redis(_) => None,
+        }
+    }
+
+    /// The Redis backend, for its sweeper; `None` on memory.
+    pub fn redis_backend(&self) -> Option<&RedisBackend> {
+        match &self.backend {
+            Engine::Memory(_) => None,
+            Engine::Redis(redis) => Some(redis),
+        }
+    }
+
+    /// Records one heartbeat (or disconnect) of `user`, now.
+    pub async fn heartbeat(
+        &self,
+        user: UserId,
+        heartbeat: Heartbeat<'_>,
+    ) -> Result<(), PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.heartbeat(user, heartbeat, self.clock.now());
+                Ok(())
+            }
+            Engine::Redis(redis) => redis.heartbeat(user, &heartbeat).await,
+        }
+    }
+
+    /// Calls `visit` with the presence of each id, in the given order, as of now. Never
+    /// creates or changes anything.
+    pub async fn visit_many(
+        &self,
+        ids: &[UserId],
+        visit: impl FnMut(&PresenceView<'_>),
+    ) -> Result<(), PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.visit_many(ids, self.clock.now().mono, visit);
+                Ok(())
+            }
+            Engine::Redis(redis) => redis.visit_many(ids, visit).await,
+        }
+    }
+
+    /// The presence of each id, in order, as owned copies.
+    pub async fn get_many(
+        &self,
+        ids: &[UserId],
+    ) -> Result<Vec<PresenceView<'static>>, PresenceError> {
+        let mut views = Vec::with_capacity(ids.len());
+        self.visit_many(ids, |view| views.push(view.clone().into_owned()))
+            .await?;
+        Ok(views)
+    }
+
+    /// The deployment's counts (this process's, on memory).
+    pub async fn counts(&self) -> Result<Counts, PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => Ok(Counts::of_store(store)),
+            Engine::Redis(redis) => redis.counts().await,
+        }
+    }
+
+    /// Whether requests can be served now: always on memory; on Redis, whether it answers.
+    pub async fn check_ready(&self) -> Result<(), PresenceError> {
+        match &self.backend {
+            Engine::Memory(_) => Ok(()),
+            Engine::Redis(redis) => redis.ping().await,
+        }
+    }
+
+    /// One sweep, now. On memory this is CPU work that runs on the caller's thread (the
+    /// sweeper gives it a thread of its own).
+    pub async fn sweep(&self) -> Result<SweepReport, PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => Ok(store.sweep(self.clock.now())),
+            Engine::Redis(redis) => redis.sweep().await,
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The Redis backend against a real `redis-server` started by each test on a free loopback
+//! port: shared presence between nodes, exactly-once expiry, retention by key expiry, and
+//! what happens when Redis goes away and comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, spawn_app_with, test_settings};
+use presence_server::config::Backend;
+use presence_server::presence::model::{AppReport, PresenceType};
+use presence_server::presence::{Clock, Heartbeat, PlaceCatalog, Presence, PresenceError, UserId};
+use presence_server::Settings;
+use serde_json::json;
+
+/// A throwaway `redis-server`, killed on drop.
+struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut server = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.run();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(redis_server())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis-cli` on this server.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_server() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+fn on_redis(redis: &RedisServer, change: impl FnOnce(&mut Settings)) -> Settings {
+    let mut settings = test_settings();
+    settings.store.backend = Backend::Redis;
+    settings.redis.url = redis.url();
+    settings.redis.timeout = Duration::from_millis(500);
+    change(&mut settings);
+    settings.validate().unwrap();
+    settings
+}
+
+fn user(n: u64) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+fn present<'a>(location: &'a str, place: Option<i64>) -> Heartbeat<'a> {
+    let catalog = PlaceCatalog::new(&[common::crossroads()]);
+    Heartbeat::from_report(
+        AppReport {
+            location: Some(location),
+            place_id: place,
+            ..Default::default()
+        },
+        &catalog,
+    )
+}
+
+async fn one(presence: &Presence, n: u64) -> presence_server::presence::PresenceView<'static> {
+    presence.get_many(&[user(n)]).await.unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn a_heartbeat_through_one_node_is_seen_by_every_node() {
+    let redis = RedisServer::start();
+    let settings = on_redis(&redis, |_| {});
+    let a = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let b = Presence::from_settings(&settings, Clock::system()).unwrap();
+
+    a.heartbeat(user(1), present("ignored", Some(1818)))
+        .await
+        .unwrap();
+    a.heartbeat(user(2), present("Xbox", None)).await.unwrap();
+    let views = b.get_many(&[user(2), user(3), user(1)]).await.unwrap();
+    assert_eq!(views[0].kind, PresenceType::Online);
+    assert_eq!(views[0].last_location, "Xbox");
+    assert_eq!(
+        views[1],
+        presence_server::presence::PresenceView::never_seen(user(3))
+    );
+    assert_eq!(views[2].kind, PresenceType::InGame);
+    assert_eq!(views[2].last_location, "Classic: Crossroads");
+    assert_eq!(views[2].place.unwrap().universe_id.unwrap().get(), 13058);
+
+    b.heartbeat(user(1), Heartbeat::Disconnect).await.unwrap();
+    let left = one(&a, 1).await;
+    assert_eq!(left.kind, PresenceType::Offline);
+    assert_eq!(left.last_location, "Classic: Crossroads");
+    assert_eq!(left.place, None);
+    assert!(left.last_online.unwrap() >= views[2].last_online.unwrap());
+
+    let counts = a.counts().await.unwrap();
+    assert_eq!(counts.sessions.map(|(_, n)| n), [1, 0, 0]);
+    assert_eq!(counts.tracked, 2);
+    a.check_ready().await.unwrap();
+    // A lookup writes nothing: the unknown user 3 has no key.
+    assert_eq!(
+        redis.cli(&["--scan", "--pattern", "presence:*3"]).trim(),
+        ""
+    );
+}
+
+#[tokio::test]
+async fn an_expiry_is_claimed_once_whichever_nodes_sweep() {
+    let redis = RedisServer::start();
+    let settings = on_redis(&redis, |s| {
+        s.presence.heartbeat_ttl = Duration::from_secs(1)
+    });
+    // Both nodes run on one mock clock, which the backend then takes as Redis time.
+    let (clock, mock) = Clock::mock();
+    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
+    let b = Presence::from_settings(&settings, clock).unwrap();
+    let users: Vec<u64> = (1..=3000).collect();
+    for &n in &users {
+        a.heartbeat(user(n), present("Website", None))
+            .await
+            .unwrap();
+    }
+    // Exact at read time, before any sweep.
+    mock.increment(Duration::from_millis(999));
+    assert_eq!(one(&b, 7).await.kind, PresenceType::Online);
+    mock.increment(Duration::from_millis(1));
+    assert_eq!(one(&b, 7).await.kind, PresenceType::Offline);
+    // User 5 heartbeats just in time for a new deadline: not expired.
+    a.heartbeat(user(5), present("Phone", None)).await.unwrap();
+    let (ra, rb) = tokio::join!(a.sweep(), b.sweep());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.expired + rb.expired, 2999, "{ra:?} {rb:?}");
+    assert_eq!(a.sweep().await.unwrap().expired, 0);
+    let counts = b.counts().await.unwrap();
+    assert_eq!(counts.sessions.map(|(_, n)| n), [1, 0, 0]);
+    let v = one(&a, 9).await;
+    assert_eq!(
+        (v.kind, v.last_location.as_ref()),
+        (PresenceType::Offline, "Website")
+    );
+    assert_eq!(one(&a, 5).await.kind, PresenceType::Online);
+    mock.increment(Duration::from_secs(1));
+    assert_eq!(b.sweep().await.unwrap().expired, 1);
+    assert_eq!(
+        a.counts().await.unwrap().sessions.map(|(_, n)| n),
+        [0, 0, 0]
+    );
+}
+
+#[tokio::test]
+async fn offline_users_are_forgotten_after_the_retention_by_key_expiry() {
+    let redis = RedisServer::start();
+    let settings = on_redis(&redis, |s| {
+        s.presence.offline_retention = Some(Duration::from_millis(300));
+    });
+    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    node.heartbeat(user(1), present("Home", None))
+        .await
+        .unwrap();
+    node.heartbeat(user(1), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    node.heartbeat(user(2), present("Home", None))
+        .await
+        .unwrap();
+    assert_eq!(one(&node, 1).await.last_location, "Home");
+    eventually(Duration::from_secs(5), || async {
+        (one(&node, 1).await.last_online.is_none()).then_some(())
+    })
+    .await;
+    // A present user has no expiry on its record.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(one(&node, 2).await.kind, PresenceType::Online);
+}
+
+#[tokio::test]
+async fn a_stopped_redis_is_unavailable_within_the_timeout_and_recovers_without_restart() {
+    let mut redis = RedisServer::start();
+    let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_millis(300));
+    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    node.heartbeat(user(1), present("Home", None))
+        .await
+        .unwrap();
+
+    redis.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let result = node.heartbeat(user(1), present("Away", None)).await;
+        assert_eq!(result, Err(PresenceError::Unavailable));
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        assert_eq!(
+            node.get_many(&[user(1)]).await.err(),
+            Some(PresenceError::Unavailable)
+        );
+        assert_eq!(node.check_ready().await, Err(PresenceError::Unavailable));
+        assert!(started.elapsed() < Duration::from_millis(1600));
+    }
+
+    redis.run();
+    eventually(Duration::from_secs(10), || async {
+        node.check_ready().await.ok()
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        node.heartbeat(user(1), present("Back", None)).await.ok()
+    })
+    .await;
+    assert_eq!(one(&node, 1).await.last_location, "Back");
+}
+
+#[tokio::test]
+async fn a_node_that_starts_before_redis_serves_once_redis_is_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_millis(300));
+    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    assert_eq!(node.check_ready().await, Err(PresenceError::Unavailable));
+    redis.run();
+    eventually(Duration::from_secs(10), || async {
+        node.heartbeat(user(1), present("Home", None)).await.ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_http_api_answers_503_with_retry_after_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let app = spawn_app_with(|s| {
+        s.store.backend = Backend::Redis;
+        s.redis.url = redis.url();
+        s.redis.timeout = Duration::from_millis(300);
+    })
+    .await;
+    app.heartbeat(42, json!({"location": "Home"})).await;
+    let seen = app.presence_of(42).await;
+    assert_eq!(seen["userPresenceType"], "Online");
+    assert!(app
+        .metrics()
+        .await
+        .contains("presence_users{type=\"Online\"} 1"));
+
+    redis.stop();
+    let res = app
+        .client
+        .post(app.url(common::REGISTER))
+        .bearer_auth(app.token(42))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(
+        common::error_of(res).await,
+        (503, 0, "ServiceUnavailable".to_owned())
+    );
+    let res = app
+        .post_json(common::USERS, &json!({"userIds": [42]}))
+        .await;
+    assert_eq!(res.status(), 503);
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    redis.run();
+    eventually(Duration::from_secs(10), || async {
+        let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+        (ready.status() == 200).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Redis memory per Offline user: `INFO memory` before and after 100k disconnects.
+/// Run with `cargo test --test redis_backend -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check: prints Redis memory per user"]
+async fn redis_memory_per_user() {
+    let redis = RedisServer::start();
+    let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_secs(5));
+    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let used = || -> i64 {
+        let info = redis.cli(&["INFO", "memory"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    const USERS: u64 = 100_000;
+    // Every shard's keys exist first, so that the figure is the users' own cost.
+    for n in 1..=1024 {
+        node.heartbeat(user(n), present("Website", None))
+            .await
+            .unwrap();
+        node.heartbeat(user(n), Heartbeat::Disconnect)
+            .await
+            .unwrap();
+    }
+    let base = used();
+    for n in 10_000..10_000 + USERS {
+        node.heartbeat(user(n), present("Website", None))
+            .await
+            .unwrap();
+    }
+    let present_cost = (used() - base) as f64 / USERS as f64;
+    for n in 10_000..10_000 + USERS {
+        node.heartbeat(user(n), Heartbeat::Disconnect)
+            .await
+            .unwrap();
+    }
+    let offline_cost = (used() - base) as f64 / USERS as f64;
+    println!("Redis memory per present user: {present_cost:.1} bytes");
+    println!("Redis memory per Offline user: {offline_cost:.1} bytes");
+}
+
+/// On a Redis Cluster named by `PRESENCE_TEST_REDIS_CLUSTER` (any one node's URL; skipped
+/// when unset): heartbeats and claims land on their shard's node, and a lookup spanning
+/// many slots is answered whole, in order.
+#[tokio::test]
+async fn on_a_cluster_every_call_is_routed_by_slot() {
+    let Ok(url) = std::env::var("PRESENCE_TEST_REDIS_CLUSTER") else {
+        return;
+    };
+    let mut settings = test_settings();
+    settings.store.backend = Backend::Redis;
+    settings.redis.url = url;
+    settings.redis.cluster = true;
+    settings.redis.key_prefix = format!("cluster-test-{}:", std::process::id());
+    settings.presence.heartbeat_ttl = Duration::from_secs(1);
+    let (clock, mock) = Clock::mock();
+    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
+    let b = Presence::from_settings(&settings, clock).unwrap();
+    a.check_ready().await.unwrap();
+    for n in 1..=2000 {
+        a.heartbeat(user(n), present("Website", None))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<UserId> = (0..50)
+        .map(|i| user(1 + i * 37))
+        .chain([user(999_999)])
+        .collect();
+    let views = b.get_many(&ids).await.unwrap();
+    assert_eq!(views.len(), ids.len());
+    for (view, id) in views.iter().zip(&ids).take(50) {
+        assert_eq!((view.user_id, view.kind), (*id, PresenceType::Online));
+    }
+    assert_eq!(views[50].last_online, None);
+    assert_eq!(b.counts().await.unwrap().sessions[0].1, 2000);
+    mock.increment(Duration::from_secs(1));
+    let (ra, rb) = tokio::join!(a.sweep(), b.sweep());
+    assert_eq!(ra.unwrap().expired + rb.unwrap().expired, 2000);
+    assert_eq!(a.counts().await.unwrap().sessions[0].1, 0);
+    assert_eq!(one(&b, 77).await.kind, PresenceType::Offline);
+}
