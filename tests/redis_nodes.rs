@@ -560,15 +560,21 @@ async fn a_cluster_master_killed_fails_over_without_a_node_restart() {
     // A replica takes over its slots.
     cluster.wait_failed_over(victim);
     // Requests succeed again, through the same node process.
-    eventually(Duration::from_secs(30), || async {
-        (load.saw(
-            "heartbeat",
-            200,
-            Instant::now() - Duration::from_millis(200),
-        ) && load.saw("lookup", 200, Instant::now() - Duration::from_millis(200)))
-        .then_some(())
-    })
-    .await;
+    let promoted = Instant::now();
+    loop {
+        let recent = Instant::now() - Duration::from_millis(200);
+        if load.saw("heartbeat", 200, recent) && load.saw("lookup", 200, recent) {
+            break;
+        }
+        if promoted.elapsed() > Duration::from_secs(30) {
+            let last = {
+                let outcomes = load.outcomes.lock().unwrap();
+                format!("{:?}", outcomes.iter().rev().take(6).collect::<Vec<_>>())
+            };
+            panic!("no success within 30s of the promotion; last answers: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let switched = Instant::now();
     eprintln!(
         "failover seen by the node {:?} after the kill",
