@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::process::*;
+use common::redis::skip_unless_memory;
 use presence_server::auth::Authenticator;
 use presence_server::persistence;
 use presence_server::presence::time::{Mono, WallMillis};
@@ -15,6 +16,9 @@ use presence_server::presence::{Heartbeat, Now, Store, UserId};
 use serde_json::{json, Value};
 
 const SECRET: &str = "durability-secret";
+/// Why this file is skipped on the Redis backends.
+const MEMORY_ONLY: &str =
+    "snapshots belong to the memory backend; on Redis, presence lives in Redis and persistence.* does not apply (CONTRACT section 7)";
 
 /// A server config whose snapshot lives at `snapshot`.
 fn config(snapshot: &Path, extra: &str) -> tempfile::NamedTempFile {
@@ -84,6 +88,9 @@ fn refused(cfg: &Path) -> String {
 
 #[tokio::test]
 async fn a_graceful_restart_keeps_every_user_exactly() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let server = start(command(cfg.path()));
@@ -143,6 +150,9 @@ async fn a_graceful_restart_keeps_every_user_exactly() {
 
 #[tokio::test]
 async fn after_sigkill_the_last_snapshot_is_kept() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "snapshot_interval = \"100ms\"");
     let mut server = start(command(cfg.path()));
@@ -165,6 +175,9 @@ async fn after_sigkill_the_last_snapshot_is_kept() {
 
 #[tokio::test]
 async fn a_user_whose_deadline_passes_while_the_server_is_down_comes_back_offline() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let ttl = Duration::from_millis(800);
     let cfg = config(&dir.snapshot, "");
@@ -198,6 +211,9 @@ async fn a_user_whose_deadline_passes_while_the_server_is_down_comes_back_offlin
 
 #[tokio::test]
 async fn a_user_still_present_after_a_quick_restart_stays_present() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let server = start(command(cfg.path()));
@@ -219,6 +235,9 @@ async fn valid_snapshot(dir: &Dir, cfg: &Path) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_corrupt_snapshot_stops_start_up_and_is_left_in_place() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let mut bytes = valid_snapshot(&dir, cfg.path()).await;
@@ -244,6 +263,9 @@ async fn a_corrupt_snapshot_stops_start_up_and_is_left_in_place() {
 
 #[tokio::test]
 async fn a_truncated_snapshot_stops_start_up_and_is_left_in_place() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let bytes = valid_snapshot(&dir, cfg.path()).await;
@@ -260,6 +282,9 @@ async fn a_truncated_snapshot_stops_start_up_and_is_left_in_place() {
 
 #[tokio::test]
 async fn a_snapshot_of_another_version_stops_start_up_and_is_left_in_place() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let mut bytes = valid_snapshot(&dir, cfg.path()).await;
@@ -272,6 +297,9 @@ async fn a_snapshot_of_another_version_stops_start_up_and_is_left_in_place() {
 
 #[test]
 fn an_unwritable_snapshot_path_is_a_clear_start_up_error() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let file = tempfile::NamedTempFile::new().unwrap();
     let cfg = config(&file.path().join("presence.snapshot"), "");
     let stderr = refused(cfg.path());
@@ -308,6 +336,9 @@ fn wall_now(ago_ms: i64) -> Now {
 
 #[tokio::test]
 async fn a_second_server_on_the_same_snapshot_path_is_refused_until_the_first_stops() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     let cfg = config(&dir.snapshot, "");
     let mut first = start(command(cfg.path()));
@@ -352,6 +383,9 @@ async fn a_second_server_on_the_same_snapshot_path_is_refused_until_the_first_st
 #[cfg(unix)]
 #[test]
 fn a_snapshot_path_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     std::fs::create_dir_all(dir.snapshot.parent().unwrap()).unwrap();
     let cfg = config(&dir.snapshot, "");
@@ -391,6 +425,9 @@ fn a_snapshot_path_that_is_not_a_regular_file_is_refused_without_reading_it() {
 
 #[tokio::test]
 async fn after_a_restart_users_past_retention_are_gone_and_the_others_go_on_time() {
+    if skip_unless_memory(MEMORY_ONLY) {
+        return;
+    }
     let dir = snapshot_dir();
     std::fs::create_dir_all(dir.snapshot.parent().unwrap()).unwrap();
     // A snapshot written by a server that kept Offline users forever: user 21 left an hour

@@ -31,6 +31,11 @@ const LAST_SUCCESS: &str = "presence_snapshot_last_success_timestamp_seconds";
 
 #[tokio::test]
 async fn a_failing_snapshot_is_counted_and_its_last_success_stops_moving() {
+    if common::redis::skip_unless_memory(
+        "snapshots belong to the memory backend; persistence.* does not apply on Redis",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("data");
     let app = spawn_app_with(|s| {

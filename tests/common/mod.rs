@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +49,8 @@ pub struct TestApp {
 }
 
 /// Settings for tests: a free port, one worker, a known secret, no snapshot file, no
-/// rate limits.
+/// rate limits, and the backend `PRESENCE_TEST_BACKEND` chooses (with a key prefix of its
+/// own on Redis: see [`redis`]).
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();
@@ -58,6 +60,7 @@ pub fn test_settings() -> Settings {
     // Rate limits are tested on their own; elsewhere they would only add noise.
     settings.rate_limit.register_per_second = 0;
     settings.rate_limit.lookup_per_second = 0;
+    redis::apply(&mut settings);
     settings
 }
 

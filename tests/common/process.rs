@@ -19,8 +19,19 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
 /// A config that binds a free port and keeps the server small.
 pub const BASE: &str = "[persistence]\nenabled = false\n[server]\nbind = \"127.0.0.1:0\"\nworkers = 1\nshutdown_timeout = \"2s\"\n";
 
+/// The binary on `config`, on the backend `PRESENCE_TEST_BACKEND` chooses (passed as
+/// `PRESENCE__` overrides, with a key prefix of its own on Redis).
 pub fn command(config: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    command_of(Command::new(BIN), config)
+}
+
+/// The binary started through `launcher` (for example `faketime -f -5m`, to which the
+/// binary's path is added as the next argument), on `config`.
+pub fn command_of(mut launcher: Command, config: &std::path::Path) -> Command {
+    if launcher.get_program() != BIN {
+        launcher.arg(BIN);
+    }
+    let mut cmd = launcher;
     cmd.arg("--config").arg(config).env("RUST_LOG", "info");
     // Whatever the outer environment sets must not leak into these tests.
     for (key, _) in std::env::vars() {
@@ -28,6 +39,7 @@ pub fn command(config: &std::path::Path) -> Command {
             cmd.env_remove(key);
         }
     }
+    super::redis::apply_env(&mut cmd);
     cmd
 }
 
