@@ -339,42 +339,52 @@ async fn the_http_api_answers_503_with_retry_after_while_redis_is_down() {
 #[ignore = "a measurement, not a check: prints Redis memory per user"]
 async fn redis_memory_per_user() {
     let redis = RedisServer::start();
-    let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_secs(5));
-    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
-    let used = || -> i64 {
-        let info = redis.cli(&["INFO", "memory"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    const USERS: u64 = 100_000;
-    // Every shard's keys exist first, so that the figure is the users' own cost.
-    for n in 1..=1024 {
-        node.heartbeat(user(n), present("Website", None))
-            .await
-            .unwrap();
-        node.heartbeat(user(n), Heartbeat::Disconnect)
-            .await
-            .unwrap();
+    for retention in [None, Some(Duration::from_secs(30 * 86_400))] {
+        redis.cli(&["FLUSHALL"]);
+        let settings = on_redis(&redis, |s| {
+            s.redis.timeout = Duration::from_secs(5);
+            s.presence.offline_retention = retention;
+        });
+        let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+        let used = || -> i64 {
+            let info = redis.cli(&["INFO", "memory"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        const USERS: u64 = 100_000;
+        // Every shard's keys exist first, so that the figure is the users' own cost.
+        for n in 1..=1024 {
+            node.heartbeat(user(n), present("Website", None))
+                .await
+                .unwrap();
+            node.heartbeat(user(n), Heartbeat::Disconnect)
+                .await
+                .unwrap();
+        }
+        let base = used();
+        for n in 10_000..10_000 + USERS {
+            node.heartbeat(user(n), present("Website", None))
+                .await
+                .unwrap();
+        }
+        let present_cost = (used() - base) as f64 / USERS as f64;
+        for n in 10_000..10_000 + USERS {
+            node.heartbeat(user(n), Heartbeat::Disconnect)
+                .await
+                .unwrap();
+        }
+        let offline_cost = (used() - base) as f64 / USERS as f64;
+        let with = match retention {
+            None => "no retention".to_owned(),
+            Some(_) => "offline_retention = 30d".to_owned(),
+        };
+        println!("Redis memory per present user ({with}): {present_cost:.1} bytes");
+        println!("Redis memory per Offline user ({with}): {offline_cost:.1} bytes");
     }
-    let base = used();
-    for n in 10_000..10_000 + USERS {
-        node.heartbeat(user(n), present("Website", None))
-            .await
-            .unwrap();
-    }
-    let present_cost = (used() - base) as f64 / USERS as f64;
-    for n in 10_000..10_000 + USERS {
-        node.heartbeat(user(n), Heartbeat::Disconnect)
-            .await
-            .unwrap();
-    }
-    let offline_cost = (used() - base) as f64 / USERS as f64;
-    println!("Redis memory per present user: {present_cost:.1} bytes");
-    println!("Redis memory per Offline user: {offline_cost:.1} bytes");
 }
 
 /// On a Redis Cluster named by `PRESENCE_TEST_REDIS_CLUSTER` (any one node's URL; skipped
