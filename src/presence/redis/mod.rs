@@ -15,7 +15,10 @@
 //!   claimed once. Retention is Redis key expiry on Offline records.
 //! - Failure: every call, connecting included, is bounded by `redis.timeout`; past it, or on
 //!   any Redis error, the caller gets [`PresenceError::Unavailable`]. The connection is made
-//!   on first use and re-made by the client after a failure.
+//!   on first use and re-made by the client after a failure. On a cluster, repeated
+//!   failures also make a whole new cluster connection in the background, seeded with every
+//!   node seen so far, which replaces the old one once it is up: the client's own repair
+//!   can stay on a dead master's address (see [`ClusterTarget`]).
 
 pub mod keys;
 pub mod record;
@@ -23,14 +26,15 @@ pub mod scripts;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use self::keys::{shard_of, Keys, SHARDS};
@@ -49,6 +53,12 @@ const MAX_CLAIM_ROUNDS: usize = 64;
 const STALE_SAMPLE: Duration = Duration::from_secs(5);
 /// How often the sweeper takes a new `TIME` sample.
 pub const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// On a cluster, failures within this window that make a new cluster connection.
+const REBUILD_AFTER_FAILURES: u32 = 3;
+/// The window in which those failures are counted.
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Least time between two new cluster connections.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
 /// The Redis backend: cheap to clone, every clone shares the connection.
 #[derive(Clone)]
@@ -58,7 +68,11 @@ pub struct RedisBackend {
 
 struct Inner {
     target: Target,
-    connection: tokio::sync::OnceCell<Connection>,
+    /// The shared connection, once made; on a cluster, replaced by a new one after repeated
+    /// failures.
+    connection: Mutex<Option<Connection>>,
+    /// Held while the first connection is made, so that it is made once.
+    connecting: tokio::sync::Mutex<()>,
     /// The runtime the connection's background tasks run on: the application's, which
     /// outlives every HTTP worker.
     runtime: tokio::runtime::Handle,
@@ -73,7 +87,47 @@ struct Inner {
 
 enum Target {
     Single(redis::Client),
-    Cluster(Box<ClusterClient>),
+    Cluster(Box<ClusterTarget>),
+}
+
+/// A cluster, and what is needed to connect to it again from scratch.
+///
+/// redis-rs's cluster client refreshes its slot map only on some errors of requests still
+/// awaited (a request dropped by our timeout triggers nothing), and repairs a node's
+/// connection by reconnecting to the same address for as long as its own, possibly stale,
+/// slot map lists it. After a master is killed, it can keep routing that master's slots
+/// to the dead address until the node restarts. A new connection starts with a fresh slot
+/// map from a live node.
+struct ClusterTarget {
+    /// `redis.url`: one node of the cluster, and the scheme and credentials for all.
+    url: String,
+    /// Every node's `host:port` seen in `CLUSTER NODES`, to seed a new connection when
+    /// the node of `url` is the one that died.
+    known: Mutex<Vec<String>>,
+    failures: Mutex<Failures>,
+    /// A new connection is being made.
+    rebuilding: AtomicBool,
+}
+
+#[derive(Default)]
+struct Failures {
+    /// Start of the window and failures in it.
+    window: Option<(Instant, u32)>,
+    last_rebuild: Option<Instant>,
+}
+
+/// A cluster client on `seeds`: each request and its retries fail well within `timeout`,
+/// so that its errors (which make the client refresh its slot map) are seen.
+fn cluster_client(seeds: &[String], timeout: Duration) -> redis::RedisResult<ClusterClient> {
+    let attempt = (timeout / 2).max(Duration::from_millis(1));
+    ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(attempt)
+        .response_timeout(attempt)
+        .overall_response_timeout(Some(timeout))
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .build()
 }
 
 /// A connection to a server or to a cluster; clones share it.
@@ -81,6 +135,105 @@ enum Target {
 enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl Inner {
+    /// The connection, if made.
+    fn current(&self) -> Option<Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ClusterTarget {
+    /// The nodes to connect to: `redis.url` first, then every other node seen.
+    fn seeds(&self) -> Vec<String> {
+        let mut seeds = vec![self.url.clone()];
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        seeds.extend(known.iter().map(|addr| with_address(&self.url, addr)));
+        seeds.dedup();
+        seeds
+    }
+}
+
+/// Makes a new cluster connection from every known node and, once it is up, puts it in
+/// place of the old one (whose requests in flight finish on it).
+async fn rebuild(inner: Arc<Inner>) {
+    let Target::Cluster(cluster) = &inner.target else {
+        return;
+    };
+    let made = match cluster_client(&cluster.seeds(), inner.timeout) {
+        Ok(client) => {
+            // Connecting tries every seed at once, each bounded by the connection timeout;
+            // the slot map is then read from one that answered.
+            tokio::time::timeout(inner.timeout * 4, client.get_async_connection()).await
+        }
+        Err(e) => Ok(Err(e)),
+    };
+    match made {
+        Ok(Ok(connection)) => {
+            tracing::info!("made a new Redis Cluster connection after repeated failures");
+            *inner
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Connection::Cluster(connection));
+            learn_nodes(inner.clone()).await;
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "a new Redis Cluster connection failed"),
+        Err(_) => tracing::warn!("a new Redis Cluster connection timed out"),
+    }
+    cluster.rebuilding.store(false, Ordering::Release);
+}
+
+/// Records the address of every node of the cluster, from `CLUSTER NODES`.
+async fn learn_nodes(inner: Arc<Inner>) {
+    let (Target::Cluster(cluster), Some(mut connection)) = (&inner.target, inner.current()) else {
+        return;
+    };
+    let nodes = tokio::time::timeout(
+        inner.timeout,
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(&mut connection),
+    )
+    .await;
+    let Ok(Ok(nodes)) = nodes else {
+        return;
+    };
+    let mut addrs: Vec<String> = nodes.lines().filter_map(node_address).collect();
+    addrs.sort();
+    addrs.dedup();
+    if !addrs.is_empty() {
+        *cluster.known.lock().unwrap_or_else(PoisonError::into_inner) = addrs;
+    }
+}
+
+/// The `host:port` of a `CLUSTER NODES` line (`<id> <ip:port@cport[,hostname]> ...`).
+fn node_address(line: &str) -> Option<String> {
+    let field = line.split_whitespace().nth(1)?;
+    let addr = field.split(['@', ',']).next()?;
+    (!addr.is_empty() && !addr.starts_with(':')).then(|| addr.to_owned())
+}
+
+/// `url` with its `host:port` replaced by `addr` (scheme, credentials and the rest kept).
+fn with_address(url: &str, addr: &str) -> String {
+    let Some(scheme) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme + 3;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rfind('@').map_or(0, |at| at + 1);
+    format!(
+        "{}{}{}{}",
+        &url[..start],
+        &authority[..host],
+        addr,
+        &rest[end..]
+    )
 }
 
 impl ConnectionLike for Connection {
@@ -162,13 +315,14 @@ impl RedisBackend {
         clock: &Clock,
     ) -> anyhow::Result<Self> {
         let target = if redis.cluster {
-            let client = ClusterClient::builder(vec![redis.url.as_str()])
-                .connection_timeout(redis.timeout)
-                .response_timeout(redis.timeout)
-                .retries(3)
-                .build()
+            cluster_client(std::slice::from_ref(&redis.url), redis.timeout)
                 .map_err(|e| anyhow::anyhow!("redis.url {}: {e}", redact(&redis.url)))?;
-            Target::Cluster(Box::new(client))
+            Target::Cluster(Box::new(ClusterTarget {
+                url: redis.url.clone(),
+                known: Mutex::new(Vec::new()),
+                failures: Mutex::new(Failures::default()),
+                rebuilding: AtomicBool::new(false),
+            }))
         } else {
             let client = redis::Client::open(redis.url.as_str())
                 .map_err(|e| anyhow::anyhow!("redis.url {}: {e}", redact(&redis.url)))?;
@@ -189,7 +343,8 @@ impl RedisBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 target,
-                connection: tokio::sync::OnceCell::new(),
+                connection: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 runtime,
                 keys: Keys::new(&redis.key_prefix),
                 ttl_ms: millis(presence.heartbeat_ttl),
@@ -208,61 +363,117 @@ impl RedisBackend {
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
-        let inner = &self.inner;
         let attempt = async {
             let connection = self.connection().await?;
             work(connection).await
         };
-        match tokio::time::timeout(inner.timeout, attempt).await {
-            Ok(Ok(value)) => Ok(value),
+        self.bounded_by(what, attempt).await
+    }
+
+    /// `work` bounded by `redis.timeout`, its errors and its lateness as
+    /// [`PresenceError`]; on a cluster, repeated failures make a new connection.
+    async fn bounded_by<T>(
+        &self,
+        what: &'static str,
+        work: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, PresenceError> {
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => {
                 tracing::debug!(operation = what, error = %e, "redis call failed");
-                Err(PresenceError::Unavailable)
             }
             Err(_) => {
-                tracing::debug!(operation = what, timeout = ?inner.timeout, "redis call timed out");
-                Err(PresenceError::Unavailable)
+                tracing::debug!(operation = what, ?timeout, "redis call timed out");
             }
         }
+        self.failed();
+        Err(PresenceError::Unavailable)
     }
 
     /// The shared connection, made on first use (on the application's runtime).
     async fn connection(&self) -> Result<Connection, redis::RedisError> {
         let inner = &self.inner;
-        let connection = inner
+        if let Some(connection) = inner.current() {
+            return Ok(connection);
+        }
+        let _connecting = inner.connecting.lock().await;
+        if let Some(connection) = inner.current() {
+            return Ok(connection);
+        }
+        let connect: std::pin::Pin<
+            Box<dyn Future<Output = redis::RedisResult<Connection>> + Send>,
+        > = match &inner.target {
+            Target::Single(client) => {
+                let client = client.clone();
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(inner.timeout))
+                    .set_response_timeout(Some(inner.timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Box::pin(async move {
+                    client
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map(Connection::Single)
+                })
+            }
+            Target::Cluster(cluster) => {
+                let client = cluster_client(&cluster.seeds(), inner.timeout)?;
+                Box::pin(
+                    async move { client.get_async_connection().await.map(Connection::Cluster) },
+                )
+            }
+        };
+        let connection = match inner.runtime.spawn(connect).await {
+            Ok(result) => result?,
+            Err(e) => return Err(redis::RedisError::from(std::io::Error::other(e))),
+        };
+        *inner
             .connection
-            .get_or_try_init(|| async {
-                let connect: std::pin::Pin<
-                    Box<dyn Future<Output = redis::RedisResult<Connection>> + Send>,
-                > = match &inner.target {
-                    Target::Single(client) => {
-                        let client = client.clone();
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(inner.timeout))
-                            .set_response_timeout(Some(inner.timeout))
-                            .set_number_of_retries(2)
-                            .set_max_delay(Duration::from_millis(500));
-                        Box::pin(async move {
-                            client
-                                .get_connection_manager_with_config(config)
-                                .await
-                                .map(Connection::Single)
-                        })
-                    }
-                    Target::Cluster(client) => {
-                        let client = client.clone();
-                        Box::pin(async move {
-                            client.get_async_connection().await.map(Connection::Cluster)
-                        })
-                    }
-                };
-                match inner.runtime.spawn(connect).await {
-                    Ok(result) => result,
-                    Err(e) => Err(redis::RedisError::from(std::io::Error::other(e))),
-                }
-            })
-            .await?;
-        Ok(connection.clone())
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
+        if let Target::Cluster(_) = &inner.target {
+            inner.runtime.spawn(learn_nodes(self.inner.clone()));
+        }
+        Ok(connection)
+    }
+
+    /// Counts a failed call; on a cluster, after [`REBUILD_AFTER_FAILURES`] in
+    /// [`FAILURE_WINDOW`], starts making a new connection in the background (at most one
+    /// at a time, and one per [`REBUILD_EVERY`]).
+    fn failed(&self) {
+        let Target::Cluster(cluster) = &self.inner.target else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut failures = cluster
+                .failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = match failures.window {
+                Some((since, count)) if now.duration_since(since) < FAILURE_WINDOW => count + 1,
+                _ => 1,
+            };
+            let since = match failures.window {
+                Some((since, _)) if count > 1 => since,
+                _ => now,
+            };
+            failures.window = Some((since, count));
+            let recent = failures
+                .last_rebuild
+                .is_some_and(|at| now.duration_since(at) < REBUILD_EVERY);
+            if count < REBUILD_AFTER_FAILURES || recent {
+                return;
+            }
+            if cluster.rebuilding.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            failures.window = None;
+            failures.last_rebuild = Some(now);
+        }
+        self.inner.runtime.spawn(rebuild(self.inner.clone()));
     }
 
     /// Redis's time now, in milliseconds since the Unix epoch.
@@ -367,24 +578,25 @@ impl RedisBackend {
         let mut shards: Vec<u16> = (0..SHARDS).collect();
         for _ in 0..MAX_CLAIM_ROUNDS {
             // Read: every shard's due users, all requests in flight at once.
-            let due = bounded_by(inner.timeout, async {
-                let reads = shards.iter().map(|&shard| {
-                    let mut c = connection.clone();
-                    let mut read = redis::cmd("ZRANGEBYSCORE");
-                    read.arg(inner.keys.expiry(shard))
-                        .arg("-inf")
-                        .arg(now)
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(CLAIM_BATCH);
-                    async move { read.query_async::<Vec<u64>>(&mut c).await }
-                });
-                join_all(reads)
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
+            let due = self
+                .bounded_by("sweep", async {
+                    let reads = shards.iter().map(|&shard| {
+                        let mut c = connection.clone();
+                        let mut read = redis::cmd("ZRANGEBYSCORE");
+                        read.arg(inner.keys.expiry(shard))
+                            .arg("-inf")
+                            .arg(now)
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(CLAIM_BATCH);
+                        async move { read.query_async::<Vec<u64>>(&mut c).await }
+                    });
+                    join_all(reads)
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await?;
             // Claim: one script per shard with due users, all in flight at once.
             let claims = shards
                 .iter()
@@ -403,17 +615,18 @@ impl RedisBackend {
                     call
                 })
                 .collect::<Vec<_>>();
-            let flipped = bounded_by(inner.timeout, async {
-                let calls = claims.iter().map(|call| {
-                    let mut c = connection.clone();
-                    async move { call.invoke_async::<i64>(&mut c).await }
-                });
-                join_all(calls)
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
+            let flipped = self
+                .bounded_by("claim", async {
+                    let calls = claims.iter().map(|call| {
+                        let mut c = connection.clone();
+                        async move { call.invoke_async::<i64>(&mut c).await }
+                    });
+                    join_all(calls)
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await?;
             report.expired += flipped.iter().map(|&n| n.max(0) as usize).sum::<usize>();
             shards = shards
                 .iter()
@@ -472,13 +685,25 @@ impl RedisBackend {
         .await
     }
 
-    /// Whether Redis answers `PING` (every node, on a cluster) within the timeout.
+    /// Whether Redis answers `PING` within the timeout: the server, or on a cluster every
+    /// master (a replica down does not stop requests from being served).
     pub async fn ping(&self) -> Result<(), PresenceError> {
-        self.bounded("PING", |mut c| async move {
-            redis::cmd("PING")
-                .query_async::<Value>(&mut c)
-                .await
-                .map(|_| ())
+        self.bounded("PING", |c| async move {
+            match c {
+                Connection::Cluster(mut c) => {
+                    let routing = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::AllSucceeded),
+                    ));
+                    c.route_command(redis::cmd("PING"), routing)
+                        .await
+                        .map(|_| ())
+                }
+                mut c => redis::cmd("PING")
+                    .query_async::<Value>(&mut c)
+                    .await
+                    .map(|_| ()),
+            }
         })
         .await
     }
@@ -496,21 +721,6 @@ async fn sample(sampled: &Sampled, connection: &mut Connection) -> Result<i64, r
         .store(redis_ms - middle, Ordering::Release);
     sampled.sampled_at.store(middle, Ordering::Release);
     Ok(redis_ms + (after - middle))
-}
-
-/// `work` bounded by `timeout`, its errors and its lateness as [`PresenceError`].
-async fn bounded_by<T>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, redis::RedisError>>,
-) -> Result<T, PresenceError> {
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "redis call failed");
-            Err(PresenceError::Unavailable)
-        }
-        Err(_) => Err(PresenceError::Unavailable),
-    }
 }
 
 /// `url` without its password, for messages.
@@ -534,5 +744,24 @@ mod tests {
             "redis://***@host:6379/0"
         );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn seeds_keep_the_scheme_and_credentials_of_the_url() {
+        assert_eq!(
+            with_address("rediss://user:pw@a:1/0", "10.0.0.2:7002"),
+            "rediss://user:pw@10.0.0.2:7002/0"
+        );
+        assert_eq!(with_address("redis://a:1", "b:2"), "redis://b:2");
+    }
+
+    #[test]
+    fn node_addresses_are_read_from_cluster_nodes() {
+        let line = "07c3 127.0.0.1:30004@31004,host replica e7d1 0 1426238317239 4 connected";
+        assert_eq!(node_address(line).as_deref(), Some("127.0.0.1:30004"));
+        assert_eq!(
+            node_address("07c3 :0@0 master,noaddr - 0 0 0 disconnected"),
+            None
+        );
     }
 }
