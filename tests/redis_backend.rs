@@ -95,6 +95,8 @@ fn on_redis(redis: &RedisServer, change: impl FnOnce(&mut Settings)) -> Settings
     let mut settings = test_settings();
     settings.store.backend = Backend::Redis;
     settings.redis.url = redis.url();
+    // A server of this test's own, standalone whatever backend the suite runs on.
+    settings.redis.cluster = false;
     settings.redis.timeout = Duration::from_millis(500);
     change(&mut settings);
     settings.validate().unwrap();
