@@ -438,6 +438,12 @@ async fn redis_stopped_and_restarted_under_load_is_503_then_recovers_without_a_r
         s.redis.timeout = timeout;
     })
     .await;
+    // The node connects on its first call, which on a busy machine may take longer than
+    // the short timeout under test: start once it is ready.
+    eventually(Duration::from_secs(10), || async {
+        (ready(&app).await == 200).then_some(())
+    })
+    .await;
     app.heartbeat(1, json!({"location": "Website"})).await;
     assert_eq!(ready(&app).await, 200);
 
@@ -496,6 +502,12 @@ async fn a_redis_slower_than_the_timeout_is_503_within_the_timeout() {
         s.redis.timeout = timeout;
     })
     .await;
+    // The node connects on its first call, which on a busy machine may take longer than
+    // the short timeout under test: start once it is ready.
+    eventually(Duration::from_secs(10), || async {
+        (ready(&app).await == 200).then_some(())
+    })
+    .await;
     app.heartbeat(1, json!({"location": "Website"})).await;
     let stall = Duration::from_secs(5);
 
@@ -540,6 +552,12 @@ async fn a_cluster_master_killed_fails_over_without_a_node_restart() {
         s.redis.url = cluster.url();
         s.redis.cluster = true;
         s.redis.timeout = timeout;
+    })
+    .await;
+    // The node connects on its first call, which on a busy machine may take longer than
+    // the short timeout under test: start once it is ready.
+    eventually(Duration::from_secs(10), || async {
+        (ready(&app).await == 200).then_some(())
     })
     .await;
     let users: Vec<u64> = (1..=50).collect();
