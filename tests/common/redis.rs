@@ -76,7 +76,14 @@ pub fn apply(settings: &mut Settings) {
     settings.redis.url = url();
     settings.redis.cluster = backend() == TestBackend::Cluster;
     settings.redis.key_prefix = unique_prefix();
+    // Each app connects on its first request, while the rest of the suite runs beside it:
+    // a roomy timeout keeps a slow connection on a busy machine from reading as an outage.
+    // The tests about the timeout set their own.
+    settings.redis.timeout = SUITE_TIMEOUT;
 }
+
+/// `redis.timeout` of the suite's apps on Redis.
+pub const SUITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The same for a child process, as `PRESENCE__` environment overrides.
 pub fn apply_env(cmd: &mut Command) {
@@ -89,7 +96,8 @@ pub fn apply_env(cmd: &mut Command) {
             "PRESENCE__REDIS__CLUSTER",
             (backend() == TestBackend::Cluster).to_string(),
         )
-        .env("PRESENCE__REDIS__KEY_PREFIX", unique_prefix());
+        .env("PRESENCE__REDIS__KEY_PREFIX", unique_prefix())
+        .env("PRESENCE__REDIS__TIMEOUT", "5s");
 }
 
 /// Whether a test that only applies to the memory backend must be skipped on this run;
