@@ -142,19 +142,34 @@ fn skew_config() -> tempfile::NamedTempFile {
 
 /// The binary, its clock moved by `offset` (libfaketime: `-5m`, `+5m`), or not moved.
 fn node(config: &std::path::Path, offset: Option<&str>, prefix: &str) -> Running {
-    let launcher = match offset {
-        Some(offset) => {
-            let mut c = Command::new("faketime");
-            // Only the wall clock moves: a monotonic clock shifted back could go below zero.
-            c.args(["-f", offset])
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-            c
-        }
-        None => Command::new(BIN),
-    };
+    let mut launcher = Command::new(BIN);
+    if let Some(offset) = offset {
+        // libfaketime preloaded into the binary itself, as the `faketime` program does, but
+        // without that program in between: it stays the parent and a test's kill would stop
+        // it and leave the server running. Only the wall clock moves: a monotonic clock
+        // shifted back could go below zero.
+        launcher
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
     let mut cmd = command_of(launcher, config);
     cmd.env("PRESENCE__REDIS__KEY_PREFIX", prefix);
     start(cmd)
+}
+
+/// Where Debian's `libfaketime` package puts the library (`.ci/redis` installs it).
+fn libfaketime() -> &'static str {
+    const PLACES: [&str; 4] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ];
+    PLACES
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("libfaketime is installed (apt-get install faketime)")
 }
 
 fn unix_now() -> u64 {
