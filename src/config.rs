@@ -27,6 +27,7 @@ pub struct Settings {
     pub logging: LoggingSettings,
     pub store: StoreSettings,
     pub redis: RedisSettings,
+    pub stream: StreamSettings,
     pub places: Vec<PlaceSettings>,
 }
 
@@ -129,6 +130,9 @@ pub struct ApiSettings {
     pub require_auth_for_lookup: bool,
     /// Longest `location` a heartbeat may carry, in characters; longer is 400.
     pub max_location_length: usize,
+    /// Origins whose pages may call this server (CORS); `["*"]` is any origin, without
+    /// credentials; empty sends no CORS header at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -138,6 +142,30 @@ impl Default for ApiSettings {
             max_user_ids: 50,
             require_auth_for_lookup: false,
             max_location_length: 100,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Live presence: `/v1/presence/stream` and `/v1/presence/ws`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// Users one stream or WebSocket may watch in all; more is 400 code 2.
+    pub max_user_ids: usize,
+    /// Open streams and WebSockets per node; more is 503.
+    pub max_connections: usize,
+    /// How often an idle stream is sent a comment (`: ping`) or a WebSocket a ping.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_user_ids: 200,
+            max_connections: 10_000,
+            keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -395,6 +423,23 @@ impl Settings {
             1,
             MAX_LOCATION_LENGTH,
         )?;
+        for origin in &self.api.cors_origins {
+            check_origin(origin, self.api.cors_origins.len())?;
+        }
+        let stream = &self.stream;
+        count(
+            "stream.max_user_ids",
+            stream.max_user_ids,
+            1,
+            MAX_USER_IDS,
+        )?;
+        count(
+            "stream.max_connections",
+            stream.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        )?;
+        span("stream.keep_alive", stream.keep_alive, SECOND, HOUR)?;
         let limits = &self.rate_limit;
         for (key, value) in [
             ("rate_limit.register_per_second", limits.register_per_second),
@@ -478,6 +523,36 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 const MAX_USER_IDS: usize = 10_000;
 const MAX_LOCATION_LENGTH: usize = 4096;
 const MAX_RATE: u32 = 10_000_000;
+
+/// An entry of `api.cors_origins`: `*` alone, or an origin as browsers send it in `Origin`
+/// (`scheme://host` or `scheme://host:port`, no path, no trailing slash).
+fn check_origin(origin: &str, entries: usize) -> Result<(), String> {
+    if origin == "*" {
+        if entries > 1 {
+            return Err("api.cors_origins: \"*\" must be the only entry".into());
+        }
+        return Ok(());
+    }
+    let bad = || {
+        format!(
+            "api.cors_origins: {origin:?} is not an origin such as \"https://www.example.com\" \
+             (scheme and host, optional port, no path or trailing slash)"
+        )
+    };
+    let (scheme, rest) = origin.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let host_ok = !rest.is_empty()
+        && rest.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b)
+        });
+    if !scheme_ok || !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
 
 /// `value` of `key` must lie in `min..=max`.
 fn count<T: PartialOrd + std::fmt::Display>(

@@ -14,6 +14,9 @@ use crate::presence::Heartbeat;
 
 pub const REGISTER_APP_PRESENCE: &str = "/v1/presence/register-app-presence";
 pub const USERS: &str = "/v1/presence/users";
+pub const STREAM: &str = "/v1/presence/stream";
+pub const WS: &str = "/v1/presence/ws";
+pub const PAGE: &str = "/";
 
 /// Mounts the API's routes and the operators' ones; anything else is 404, another method
 /// on them 405.
@@ -166,10 +169,22 @@ pub fn route_name(path: &str) -> &'static str {
         .unwrap_or(UNMATCHED)
 }
 
+/// The method a route answers (its `Allow`), `None` for a path that is no route.
+pub fn method_of(path: &str) -> Option<&'static str> {
+    match path {
+        REGISTER_APP_PRESENCE | USERS => Some("POST"),
+        STREAM | WS | PAGE | ops::HEALTH | ops::READY | ops::METRICS | ops::OPENAPI => Some("GET"),
+        _ => None,
+    }
+}
+
 /// Every route's name, as metrics label it.
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 9] = [
     REGISTER_APP_PRESENCE,
     USERS,
+    STREAM,
+    WS,
+    PAGE,
     ops::HEALTH,
     ops::READY,
     ops::METRICS,
