@@ -91,6 +91,7 @@ impl Application {
                 state.settings.presence.sweep_interval,
                 move |report, took| {
                     swept.limits.forget_idle();
+                    swept.presence.hub().reap();
                     swept.metrics.swept(report, took.as_secs_f64());
                     if report.expired + report.dropped > 0 {
                         tracing::debug!(
@@ -179,6 +180,9 @@ impl Shutdown {
         if !drain.is_zero() {
             tokio::time::sleep(drain).await;
         }
+        // Live streams never end by themselves: end them, so that their clients reconnect
+        // (to another node) and the connections can close within the shutdown timeout.
+        self.state.presence.hub().close();
         self.server.stop(true).await;
     }
 }

@@ -309,6 +309,13 @@ pub fn user_presences(views: &[PresenceView<'_>], format: PresenceTypeFormat) ->
     writer.finish()
 }
 
+/// One entry as `/v1/presence/users` writes it; live streams send the same bytes.
+pub fn presence_entry(v: &PresenceView<'_>, format: PresenceTypeFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(240);
+    write_presence(&mut out, v, format);
+    out
+}
+
 fn write_presence(out: &mut Vec<u8>, v: &PresenceView<'_>, format: PresenceTypeFormat) {
     out.extend_from_slice(b"{\"userPresenceType\":");
     match format {
