@@ -270,7 +270,7 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
     }
     let draining = builder.graceful_shutdown_signal();
     let limiter = AddressLimiter::new(settings.max_connections_per_address);
-    let deadlines = Deadlines::from_settings(settings);
+    let deadlines = Deadlines::from_settings(settings, &state.settings.stream);
     let (head_timeout, keep_alive) = (settings.request_head_timeout, settings.keep_alive);
     let shared = state.clone();
     let builder = builder
@@ -289,6 +289,9 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
                 .client_request_timeout(head_timeout)
                 .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
                 .local_addr(addr)
+                .on_connect_ext(|io: &Connection, data| {
+                    data.insert(io.mark());
+                })
                 .graceful_shutdown_signal(move || {
                     let draining = draining.clone();
                     async move { draining.notified().await }

@@ -143,7 +143,7 @@ pub enum IdItem {
 }
 
 impl IdItem {
-    fn from_text(text: &str) -> Self {
+    pub fn from_text(text: &str) -> Self {
         UserId::parse(text).map_or(Self::Invalid, Self::Valid)
     }
 }
@@ -227,7 +227,7 @@ impl FromBody<'_> for LookupRequest {
     }
 }
 
-fn is_user_ids_key(key: &str) -> bool {
+pub fn is_user_ids_key(key: &str) -> bool {
     match key.strip_prefix("userIds") {
         Some("") => true,
         Some(rest) => rest

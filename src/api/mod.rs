@@ -9,6 +9,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod routes;
+pub mod stream;
 
 use std::sync::atomic::AtomicBool;
 

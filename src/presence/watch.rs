@@ -112,6 +112,8 @@ pub struct Hub {
     next_watcher: AtomicU64,
     closing: AtomicBool,
     deliveries: AtomicU64,
+    /// Subscriptions counted against a limit (streams and WebSockets).
+    open: AtomicUsize,
 }
 
 impl fmt::Debug for Hub {
@@ -175,11 +177,28 @@ impl Hub {
             next_watcher: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             deliveries: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         })
+    }
+
+    /// A new watcher, unless `max` are open already.
+    pub fn subscribe_within(self: &Arc<Self>, max: usize) -> Option<Subscription> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut sub = self.subscribe_unlimited();
+        sub.counted = true;
+        Some(sub)
     }
 
     /// A new watcher of nobody yet; it stops watching when the subscription is dropped.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_unlimited()
+    }
+
+    fn subscribe_unlimited(self: &Arc<Self>) -> Subscription {
         let watcher = Arc::new(Watcher {
             pending: Mutex::new(Pending::default()),
             waker: AtomicWaker::new(),
@@ -192,6 +211,7 @@ impl Hub {
             key,
             watcher,
             users: Vec::new(),
+            counted: false,
         }
     }
 
@@ -293,6 +313,7 @@ pub struct Subscription {
     key: u64,
     watcher: Arc<Watcher>,
     users: Vec<UserId>,
+    counted: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -447,6 +468,9 @@ impl Drop for Subscription {
         let users = std::mem::take(&mut self.users);
         self.leave(&users);
         self.hub.watchers.remove(&self.key);
+        if self.counted {
+            self.hub.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
