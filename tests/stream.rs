@@ -15,6 +15,17 @@ use tokio_tungstenite::tungstenite::Message;
 /// A quiet spell long enough for an event that is not owed to show up if it were sent.
 const QUIET: Duration = Duration::from_millis(700);
 
+/// The real server, once ready: on Redis, once it hears of other nodes' changes.
+async fn spawn_live(change: impl FnOnce(&mut presence_server::Settings)) -> TestApp {
+    let app = spawn_app_with(change).await;
+    eventually(Duration::from_secs(10), || async {
+        let res = app.client.get(app.url("/ready")).send().await.ok()?;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+    app
+}
+
 /// Opens a stream of `ids` and checks it answers as a stream.
 async fn watch(app: &TestApp, ids: &str) -> Sse {
     let sse = Sse::open(app.addr, &format!("userIds={ids}"), &[], None).await;
@@ -39,7 +50,7 @@ async fn expect_entries(app: &TestApp, sse: &mut Sse, ids: &[u64]) -> Event {
 
 #[tokio::test]
 async fn the_first_event_is_what_a_lookup_answers_in_request_order() {
-    let app = spawn_app_with(|s| s.places = vec![crossroads()]).await;
+    let app = spawn_live(|s| s.places = vec![crossroads()]).await;
     app.heartbeat(1, json!({"location": "Lobby"})).await;
     app.heartbeat(2, json!({"placeId": 1818, "gameId": GAME}))
         .await;
@@ -56,10 +67,9 @@ async fn the_first_event_is_what_a_lookup_answers_in_request_order() {
     assert_eq!(sse.next_event(QUIET).await, None);
 
     // Repeated keys, and integer presence types when so configured.
-    let ints = spawn_app_with(|s| {
-        s.api.presence_type = presence_server::config::PresenceTypeFormat::Integer
-    })
-    .await;
+    let ints =
+        spawn_live(|s| s.api.presence_type = presence_server::config::PresenceTypeFormat::Integer)
+            .await;
     ints.heartbeat(5, json!({"location": "Home"})).await;
     let mut sse = Sse::open(ints.addr, "userIds=6&userIds=5", &[], None).await;
     let first = expect_entries(&ints, &mut sse, &[6, 5]).await;
@@ -68,7 +78,7 @@ async fn the_first_event_is_what_a_lookup_answers_in_request_order() {
 
 #[tokio::test]
 async fn every_kind_of_change_is_sent_as_the_new_entry_and_a_refresh_sends_nothing() {
-    let app = spawn_app_with(|s| s.places = vec![crossroads()]).await;
+    let app = spawn_live(|s| s.places = vec![crossroads()]).await;
     let mut sse = watch(&app, "7,8").await;
     expect_entries(&app, &mut sse, &[7, 8]).await;
 
@@ -110,7 +120,7 @@ async fn every_kind_of_change_is_sent_as_the_new_entry_and_a_refresh_sends_nothi
 
 #[tokio::test]
 async fn expiry_is_sent_within_a_sweep_interval_keeping_the_location() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_live(|s| {
         s.presence.heartbeat_ttl = Duration::from_millis(800);
         s.presence.sweep_interval = Duration::from_millis(100);
     })
@@ -128,7 +138,7 @@ async fn expiry_is_sent_within_a_sweep_interval_keeping_the_location() {
 
 #[tokio::test]
 async fn keep_alive_comments_come_and_a_stream_outlives_the_idle_deadline() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_live(|s| {
         s.stream.keep_alive = Duration::from_secs(1);
         s.server.keep_alive = Duration::from_secs(1);
         s.server.request_head_timeout = Duration::from_secs(1);
@@ -147,7 +157,7 @@ async fn keep_alive_comments_come_and_a_stream_outlives_the_idle_deadline() {
 
 #[tokio::test]
 async fn resuming_sends_what_changed_since_the_last_event_or_else_everything() {
-    let app = spawn_app().await;
+    let app = spawn_live(|_| {}).await;
     app.heartbeat(21, json!({"location": "A"})).await;
     let mut sse = watch(&app, "21,22,23").await;
     let first = sse.event().await;
@@ -201,7 +211,7 @@ async fn resuming_sends_what_changed_since_the_last_event_or_else_everything() {
 
 #[tokio::test]
 async fn bad_ids_and_limits_are_refused_in_the_contract_shape() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_live(|s| {
         s.stream.max_user_ids = 3;
         s.stream.max_connections = 2;
     })
@@ -244,7 +254,7 @@ async fn bad_ids_and_limits_are_refused_in_the_contract_shape() {
 
 #[tokio::test]
 async fn with_auth_required_a_stream_needs_a_credential() {
-    let app = spawn_app_with(|s| s.api.require_auth_for_lookup = true).await;
+    let app = spawn_live(|s| s.api.require_auth_for_lookup = true).await;
     let anonymous = Sse::open(app.addr, "userIds=1", &[], None).await;
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.error()["errors"][0]["message"], DENIED);
@@ -255,7 +265,7 @@ async fn with_auth_required_a_stream_needs_a_credential() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_gets_the_latest_entries_and_holds_little() {
-    let app = spawn_app().await;
+    let app = spawn_live(|_| {}).await;
     let users: Vec<u64> = (31..=40).collect();
     let list = users
         .iter()
@@ -310,7 +320,7 @@ async fn a_reader_that_stops_reading_gets_the_latest_entries_and_holds_little() 
 
 #[tokio::test]
 async fn shutdown_ends_the_streams() {
-    let app = spawn_app().await;
+    let app = spawn_live(|_| {}).await;
     let mut sse = watch(&app, "1").await;
     sse.event().await;
     let (ended, ()) = tokio::join!(sse.ended_within(Duration::from_secs(5)), app.stop());
@@ -330,7 +340,7 @@ fn ids_of(frame: &Value) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_websocket_subscribes_receives_changes_and_unsubscribes() {
-    let app = spawn_app_with(|s| s.places = vec![crossroads()]).await;
+    let app = spawn_live(|s| s.places = vec![crossroads()]).await;
     app.heartbeat(51, json!({"location": "Lobby"})).await;
     let mut ws = ws_connect(app.addr).await;
 
@@ -365,7 +375,7 @@ async fn a_websocket_subscribes_receives_changes_and_unsubscribes() {
 
 #[tokio::test]
 async fn websocket_errors_are_frames_and_the_connection_stays_open() {
-    let app = spawn_app_with(|s| s.stream.max_user_ids = 3).await;
+    let app = spawn_live(|s| s.stream.max_user_ids = 3).await;
     let mut ws = ws_connect(app.addr).await;
     for (frame, code) in [
         ("not json", 0),
@@ -405,7 +415,7 @@ async fn websocket_errors_are_frames_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn a_websocket_outlives_the_idle_and_head_deadlines() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_live(|s| {
         s.server.keep_alive = Duration::from_secs(1);
         s.server.request_head_timeout = Duration::from_secs(1);
     })
@@ -423,7 +433,7 @@ async fn a_websocket_outlives_the_idle_and_head_deadlines() {
 
 #[tokio::test]
 async fn websockets_count_against_the_stream_limit() {
-    let app = spawn_app_with(|s| s.stream.max_connections = 1).await;
+    let app = spawn_live(|s| s.stream.max_connections = 1).await;
     let _ws = ws_connect(app.addr).await;
     let res = app.client.get(app.url(STREAM)).send().await.unwrap();
     assert_eq!(res.status(), 503);
@@ -444,7 +454,7 @@ async fn websockets_count_against_the_stream_limit() {
 
 #[tokio::test]
 async fn a_plain_get_of_the_websocket_route_is_a_bad_request() {
-    let app = spawn_app().await;
+    let app = spawn_live(|_| {}).await;
     let (status, code, _) = error_of(app.client.get(app.url(WS)).send().await.unwrap()).await;
     assert_eq!((status, code), (400, 0));
 }
@@ -460,9 +470,9 @@ async fn on_redis_a_change_through_any_node_reaches_the_watchers_of_every_node()
         s.presence.heartbeat_ttl = Duration::from_millis(1500);
         s.presence.sweep_interval = Duration::from_millis(100);
     };
-    let a = spawn_app_with(quick).await;
+    let a = spawn_live(quick).await;
     let prefix = a.settings.redis.key_prefix.clone();
-    let b = spawn_app_with(|s| {
+    let b = spawn_live(|s| {
         quick(s);
         s.redis.key_prefix = prefix;
     })

@@ -57,12 +57,19 @@ fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
     req.conn_data::<StreamMark>().map(StreamMark::hold)
 }
 
-/// `{"userPresences":[...]}` of `ids` as of now.
-async fn current(state: &AppState, ids: &[UserId]) -> Result<Vec<u8>, ApiError> {
+/// `{"userPresences":[...]}` of `ids` as of now, for `sub`.
+async fn current(
+    state: &AppState,
+    sub: &Subscription,
+    ids: &[UserId],
+) -> Result<Vec<u8>, ApiError> {
     let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
     state
         .presence
-        .visit_many(ids, |view| answer.push(view))
+        .visit_many(ids, |view| {
+            sub.given(view);
+            answer.push(view);
+        })
         .await?;
     Ok(answer.finish())
 }
@@ -135,10 +142,10 @@ pub async fn sse(
             if changed.is_empty() {
                 None
             } else {
-                Some(event(at, &current(&state, &changed).await?))
+                Some(event(at, &current(&state, &sub, &changed).await?))
             }
         }
-        None => Some(event(at, &current(&state, &ids).await?)),
+        None => Some(event(at, &current(&state, &sub, &ids).await?)),
     };
     // Everything up to `at` is in what was just read.
     sub.settle(at);
@@ -323,7 +330,7 @@ async fn on_text(
                 return Err(ApiError::TooManyUserIds);
             }
             let (added, at) = sub.add(&ids);
-            let answer = current(state, &added).await;
+            let answer = current(state, sub, &added).await;
             sub.settle(at);
             answer.map(Some)
         }

@@ -85,6 +85,11 @@ struct Topic {
     since: u64,
     /// When its last watcher left; `None` while watched.
     idle_since: Option<Instant>,
+    /// Its place in the order topics were made (see [`Hub::generation`]).
+    generation: u64,
+    /// The entry its watchers were last given (published, or read for a first event
+    /// when nothing was published before): a catch-up after a gap sends only what differs.
+    last: Option<Bytes>,
 }
 
 /// The recent changes of watched users, in order.
@@ -114,6 +119,11 @@ pub struct Hub {
     deliveries: AtomicU64,
     /// Subscriptions counted against a limit (streams and WebSockets).
     open: AtomicUsize,
+    /// Topics made so far.
+    generation: AtomicU64,
+    /// Whether changes made elsewhere reach this hub yet (false on Redis until the first
+    /// subscription is in place).
+    live: AtomicBool,
 }
 
 impl fmt::Debug for Hub {
@@ -178,6 +188,8 @@ impl Hub {
             closing: AtomicBool::new(false),
             deliveries: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(true),
         })
     }
 
@@ -225,6 +237,17 @@ impl Hub {
             epoch: self.epoch,
             seq,
         }
+    }
+
+    /// Marks whether changes made elsewhere reach this hub (see [`Self::is_live`]).
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+    }
+
+    /// Whether changes made through other nodes reach this hub: always on memory; on Redis
+    /// once the node's first subscription is in place.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Watchers open now.
@@ -289,10 +312,17 @@ impl Changes for Hub {
         if !self.watched() {
             return;
         }
-        let Some(topic) = self.topics.get(&view.user_id) else {
+        let Some(mut topic) = self.topics.get_mut(&view.user_id) else {
             return;
         };
         let entry = (self.encode)(view);
+        self.offer(view.user_id, &mut topic, entry);
+    }
+}
+
+impl Hub {
+    /// Hands `entry` to every watcher of `topic`, in sequence.
+    fn offer(&self, user: UserId, topic: &mut Topic, entry: Bytes) {
         // One lock orders every change: each watcher is offered changes in sequence, so
         // the latest number it was offered covers every earlier change of its users.
         let mut log = self.log.lock();
@@ -303,13 +333,53 @@ impl Changes for Hub {
                 log.floor = gone;
             }
         }
-        log.ring.push_back((seq, view.user_id));
+        log.ring.push_back((seq, user));
         for watcher in &topic.watchers {
-            watcher.offer(view.user_id, seq, &entry);
+            watcher.offer(user, seq, &entry);
         }
         drop(log);
         self.deliveries
             .fetch_add(topic.watchers.len() as u64, Ordering::Relaxed);
+        topic.last = Some(entry);
+    }
+
+    /// How many topics have been made so far: a backend that has just started hearing of
+    /// changes again notes it, since topics made later cannot have missed any.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// After a gap in what a backend heard (changes may have been missed), `view` is a
+    /// user's current entry: it is published unless the user's topic was made after
+    /// `generation` (it missed nothing) or its watchers were last given the same
+    /// (`lastOnline` aside).
+    pub fn catch_up(&self, view: &PresenceView<'_>, generation: u64) {
+        let Some(mut topic) = self.topics.get_mut(&view.user_id) else {
+            return;
+        };
+        if topic.generation > generation {
+            return;
+        }
+        let entry = (self.encode)(view);
+        if topic
+            .last
+            .as_ref()
+            .is_some_and(|last| same_but_last_online(last, &entry))
+        {
+            return;
+        }
+        self.offer(view.user_id, &mut topic, entry);
+    }
+}
+
+/// Whether two entries differ in nothing but `lastOnline`, the last key an entry is
+/// written with.
+fn same_but_last_online(a: &[u8], b: &[u8]) -> bool {
+    const KEY: &[u8] = b",\"lastOnline\":";
+    let head = |e: &[u8]| -> Option<usize> { memchr::memmem::rfind(e, KEY) };
+    match (head(a), head(b)) {
+        (Some(i), Some(j)) => a[..i] == b[..j],
+        _ => a == b,
     }
 }
 
@@ -352,6 +422,8 @@ impl Subscription {
                     watchers: Vec::new(),
                     since: self.hub.log.lock().seq,
                     idle_since: None,
+                    generation: self.hub.generation.fetch_add(1, Ordering::SeqCst) + 1,
+                    last: None,
                 }
             });
             topic.watchers.push(self.watcher.clone());
@@ -419,6 +491,16 @@ impl Subscription {
             }
         }
         Some(changed)
+    }
+
+    /// Records the entries a first event gave, for users nothing was published for yet
+    /// (see [`Hub::catch_up`]).
+    pub fn given(&self, view: &PresenceView<'_>) {
+        if let Some(mut topic) = self.hub.topics.get_mut(&view.user_id) {
+            if topic.last.is_none() {
+                topic.last = Some((self.hub.encode)(view));
+            }
+        }
     }
 
     /// Forgets what is pending up to `upto` (already covered by a full read).
@@ -583,6 +665,41 @@ mod tests {
         assert!(again.changed_since(foreign).is_none());
         let future = EventId { seq: 99, ..start };
         assert!(again.changed_since(future).is_none());
+    }
+
+    #[test]
+    fn catching_up_sends_only_what_watchers_have_not_been_given() {
+        let hub = Hub::new(
+            Box::new(|v: &PresenceView<'_>| {
+                Bytes::from(format!(
+                    "{{\"loc\":\"{}\",\"lastOnline\":\"{:?}\"}}",
+                    v.last_location, v.last_online
+                ))
+            }),
+            Duration::from_secs(60),
+        );
+        let mut sub = hub.subscribe();
+        sub.add(&[user(1), user(2)]);
+        let before_gap = hub.generation();
+        sub.given(&view(1, "a"));
+        hub.publish(&view(2, "b"));
+        take(&sub);
+        // The same entries, lastOnline aside: nothing.
+        let mut later = view(1, "a");
+        later.last_online = Some(crate::presence::time::WallMillis(5));
+        hub.catch_up(&later, before_gap);
+        hub.catch_up(&view(2, "b"), before_gap);
+        assert!(take(&sub).is_empty());
+        // What changed unseen is sent.
+        hub.catch_up(&view(2, "c"), before_gap);
+        assert_eq!(take(&sub).len(), 1);
+        // A topic made after the subscription came back missed nothing.
+        let mut other = hub.subscribe();
+        other.add(&[user(3)]);
+        hub.catch_up(&view(3, "x"), before_gap);
+        assert!(take(&other).is_empty());
+        hub.catch_up(&view(3, "x"), hub.generation());
+        assert_eq!(take(&other).len(), 1);
     }
 
     #[test]

@@ -153,6 +153,9 @@ impl Feed {
     /// Hands every message to the hub until the connection drops; catches up first.
     async fn listen_single(&self, pubsub: redis::aio::PubSub) {
         let mut messages = pubsub.into_on_message();
+        // Topics made from now on miss nothing.
+        let generation = self.hub.generation();
+        self.hub.set_live(true);
         let mut resync = Some(Instant::now());
         loop {
             tokio::select! {
@@ -161,7 +164,7 @@ impl Feed {
                     None => return,
                 },
                 () = wait_for(resync) => {
-                    resync = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
+                    resync = (!self.resync(generation).await).then(|| Instant::now() + RESYNC_RETRY);
                 }
             }
         }
@@ -230,6 +233,8 @@ impl Feed {
         let mut retry = Backoff::new();
         let mut failed_rounds = 0;
         let mut resync: Option<Instant> = None;
+        // Topics made after this may have missed nothing (see `Hub::catch_up`).
+        let mut generation = u64::MAX;
         // A disconnection that no new subscription has followed yet.
         let mut silent_since: Option<Instant> = None;
         loop {
@@ -255,6 +260,7 @@ impl Feed {
                                 if *seen {
                                     // Subscribed again after a reconnection: a gap.
                                     silent_since = None;
+                                    generation = self.hub.generation();
                                     resync = Some(Instant::now() + SETTLE);
                                 }
                                 *seen = true;
@@ -269,6 +275,7 @@ impl Feed {
                                 *down = true;
                             }
                             silent_since.get_or_insert_with(Instant::now);
+                            generation = u64::MAX;
                             resync = Some(Instant::now() + SETTLE);
                         }
                         _ => {}
@@ -278,6 +285,8 @@ impl Feed {
                     pending = subscribe_shards(keys, &connection, pending).await;
                     if pending.is_empty() {
                         subscribe = None;
+                        generation = self.hub.generation();
+                        self.hub.set_live(true);
                         resync = Some(Instant::now());
                     } else {
                         failed_rounds += 1;
@@ -296,7 +305,7 @@ impl Feed {
                     }
                 }
                 () = wait_for(resync) => {
-                    if self.resync().await {
+                    if self.resync(generation).await {
                         resync = None;
                         if *down && pending.is_empty() && silent_since.is_none() {
                             tracing::info!("live presence: subscribed to the Redis Cluster again");
@@ -350,7 +359,7 @@ impl Feed {
 
     /// Publishes the current entry of every user the hub has a topic for; says whether all
     /// were read.
-    async fn resync(&self) -> bool {
+    async fn resync(&self, generation: u64) -> bool {
         let users = self.hub.watched_users();
         if users.is_empty() {
             return true;
@@ -360,7 +369,7 @@ impl Feed {
         };
         for chunk in users.chunks(RESYNC_CHUNK) {
             if let Err(e) = backend
-                .visit_many(chunk, |view| self.hub.publish(view))
+                .visit_many(chunk, |view| self.hub.catch_up(view, generation))
                 .await
             {
                 tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");

@@ -371,6 +371,8 @@ impl RedisBackend {
             claim: Script::new(&scripts::claim()),
             _feed: feed_stop,
         });
+        // Not live until the feed's first subscription is in place (see `/ready`).
+        hub.set_live(false);
         inner
             .runtime
             .spawn(feed::run(Arc::downgrade(&inner), hub, feed_stopped));
