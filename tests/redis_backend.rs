@@ -387,7 +387,12 @@ async fn redis_memory_per_user() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    for retention in [None, Some(Duration::from_secs(30 * 86_400))] {
+    let retentions = [None, Some(Duration::from_secs(30 * 86_400))];
+    // A built-in location (an Offline record is then one integer) and a client's own.
+    for (retention, location) in retentions
+        .into_iter()
+        .flat_map(|r| [(r, "Website"), (r, "Lobby 12")])
+    {
         redis.cli(&["FLUSHALL"]);
         let settings = on_redis(&redis, |s| {
             s.redis.timeout = Duration::from_secs(5);
@@ -406,7 +411,7 @@ async fn redis_memory_per_user() {
         const USERS: u64 = 100_000;
         // Every shard's keys exist first, so that the figure is the users' own cost.
         for n in 1..=1024 {
-            node.heartbeat(user(n), present("Website", None))
+            node.heartbeat(user(n), present(location, None))
                 .await
                 .unwrap();
             node.heartbeat(user(n), Heartbeat::Disconnect)
@@ -415,7 +420,7 @@ async fn redis_memory_per_user() {
         }
         let base = used();
         for n in 10_000..10_000 + USERS {
-            node.heartbeat(user(n), present("Website", None))
+            node.heartbeat(user(n), present(location, None))
                 .await
                 .unwrap();
         }
@@ -427,8 +432,8 @@ async fn redis_memory_per_user() {
         }
         let offline_cost = (used() - base) as f64 / USERS as f64;
         let with = match retention {
-            None => "no retention".to_owned(),
-            Some(_) => "offline_retention = 30d".to_owned(),
+            None => format!("no retention, at {location:?}"),
+            Some(_) => format!("offline_retention = 30d, at {location:?}"),
         };
         println!("Redis memory per present user ({with}): {present_cost:.1} bytes");
         println!("Redis memory per Offline user ({with}): {offline_cost:.1} bytes");
@@ -474,4 +479,93 @@ async fn on_a_cluster_every_call_is_routed_by_slot() {
     assert_eq!(ra.unwrap().expired + rb.unwrap().expired, 2000);
     assert_eq!(a.counts().await.unwrap().sessions[0].1, 0);
     assert_eq!(one(&b, 77).await.kind, PresenceType::Offline);
+}
+
+/// An Offline user at a built-in location is stored as one integer (Redis keeps it in the
+/// key's object, no string allocation); any other location keeps the string record. Both
+/// read back exactly, through disconnects and expiries.
+#[tokio::test]
+async fn offline_records_at_built_in_locations_are_integers() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let settings = on_redis(&redis, |s| {
+        s.presence.heartbeat_ttl = Duration::from_secs(1);
+        s.presence.offline_retention = Some(Duration::from_secs(30 * 86_400));
+    });
+    let (clock, mock) = Clock::mock();
+    let node = Presence::from_settings(&settings, clock).unwrap();
+    let key = |n: u64| format!("presence:{{{}}}{n}", n % 1024);
+    let encoding = |n: u64| {
+        redis
+            .cli(&["OBJECT", "ENCODING", &key(n)])
+            .trim()
+            .to_owned()
+    };
+
+    node.heartbeat(user(1), present("Website", None))
+        .await
+        .unwrap();
+    node.heartbeat(user(2), present("Lobby", None))
+        .await
+        .unwrap();
+    node.heartbeat(user(3), present("", Some(4242)))
+        .await
+        .unwrap();
+    let at = one(&node, 1).await.last_online.unwrap().0;
+    node.heartbeat(user(1), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    node.heartbeat(user(2), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    assert_eq!(encoding(1), "int");
+    assert_eq!(
+        redis.cli(&["GET", &key(1)]).trim(),
+        (at * 4 + 1).to_string(),
+        "lastOnline * 4 + the code of Website"
+    );
+    assert_eq!(encoding(2), "embstr");
+    let (website, lobby) = (one(&node, 1).await, one(&node, 2).await);
+    assert_eq!(
+        (website.kind, website.last_location.as_ref()),
+        (PresenceType::Offline, "Website")
+    );
+    assert_eq!(website.last_online.unwrap().0, at);
+    assert_eq!(lobby.last_location, "Lobby");
+    // A second disconnect reads the packed location back and keeps it.
+    mock.increment(Duration::from_millis(5));
+    node.heartbeat(user(1), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    let again = one(&node, 1).await;
+    assert_eq!(again.last_location, "Website");
+    assert_eq!(again.last_online.unwrap().0, at + 5);
+    assert_eq!(encoding(1), "int");
+    // Retention still applies to the packed record.
+    let ttl: i64 = redis.cli(&["PTTL", &key(1)]).trim().parse().unwrap();
+    assert!(ttl > 29 * 86_400_000, "{ttl}");
+
+    // An expiry claimed by a sweep packs too: InGame at an unknown place without a
+    // location is at "Playing".
+    assert_eq!(one(&node, 3).await.last_location, "Playing");
+    mock.increment(Duration::from_secs(2));
+    node.sweep().await.unwrap();
+    assert_eq!(encoding(3), "int");
+    let expired = one(&node, 3).await;
+    assert_eq!(
+        (expired.kind, expired.last_location.as_ref(), expired.place),
+        (PresenceType::Offline, "Playing", None)
+    );
+    // Coming back online from a packed record.
+    node.heartbeat(user(1), present("Website", None))
+        .await
+        .unwrap();
+    let back = one(&node, 1).await;
+    assert_eq!(
+        (back.kind, back.last_location.as_ref()),
+        (PresenceType::Online, "Website")
+    );
+    let counts = node.counts().await.unwrap();
+    assert_eq!(counts.sessions.map(|(_, n)| n), [1, 0, 0]);
 }

@@ -3,7 +3,10 @@
 //! Fields are separated by `|`, numbers in decimal, the location last (so it may hold any
 //! byte, `|` included):
 //!
-//! - Offline: `0|<lastOnline ms>|<location>`
+//! - Offline: `0|<lastOnline ms>|<location>`, or, when the location is one of
+//!   [`BUILTIN_LOCATIONS`], the one integer `<lastOnline ms> * 4 + <its index>`: Redis keeps
+//!   an integer in the key's own object rather than in a string allocation, which saves
+//!   about 32 bytes per Offline user (most are at `Website` or `Playing`).
 //! - present: `<type>|<lastOnline ms>|<deadline ms>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`
 //!   with type `1` Online, `2` InGame, `3` InStudio; absent place fields empty, `gameId`
 //!   as 32 hex digits.
@@ -18,6 +21,11 @@ use uuid::Uuid;
 
 use crate::presence::model::{PlaceInfo, PresenceType, PresenceView, Session, UserId};
 use crate::presence::time::WallMillis;
+
+/// The locations an Offline record can name by a two-bit code: the ones the server itself
+/// gives (no location, the default, a game without a location, Studio). Append-only: a
+/// code, once written to Redis, keeps its meaning.
+pub const BUILTIN_LOCATIONS: [&str; 4] = ["", "Website", "Playing", "Studio"];
 
 /// The record of a present user, written whole by a heartbeat.
 pub fn encode_present(
@@ -64,6 +72,9 @@ pub struct Corrupt;
 /// The view of `user` from its record, as of Redis time `now`: Offline once the deadline is
 /// `<= now`, with its `lastOnline` and location kept.
 pub fn decode(user: UserId, record: &[u8], now: i64) -> Result<PresenceView<'_>, Corrupt> {
+    if !record.contains(&b'|') {
+        return decode_packed(user, record);
+    }
     let (&kind, rest) = record.split_first().ok_or(Corrupt)?;
     let rest = rest.strip_prefix(b"|").ok_or(Corrupt)?;
     let mut fields = rest.splitn(if kind == b'0' { 2 } else { 7 }, |&b| b == b'|');
@@ -106,6 +117,22 @@ pub fn decode(user: UserId, record: &[u8], now: i64) -> Result<PresenceView<'_>,
         view.game_id = Some(Uuid::try_parse(game).map_err(|_| Corrupt)?);
     }
     Ok(view)
+}
+
+/// An Offline record at a built-in location: `<lastOnline ms> * 4 + <code>`.
+fn decode_packed(user: UserId, record: &[u8]) -> Result<PresenceView<'static>, Corrupt> {
+    let packed = number(Some(record))?;
+    if packed < 0 {
+        return Err(Corrupt);
+    }
+    Ok(PresenceView {
+        user_id: user,
+        kind: PresenceType::Offline,
+        last_location: Cow::Borrowed(BUILTIN_LOCATIONS[(packed % 4) as usize]),
+        place: None,
+        game_id: None,
+        last_online: Some(WallMillis(packed / 4)),
+    })
 }
 
 fn number(field: Option<&[u8]>) -> Result<i64, Corrupt> {
@@ -203,10 +230,24 @@ mod tests {
     }
 
     #[test]
+    fn an_offline_record_at_a_built_in_location_is_one_integer() {
+        for (code, name) in BUILTIN_LOCATIONS.iter().enumerate() {
+            let packed = (1_700_000_000_123_i64 * 4 + code as i64).to_string();
+            let v = decode(user(), packed.as_bytes(), i64::MAX).unwrap();
+            assert_eq!(v.kind, PresenceType::Offline);
+            assert_eq!(v.last_location, *name);
+            assert_eq!(v.last_online, Some(WallMillis(1_700_000_000_123)));
+            assert_eq!((v.place, v.game_id), (None, None));
+        }
+    }
+
+    #[test]
     fn records_not_written_by_a_heartbeat_are_refused() {
         for bad in [
             &b""[..],
-            b"0",
+            b"-4",
+            b"12x",
+            b"99999999999999999999999",
             b"9|1|x",
             b"1|x|2||||a",
             b"0|1",

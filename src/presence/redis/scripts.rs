@@ -10,8 +10,25 @@
 //! shard's node). Published from within the script, a user's changes reach subscribers in
 //! the order they were made.
 
-/// Finds where field `n` (1-based) of a record starts, and the record's location.
+/// Finds where field `n` (1-based) of a record starts, a record's type and location, and
+/// writes Offline records (see `record`: an Offline record at a built-in location is one
+/// integer, `lastOnline * 4 + code`; the table of codes, `BUILTIN`, is made from
+/// `record::BUILTIN_LOCATIONS`).
 const HELPERS: &str = r#"
+local function is_packed(rec)
+  return not string.find(rec, '|', 1, true)
+end
+local function kind_of(rec)
+  if is_packed(rec) then return 0 end
+  return string.byte(rec, 1) - 48
+end
+local function offline_record(last_online, location)
+  local code = BUILTIN[location]
+  if code then
+    return string.format('%.0f', tonumber(last_online) * 4 + code)
+  end
+  return '0|' .. last_online .. '|' .. location
+end
 local function field_start(rec, n)
   local at = 1
   for _ = 2, n do
@@ -25,6 +42,9 @@ local function field(rec, n)
   return string.sub(rec, at, stop - 1)
 end
 local function location_of(rec)
+  if is_packed(rec) then
+    return BUILTIN_NAMES[tonumber(rec) % 4]
+  end
   if string.byte(rec, 1) == 48 then
     return string.sub(rec, field_start(rec, 3))
   end
@@ -51,7 +71,7 @@ const HEARTBEAT_BODY: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local old_type = 0
 if old then
-  old_type = string.byte(old, 1) - 48
+  old_type = kind_of(old)
 else
   redis.call('HINCRBY', KEYS[3], 't', 1)
 end
@@ -77,7 +97,7 @@ if old_type > 0 then
   redis.call('HINCRBY', KEYS[3], old_type, -1)
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-local offline = '0|' .. ARGV[2] .. '|' .. location
+local offline = offline_record(ARGV[2], location)
 redis.call('SET', KEYS[1], offline)
 if ARGV[6] ~= '-1' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 if old_type > 0 then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. offline) end
@@ -106,7 +126,7 @@ for i = 3, #KEYS do
   if score and tonumber(score) <= now then
     local rec = redis.call('GET', KEYS[i])
     local kind = 0
-    if rec then kind = string.byte(rec, 1) - 48 end
+    if rec then kind = kind_of(rec) end
     if kind <= 0 then
       redis.call('ZREM', KEYS[1], user)
     else
@@ -115,7 +135,7 @@ for i = 3, #KEYS do
         redis.call('ZADD', KEYS[1], deadline, user)
       else
         local last_online = field(rec, 2)
-        local offline = '0|' .. last_online .. '|' .. location_of(rec)
+        local offline = offline_record(last_online, location_of(rec))
         redis.call('SET', KEYS[i], offline)
         redis.call('HINCRBY', KEYS[2], kind, -1)
         redis.call('ZREM', KEYS[1], user)
@@ -138,12 +158,40 @@ end
 return flipped
 "#;
 
+/// `BUILTIN` (location → code) and `BUILTIN_NAMES` (code → location), in Lua.
+fn builtin_tables() -> String {
+    let mut codes = String::from("local BUILTIN = {");
+    let mut names = String::from("local BUILTIN_NAMES = {");
+    for (code, name) in BUILTIN_LOCATIONS.iter().enumerate() {
+        // The names are plain ASCII words (checked by a test): no escaping needed.
+        codes.push_str(&format!("[\"{name}\"] = {code}, "));
+        names.push_str(&format!("[{code}] = \"{name}\", "));
+    }
+    format!("{codes}}}\n{names}}}\n")
+}
+
 /// The heartbeat script's source.
 pub fn heartbeat() -> String {
-    format!("{HELPERS}{HEARTBEAT_BODY}")
+    format!("{}{HELPERS}{HEARTBEAT_BODY}", builtin_tables())
 }
 
 /// The claim script's source.
 pub fn claim() -> String {
-    format!("{HELPERS}{CLAIM_BODY}")
+    format!("{}{HELPERS}{CLAIM_BODY}", builtin_tables())
+}
+
+use super::record::BUILTIN_LOCATIONS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_locations_need_no_escaping_and_are_four() {
+        assert_eq!(BUILTIN_LOCATIONS.len(), 4, "codes are two bits");
+        for name in BUILTIN_LOCATIONS {
+            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' '));
+        }
+        assert!(heartbeat().starts_with("local BUILTIN = {[\"\"] = 0, [\"Website\"] = 1,"));
+    }
 }
