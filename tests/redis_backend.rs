@@ -495,7 +495,8 @@ async fn offline_records_at_built_in_locations_are_integers() {
     });
     let (clock, mock) = Clock::mock();
     let node = Presence::from_settings(&settings, clock).unwrap();
-    let key = |n: u64| format!("presence:{{{}}}{n}", n % 1024);
+    let prefix = settings.redis.key_prefix.clone();
+    let key = |n: u64| format!("{prefix}{{{}}}{n}", n % 1024);
     let encoding = |n: u64| {
         redis
             .cli(&["OBJECT", "ENCODING", &key(n)])
