@@ -427,12 +427,7 @@ impl Settings {
             check_origin(origin, self.api.cors_origins.len())?;
         }
         let stream = &self.stream;
-        count(
-            "stream.max_user_ids",
-            stream.max_user_ids,
-            1,
-            MAX_USER_IDS,
-        )?;
+        count("stream.max_user_ids", stream.max_user_ids, 1, MAX_USER_IDS)?;
         count(
             "stream.max_connections",
             stream.max_connections,
@@ -545,9 +540,9 @@ fn check_origin(origin: &str, entries: usize) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
     let host_ok = !rest.is_empty()
-        && rest.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b)
-        });
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b));
     if !scheme_ok || !host_ok {
         return Err(bad());
     }
