@@ -1,6 +1,7 @@
 //! HTTP only: routes, the body extractor, credentials, the error type and JSON shapes.
 
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod json;
