@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! What browsers see (CONTRACT section 9), through the real server: CORS for the origins of
-//! `api.cors_origins`.
+//! `api.cors_origins`, and the page at `/`.
 mod common;
 
 use common::*;
@@ -67,6 +67,7 @@ async fn a_preflight_from_a_listed_origin_is_204_with_every_header() {
         (REGISTER, "POST"),
         ("/metrics", "GET"),
         ("/health", "GET"),
+        ("/", "GET"),
     ] {
         let res = preflight(&app, path, PAGE_ORIGIN, method).await;
         let h = res.headers();
@@ -317,4 +318,43 @@ async fn a_request_without_origin_is_untouched_where_cors_is_on() {
     assert_eq!(res.status(), 200);
     assert_no_cors(res.headers(), "lookup");
     assert!(res.headers().get("vary").is_none());
+}
+
+#[tokio::test]
+async fn the_page_is_html_under_a_strict_policy_and_names_its_parts() {
+    let app = spawn_app_with(|s| s.stream.max_user_ids = 7).await;
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert_eq!(header(h, "content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(header(h, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(h, "cache-control"), Some("no-cache"));
+    let policy = header(h, "content-security-policy").unwrap();
+    for part in [
+        "default-src 'none'",
+        "connect-src 'self'",
+        "script-src 'sha256-",
+        "style-src 'sha256-",
+    ] {
+        assert!(policy.contains(part), "{policy}");
+    }
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    let page = res.text().await.unwrap();
+    for id in [
+        "id=\"count-Online\"",
+        "id=\"count-InGame\"",
+        "id=\"count-InStudio\"",
+        "id=\"count-total\"",
+        "id=\"ids\"",
+        "id=\"watch\"",
+        "/v1/presence/stream?userIds=",
+        "content=\"7\"",
+    ] {
+        assert!(page.contains(id), "{id}");
+    }
+
+    // Another method on it: 405 allowing GET, like every route.
+    let res = app.client.post(app.url("/")).send().await.unwrap();
+    assert_eq!(res.headers()["allow"], "GET");
+    assert_eq!(error_of(res).await.0, 405);
 }

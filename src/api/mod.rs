@@ -9,6 +9,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod routes;
 
 use std::sync::atomic::AtomicBool;
