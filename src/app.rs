@@ -91,6 +91,7 @@ impl Application {
                 state.settings.presence.sweep_interval,
                 move |report, took| {
                     swept.limits.forget_idle();
+                    swept.presence.hub().reap();
                     swept.metrics.swept(report, took.as_secs_f64());
                     if report.expired + report.dropped > 0 {
                         tracing::debug!(
@@ -179,6 +180,9 @@ impl Shutdown {
         if !drain.is_zero() {
             tokio::time::sleep(drain).await;
         }
+        // Live streams never end by themselves: end them, so that their clients reconnect
+        // (to another node) and the connections can close within the shutdown timeout.
+        self.state.presence.hub().close();
         self.server.stop(true).await;
     }
 }
@@ -266,7 +270,7 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
     }
     let draining = builder.graceful_shutdown_signal();
     let limiter = AddressLimiter::new(settings.max_connections_per_address);
-    let deadlines = Deadlines::from_settings(settings);
+    let deadlines = Deadlines::from_settings(settings, &state.settings.stream);
     let (head_timeout, keep_alive) = (settings.request_head_timeout, settings.keep_alive);
     let shared = state.clone();
     let cors = Arc::new(api::cors::Cors::new(&state.settings.api.cors_origins));
@@ -291,6 +295,9 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
                 .client_request_timeout(head_timeout)
                 .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
                 .local_addr(addr)
+                .on_connect_ext(|io: &Connection, data| {
+                    data.insert(io.mark());
+                })
                 .graceful_shutdown_signal(move || {
                     let draining = draining.clone();
                     async move { draining.notified().await }

@@ -17,6 +17,11 @@
 //! - a write that cannot proceed (the peer reads nothing) for `keep_alive` ends the
 //!   connection, in any phase.
 //!
+//! A response that turns the connection into a long-lived stream (Server-Sent Events, a
+//! WebSocket) says so through the connection's [`StreamMark`]: from then on neither reads
+//! nor quiet spells have a deadline, and only a peer that takes nothing of what is written
+//! for [`Deadlines::stream_stall`] is cut off.
+//!
 //! The first request of a connection is left to the dispatcher's own head timer, which
 //! answers a slow head with `408`. Past a deadline the wrapper fails the next read or write,
 //! and the dispatcher drops the connection.
@@ -25,6 +30,7 @@ use std::future::Future as _;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,7 +41,7 @@ use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, StreamSettings};
 
 /// The deadlines a [`Connection`] enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +51,44 @@ pub struct Deadlines {
     /// Longest silence while idle or inside a head; `None` when keep-alive is off (the
     /// dispatcher then closes after each response).
     pub idle: Option<Duration>,
+    /// On a live stream: longest time a write may make no progress.
+    pub stream_stall: Duration,
 }
 
 impl Deadlines {
-    pub fn from_settings(server: &ServerSettings) -> Self {
+    pub fn from_settings(server: &ServerSettings, stream: &StreamSettings) -> Self {
         Self {
             head: server.request_head_timeout,
             idle: (!server.keep_alive.is_zero()).then_some(server.keep_alive),
+            stream_stall: stream.keep_alive * 4,
         }
+    }
+}
+
+/// Set while a connection carries a live stream; handlers find it in the request's
+/// connection data (`HttpRequest::conn_data`).
+#[derive(Debug, Clone, Default)]
+pub struct StreamMark(Arc<AtomicBool>);
+
+impl StreamMark {
+    /// Marks the connection as streaming until the guard is dropped.
+    pub fn hold(&self) -> StreamGuard {
+        self.0.store(true, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps a connection marked as streaming; the mark goes with it.
+#[derive(Debug)]
+pub struct StreamGuard(StreamMark);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        (self.0).0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -85,6 +121,7 @@ pub struct Connection {
     due: Option<Instant>,
     /// Made the first time a deadline is waited for, then moved rather than remade.
     timer: Option<Pin<Box<Sleep>>>,
+    mark: StreamMark,
     _slot: Option<AddressSlot>,
 }
 
@@ -99,12 +136,22 @@ impl Connection {
             head_due: now,
             due: None,
             timer: None,
+            mark: StreamMark::default(),
             _slot: slot,
         }
     }
 
+    /// The mark a handler sets when this connection becomes a live stream.
+    pub fn mark(&self) -> StreamMark {
+        self.mark.clone()
+    }
+
     /// Accounts for bytes just read; returns whether the current deadline has passed.
     fn on_read(&mut self, bytes: &[u8]) -> bool {
+        if self.mark.is_set() {
+            self.due = None;
+            return false;
+        }
         if self.phase == Phase::Busy {
             return false;
         }
@@ -129,6 +176,11 @@ impl Connection {
 
     /// Accounts for bytes just written.
     fn on_write(&mut self, written: &[u8]) {
+        if self.mark.is_set() {
+            self.phase = Phase::Busy;
+            self.due = None;
+            return;
+        }
         match self.phase {
             // A head under way keeps its deadline, whatever is being answered meanwhile.
             Phase::Head => {}
@@ -215,7 +267,11 @@ impl AsyncWrite for Connection {
                 // makes no progress for `idle` (or `head` with keep-alive off) ends it,
                 // whatever the phase.
                 if this.due.is_none() {
-                    let stall = this.deadlines.idle.unwrap_or(this.deadlines.head);
+                    let stall = if this.mark.is_set() {
+                        this.deadlines.stream_stall
+                    } else {
+                        this.deadlines.idle.unwrap_or(this.deadlines.head)
+                    };
                     this.due = Some(Instant::now() + stall);
                 }
                 if this.poll_due(cx) {

@@ -65,6 +65,14 @@ impl From<crate::presence::PresenceError> for ApiError {
 pub const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
 impl ApiError {
+    /// `{"errors":[{"code":N,"message":"..."}]}` for this error: the body of its answer, and
+    /// the error frame of a WebSocket.
+    pub fn body(&self) -> String {
+        let (code, message) = self.code_and_message();
+        // The messages are fixed ASCII without quotes or backslashes: no escaping needed.
+        format!(r#"{{"errors":[{{"code":{code},"message":"{message}"}}]}}"#)
+    }
+
     fn code_and_message(&self) -> (u8, &'static str) {
         match self {
             Self::BadRequest(_) => (0, "BadRequest"),
@@ -109,7 +117,6 @@ impl ResponseError for ApiError {
             Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "500"),
             other => tracing::debug!(error = %other, "request refused"),
         }
-        let (code, message) = self.code_and_message();
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, JSON_UTF8));
         match self {
@@ -127,10 +134,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        // The messages are fixed ASCII without quotes or backslashes: no escaping needed.
-        response.body(format!(
-            r#"{{"errors":[{{"code":{code},"message":"{message}"}}]}}"#
-        ))
+        response.body(self.body())
     }
 }
 

@@ -143,7 +143,7 @@ pub enum IdItem {
 }
 
 impl IdItem {
-    fn from_text(text: &str) -> Self {
+    pub fn from_text(text: &str) -> Self {
         UserId::parse(text).map_or(Self::Invalid, Self::Valid)
     }
 }
@@ -227,7 +227,7 @@ impl FromBody<'_> for LookupRequest {
     }
 }
 
-fn is_user_ids_key(key: &str) -> bool {
+pub fn is_user_ids_key(key: &str) -> bool {
     match key.strip_prefix("userIds") {
         Some("") => true,
         Some(rest) => rest
@@ -307,6 +307,13 @@ pub fn user_presences(views: &[PresenceView<'_>], format: PresenceTypeFormat) ->
     let mut writer = PresencesWriter::new(format, views.len());
     views.iter().for_each(|v| writer.push(v));
     writer.finish()
+}
+
+/// One entry as `/v1/presence/users` writes it; live streams send the same bytes.
+pub fn presence_entry(v: &PresenceView<'_>, format: PresenceTypeFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(240);
+    write_presence(&mut out, v, format);
+    out
 }
 
 fn write_presence(out: &mut Vec<u8>, v: &PresenceView<'_>, format: PresenceTypeFormat) {

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod page;
 pub mod routes;
+pub mod stream;
 
 use std::sync::atomic::AtomicBool;
 

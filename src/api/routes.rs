@@ -10,6 +10,7 @@ use super::json::{LookupRequest, PresencesWriter, RegisterAppPresenceRequest};
 use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
 use super::page;
+use super::stream;
 use super::AppState;
 use crate::presence::Heartbeat;
 
@@ -32,7 +33,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             REGISTER_APP_PRESENCE,
             register_app_presence,
         ))
-        .service(only(Method::POST, USERS, users));
+        .service(only(Method::POST, USERS, users))
+        .service(only(Method::GET, STREAM, stream::sse))
+        .service(only(Method::GET, WS, stream::ws));
 }
 
 /// `path` answered by `handler` for `method`, and 405 with `Allow` for any other method.

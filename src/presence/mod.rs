@@ -9,6 +9,7 @@ pub mod service;
 pub mod store;
 pub mod sweeper;
 pub mod time;
+pub mod watch;
 
 pub use location::{Location, Locations};
 pub use model::{AppReport, Heartbeat, LocationName, Now, PresenceType, PresenceView, UserId};
@@ -16,3 +17,4 @@ pub use places::PlaceCatalog;
 pub use service::{Counts, Presence, PresenceError};
 pub use store::Store;
 pub use time::{Clock, MockClock};
+pub use watch::{Changes, Hub, Subscription};

@@ -12,7 +12,10 @@ use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::redis::RedisBackend;
 use super::store::{Store, SweepReport};
 use super::time::Clock;
+use super::watch::Hub;
+use crate::api::json::presence_entry;
 use crate::config::{Backend, Settings};
+use bytes::Bytes;
 
 /// Why a presence call could not be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +51,7 @@ impl Counts {
 pub struct Presence {
     clock: Clock,
     backend: Engine,
+    hub: Arc<Hub>,
 }
 
 #[derive(Clone)]
@@ -73,6 +77,13 @@ impl Presence {
     /// empty (snapshots are loaded by the caller, see [`Self::memory_store`]); the Redis
     /// backend connects on first use. Must be called inside a Tokio runtime.
     pub fn from_settings(settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
+        let format = settings.api.presence_type;
+        let hub = Hub::new(
+            Box::new(move |view| Bytes::from(presence_entry(view, format))),
+            // A user's changes stay logged this long after its last watcher left, so that a
+            // client reconnecting within it is sent only what changed.
+            settings.stream.keep_alive * 4,
+        );
         match settings.store.backend {
             Backend::Memory => {
                 let presence = &settings.presence;
@@ -80,31 +91,39 @@ impl Presence {
                     presence.heartbeat_ttl,
                     presence.sweep_interval,
                     presence.offline_retention,
-                );
-                Ok(Self::memory(Arc::new(store), clock))
+                )
+                .with_changes(hub.clone());
+                Ok(Self::memory(Arc::new(store), clock, hub))
             }
             Backend::Redis => {
                 let redis = RedisBackend::new(&settings.redis, &settings.presence, &clock)?;
-                Ok(Self::redis(redis, clock))
+                Ok(Self::redis(redis, clock, hub))
             }
         }
     }
 
-    /// Presence in `store`, on `clock`.
-    pub fn memory(store: Arc<Store>, clock: Clock) -> Self {
+    /// Presence in `store`, on `clock`; `hub` must be the one `store` tells of changes.
+    pub fn memory(store: Arc<Store>, clock: Clock, hub: Arc<Hub>) -> Self {
         Self {
             clock,
             backend: Engine::Memory(store),
+            hub,
         }
     }
 
     /// Presence in Redis. `clock` is used for nothing else than what the backend takes from
     /// it (its time, when it is a mock).
-    pub fn redis(backend: RedisBackend, clock: Clock) -> Self {
+    pub fn redis(backend: RedisBackend, clock: Clock, hub: Arc<Hub>) -> Self {
         Self {
             clock,
             backend: Engine::Redis(backend),
+            hub,
         }
+    }
+
+    /// The watchers of live presence on this node.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// The clock this presence runs on.

@@ -22,6 +22,7 @@ use super::model::{
     UserId,
 };
 use super::time::{duration_millis, Mono, WallMillis};
+use super::watch::Changes;
 
 /// Users re-checked between two yields of the sweeper.
 const SWEEP_BATCH: usize = 256;
@@ -101,6 +102,8 @@ pub struct Store {
     /// Users holding a session, by type (Online, InGame, InStudio): exact as of the last
     /// sweep, since a session past its deadline counts until the sweeper reclaims it.
     sessions: [AtomicI64; 3],
+    /// Who is told of changes (live streams); `None` when nobody can watch.
+    changes: Option<std::sync::Arc<dyn Changes>>,
 }
 
 impl Store {
@@ -118,7 +121,14 @@ impl Store {
             ttl,
             sweeps: AtomicU64::new(0),
             sessions: Default::default(),
+            changes: None,
         }
+    }
+
+    /// This store, telling `changes` of every change (see [`Changes`]).
+    pub fn with_changes(mut self, changes: std::sync::Arc<dyn Changes>) -> Self {
+        self.changes = Some(changes);
+        self
     }
 
     fn count_session(&self, kind: PresenceType, delta: i64) {
@@ -142,7 +152,9 @@ impl Store {
         ]
     }
 
-    /// Records one heartbeat of `user` at `now`.
+    /// Records one heartbeat of `user` at `now`. A change in anything but `lastOnline` is
+    /// published to the watchers, if any, while the user's lock is held: watchers see a
+    /// user's changes in the order they were made.
     pub fn heartbeat(&self, user: UserId, heartbeat: Heartbeat<'_>, now: Now) {
         let deadline = now.mono.saturating_add(self.ttl);
         // The shard lock is held for this statement only. The indexes are filed after it is
@@ -150,7 +162,11 @@ impl Store {
         // against the entry (see `sweep`).
         let filed = match self.users.entry(user) {
             MapEntry::Occupied(mut occupied) => {
-                self.apply(occupied.get_mut(), heartbeat, now, deadline)
+                let (filed, changed) = self.apply(occupied.get_mut(), heartbeat, now, deadline);
+                if changed {
+                    self.tell(user, occupied.get(), now.mono);
+                }
+                filed
             }
             MapEntry::Vacant(vacant) => {
                 let (record, filed) = match heartbeat {
@@ -164,46 +180,67 @@ impl Store {
                         Filed::Expiry(deadline),
                     ),
                 };
-                vacant.insert(Entry {
+                // A disconnect of a user never seen changes only `lastOnline`.
+                let changed = matches!(filed, Filed::Expiry(_));
+                let entry = vacant.insert(Entry {
                     last_online: now.wall,
                     record,
                 });
+                if changed {
+                    self.tell(user, &entry, now.mono);
+                }
                 filed
             }
         };
         self.file(user, filed);
     }
 
-    /// Applies a heartbeat to a known user's entry; says which index needs a new slot.
+    /// Publishes the entry of `user`, if anyone may be watching. Called under its lock.
+    fn tell(&self, user: UserId, entry: &Entry, now: Mono) {
+        if let Some(changes) = &self.changes {
+            if changes.watched() {
+                changes.publish(&entry.view(user, now));
+            }
+        }
+    }
+
+    /// Applies a heartbeat to a known user's entry; says which index needs a new slot, and
+    /// whether the entry changed in anything but `lastOnline`.
+    ///
+    /// A session past its deadline that the sweeper has not reached yet is still the one
+    /// watchers were last told of: a heartbeat that keeps it the same changes nothing.
     fn apply(
         &self,
         entry: &mut Entry,
         heartbeat: Heartbeat<'_>,
         now: Now,
         deadline: Mono,
-    ) -> Filed {
+    ) -> (Filed, bool) {
         entry.last_online = now.wall;
         match heartbeat {
             Heartbeat::Disconnect => {
                 let Some(live) = live_mut(&mut entry.record) else {
                     // Offline already: its one retention slot is filed.
-                    return Filed::Nothing;
+                    return (Filed::Nothing, false);
                 };
+                let changed = !live.left;
                 // Offline from now on, but the record and its expiry slot stay until the
                 // sweeper reaches that slot (see `Live::left`).
                 self.uncount(live);
                 live.left = true;
                 live.deadline = live.deadline.min(now.mono);
-                match self.retention_due(now.mono) {
+                let filed = match self.retention_due(now.mono) {
                     Some(due) if !live.retention_pending => {
                         live.retention_pending = true;
                         Filed::Retention(due)
                     }
                     _ => Filed::Nothing,
-                }
+                };
+                (filed, changed)
             }
             Heartbeat::Present { location, session } => {
                 if let Some(live) = live_mut(&mut entry.record) {
+                    let mut changed = live.left || live.session != session;
                     if live.left {
                         live.left = false;
                         self.count_session(session.kind, 1);
@@ -215,13 +252,14 @@ impl Store {
                     live.session = session;
                     if live.location.as_str() != location.as_str() {
                         live.location = self.resolve(location);
+                        changed = true;
                     }
-                    return Filed::Nothing;
+                    return (Filed::Nothing, changed);
                 }
                 // Offline until now: with retention on, its slot stays filed and pending.
                 let pending = self.retention.is_some();
                 entry.record = self.new_live(self.resolve(location), session, deadline, pending);
-                Filed::Expiry(deadline)
+                (Filed::Expiry(deadline), true)
             }
         }
     }
@@ -489,6 +527,7 @@ impl Store {
             .filter(|_| !live.retention_pending);
         let offline = live.location.record();
         entry.record = offline;
+        self.tell(user, entry, now);
         Slot::Expired(retire)
     }
 
@@ -517,8 +556,11 @@ impl Store {
                         let left = after_ms.saturating_sub(age);
                         if left > 0 {
                             refile = Some(Mono(now.mono.0.saturating_add(left)));
+                            return false;
                         }
-                        left == 0
+                        // Forgotten: from now on it reads as never seen.
+                        self.tell_forgotten(user);
+                        true
                     });
                     if removed.is_some() {
                         dropped += 1;
@@ -531,6 +573,15 @@ impl Store {
         }
         retention.index.schedule_many(not_yet);
         dropped
+    }
+
+    /// Publishes that `user` now reads as never seen. Called under its lock.
+    fn tell_forgotten(&self, user: UserId) {
+        if let Some(changes) = &self.changes {
+            if changes.watched() {
+                changes.publish(&PresenceView::never_seen(user));
+            }
+        }
     }
 
     /// Users held in memory, present or not.

@@ -1,0 +1,377 @@
+//! Live presence (CONTRACT section 8): `GET /v1/presence/stream` (Server-Sent Events) and
+//! `GET /v1/presence/ws` (WebSocket). Both watch users through the node's
+//! [`Hub`](crate::presence::Hub) and write entries with the lookup's own serializer.
+//!
+//! What a watcher may see is decided in one place, [`visible`]: today everyone sees every
+//! user, as with lookups.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::error::ApiError;
+use super::extract::Reader;
+use super::json::{is_user_ids_key, IdItem, LookupRequest, PresencesWriter};
+use super::AppState;
+use crate::connections::{StreamGuard, StreamMark};
+use crate::presence::watch::{Batch, EventId};
+use crate::presence::{Subscription, UserId};
+
+/// The users of `ids` that the caller may watch. Everyone may watch everyone today; a
+/// privacy rule belongs here, and only here.
+fn visible(ids: Vec<UserId>) -> Vec<UserId> {
+    ids
+}
+
+/// The ids of a stream's query string: `userIds=1,2,3`, `userIds=1&userIds=2` (and the
+/// `userIds[]` / `userIds[0]` spellings the lookup's forms accept). An empty value names
+/// nobody; an empty item between commas is not an id.
+fn query_ids(query: &str) -> Result<Vec<IdItem>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_html_form::from_str(query)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let mut ids = Vec::new();
+    for (_, value) in pairs.iter().filter(|(key, _)| is_user_ids_key(key)) {
+        if value.is_empty() {
+            continue;
+        }
+        ids.extend(value.split(',').map(|item| IdItem::from_text(item.trim())));
+    }
+    Ok(ids)
+}
+
+/// Validates ids as a lookup does, against `stream.max_user_ids`.
+fn checked(items: Vec<IdItem>, max: usize) -> Result<Vec<UserId>, ApiError> {
+    LookupRequest { user_ids: items }.into_user_ids(max)
+}
+
+/// Holds the connection as a live stream (no idle deadline) for as long as it lives.
+fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
+    req.conn_data::<StreamMark>().map(StreamMark::hold)
+}
+
+/// `{"userPresences":[...]}` of `ids` as of now.
+async fn current(state: &AppState, ids: &[UserId]) -> Result<Vec<u8>, ApiError> {
+    let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
+    state
+        .presence
+        .visit_many(ids, |view| answer.push(view))
+        .await?;
+    Ok(answer.finish())
+}
+
+/// `{"userPresences":[...]}` of entries already written.
+fn joined(entries: &[Bytes]) -> Vec<u8> {
+    let size = entries.iter().map(Bytes::len).sum::<usize>() + entries.len() + 24;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"{\"userPresences\":[");
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(entry);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// One Server-Sent Event named `presence`.
+fn event(id: EventId, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b"\nevent: presence\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// A new subscription within `stream.max_connections`, or 503.
+fn open(state: &AppState) -> Result<Subscription, ApiError> {
+    state
+        .presence
+        .hub()
+        .subscribe_within(state.settings.stream.max_connections)
+        .ok_or(ApiError::Unavailable)
+}
+
+fn ticker(every: Duration) -> Interval {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// `GET /v1/presence/stream?userIds=...`: the watched users' entries, then their changes.
+pub async fn sse(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    _reader: Reader,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.settings.stream.max_user_ids;
+    let ids = visible(checked(query_ids(req.query_string())?, max)?);
+    let mut sub = open(&state)?;
+    let (_, at) = sub.add(&ids);
+    let resumed = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(EventId::parse)
+        .and_then(|last| sub.changed_since(last));
+    let first = match resumed {
+        // Only what changed since the client's last event; nothing when nothing did.
+        Some(changed) => {
+            let changed: Vec<UserId> = ids
+                .iter()
+                .copied()
+                .filter(|id| changed.contains(id))
+                .collect();
+            if changed.is_empty() {
+                None
+            } else {
+                Some(event(at, &current(&state, &changed).await?))
+            }
+        }
+        None => Some(event(at, &current(&state, &ids).await?)),
+    };
+    // Everything up to `at` is in what was just read.
+    sub.settle(at);
+    let body = EventStream {
+        first,
+        sub,
+        ping: ticker(state.settings.stream.keep_alive),
+        _held: hold_connection(&req),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(body))
+}
+
+/// The body of an event stream. It is polled only when the connection can take more, so
+/// a reader that falls behind leaves its changes coalesced in the subscription.
+struct EventStream {
+    first: Option<Bytes>,
+    sub: Subscription,
+    ping: Interval,
+    _held: Option<StreamGuard>,
+}
+
+const PING: &[u8] = b": ping\n\n";
+
+impl Stream for EventStream {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        match this.sub.poll_batch(cx) {
+            Poll::Ready(Some(Batch {
+                entries,
+                id: Some(id),
+            })) => {
+                this.ping.reset();
+                return Poll::Ready(Some(Ok(event(id, &joined(&entries)))));
+            }
+            Poll::Ready(Some(_)) => {}
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if this.ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Bytes::from_static(PING))));
+        }
+        Poll::Pending
+    }
+}
+
+/// `GET /v1/presence/ws`: the WebSocket; see [`run`].
+pub async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    _reader: Reader,
+) -> Result<HttpResponse, ApiError> {
+    let sub = open(&state)?;
+    let (response, session, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
+    let frame_limit = state.settings.server.max_body_bytes;
+    let messages = messages
+        .max_frame_size(frame_limit)
+        .aggregate_continuations()
+        .max_continuation_size(frame_limit);
+    let held = hold_connection(&req);
+    actix_web::rt::spawn(async move {
+        run(&req, &state, sub, session, messages).await;
+        drop(held);
+    });
+    Ok(response)
+}
+
+/// A frame a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFrame {
+    subscribe: Option<Vec<IdItem>>,
+    unsubscribe: Option<Vec<IdItem>>,
+}
+
+/// Serves one WebSocket until either side closes it or the node shuts down.
+async fn run(
+    req: &HttpRequest,
+    state: &AppState,
+    mut sub: Subscription,
+    mut session: actix_ws::Session,
+    mut messages: actix_ws::AggregatedMessageStream,
+) {
+    let mut ping = ticker(state.settings.stream.keep_alive);
+    loop {
+        tokio::select! {
+            message = messages.recv() => {
+                let sent = match message {
+                    None => break,
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        let answer = match on_text(req, state, &mut sub, text.as_bytes()).await {
+                            Ok(Some(answer)) => answer,
+                            Ok(None) => continue,
+                            Err(e) => e.body().into_bytes(),
+                        };
+                        session.text(into_text(answer)).await
+                    }
+                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                        let reason = CloseReason {
+                            code: CloseCode::Unsupported,
+                            description: Some("frames are JSON text".into()),
+                        };
+                        let _ = session.close(Some(reason)).await;
+                        return;
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await,
+                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                    Some(Ok(AggregatedMessage::Close(reason))) => {
+                        let _ = session.close(reason).await;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        let code = match e {
+                            actix_ws::ProtocolError::Overflow => CloseCode::Size,
+                            _ => CloseCode::Protocol,
+                        };
+                        let _ = session.close(Some(code.into())).await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            batch = sub.next_batch() => {
+                let Some(batch) = batch else {
+                    let _ = session.close(Some(CloseCode::Away.into())).await;
+                    return;
+                };
+                if session.text(into_text(joined(&batch.entries))).await.is_err() {
+                    return;
+                }
+                ping.reset();
+            }
+            _ = ping.tick() => {
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = session.close(None).await;
+}
+
+/// JSON written by this server is UTF-8.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Applies one text frame; the answer to send, if any.
+async fn on_text(
+    req: &HttpRequest,
+    state: &AppState,
+    sub: &mut Subscription,
+    text: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let frame: ClientFrame =
+        serde_json::from_slice(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let max = state.settings.stream.max_user_ids;
+    match frame {
+        ClientFrame {
+            subscribe: Some(items),
+            unsubscribe: None,
+        } => {
+            state.limits.lookup(req)?;
+            let ids = visible(checked(items, max)?);
+            let new = ids.iter().filter(|id| !sub.users().contains(id)).count();
+            if sub.users().len() + new > max {
+                return Err(ApiError::TooManyUserIds);
+            }
+            let (added, at) = sub.add(&ids);
+            let answer = current(state, &added).await;
+            sub.settle(at);
+            answer.map(Some)
+        }
+        ClientFrame {
+            subscribe: None,
+            unsubscribe: Some(items),
+        } => {
+            let ids = checked(items, max)?;
+            sub.remove(&ids);
+            Ok(None)
+        }
+        _ => Err(ApiError::BadRequest(
+            "a frame is {\"subscribe\":[ids]} or {\"unsubscribe\":[ids]}".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(query: &str) -> Vec<IdItem> {
+        query_ids(query).unwrap()
+    }
+
+    fn valid(n: u64) -> IdItem {
+        IdItem::Valid(UserId::new(n).unwrap())
+    }
+
+    #[test]
+    fn ids_come_as_a_comma_list_or_repeated_keys() {
+        assert_eq!(ids("userIds=1,2,3"), vec![valid(1), valid(2), valid(3)]);
+        assert_eq!(ids("userIds=1&userIds=2"), vec![valid(1), valid(2)]);
+        assert_eq!(ids("userIds=1%2C2"), vec![valid(1), valid(2)]);
+        assert_eq!(ids("userIds[]=5&other=x"), vec![valid(5)]);
+        assert_eq!(ids(""), vec![]);
+        assert_eq!(ids("userIds="), vec![]);
+        assert_eq!(
+            ids("userIds=1,,2"),
+            vec![valid(1), IdItem::Invalid, valid(2)]
+        );
+        assert_eq!(ids("userIds=0"), vec![IdItem::Invalid]);
+        assert_eq!(ids("userIds=abc"), vec![IdItem::Invalid]);
+    }
+
+    #[test]
+    fn an_event_has_an_id_a_name_and_one_data_line() {
+        let id = EventId { epoch: 1, seq: 7 };
+        assert_eq!(
+            &event(id, b"{\"userPresences\":[]}")[..],
+            b"id: 0000000000000001-7\nevent: presence\ndata: {\"userPresences\":[]}\n\n"
+        );
+    }
+}
