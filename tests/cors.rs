@@ -68,6 +68,7 @@ async fn a_preflight_from_a_listed_origin_is_204_with_every_header() {
         ("/metrics", "GET"),
         ("/health", "GET"),
         ("/", "GET"),
+        ("/v1/presence/stream", "GET"),
     ] {
         let res = preflight(&app, path, PAGE_ORIGIN, method).await;
         let h = res.headers();
@@ -226,6 +227,26 @@ async fn answers_to_a_listed_origin_carry_the_origin_and_expose_the_csrf_token()
         header(res.headers(), "access-control-allow-origin"),
         Some(PAGE_ORIGIN)
     );
+}
+
+#[tokio::test]
+async fn a_live_stream_to_a_listed_origin_carries_the_headers() {
+    let app = listed().await;
+    let res = app
+        .client
+        .get(app.url("/v1/presence/stream?userIds=1"))
+        .header("origin", PAGE_ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert!(header(h, "content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(header(h, "access-control-allow-origin"), Some(PAGE_ORIGIN));
+    assert_eq!(header(h, "access-control-allow-credentials"), Some("true"));
+    assert!(vary(h).contains(&"origin".into()));
 }
 
 #[tokio::test]
