@@ -38,6 +38,7 @@ use std::time::Duration;
 use actix_web::rt::net::TcpStream;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -66,19 +67,35 @@ impl Deadlines {
 }
 
 /// Set while a connection carries a live stream; handlers find it in the request's
-/// connection data (`HttpRequest::conn_data`).
+/// connection data (`HttpRequest::conn_data`). It also tells the stream when the peer has
+/// gone: a stream with nothing to write would otherwise not learn of it until its next
+/// keep-alive comment.
 #[derive(Debug, Clone, Default)]
-pub struct StreamMark(Arc<AtomicBool>);
+pub struct StreamMark(Arc<MarkState>);
+
+#[derive(Debug, Default)]
+struct MarkState {
+    streaming: AtomicBool,
+    /// The socket was found drained and closed (end of file) while streaming.
+    gone: AtomicBool,
+    /// The stream waiting to hear of it.
+    waker: AtomicWaker,
+}
 
 impl StreamMark {
     /// Marks the connection as streaming until the guard is dropped.
     pub fn hold(&self) -> StreamGuard {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.streaming.store(true, Ordering::Relaxed);
         StreamGuard(self.clone())
     }
 
     fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.streaming.load(Ordering::Relaxed)
+    }
+
+    fn peer_gone(&self) {
+        self.0.gone.store(true, Ordering::Release);
+        self.0.waker.wake();
     }
 }
 
@@ -86,11 +103,27 @@ impl StreamMark {
 #[derive(Debug)]
 pub struct StreamGuard(StreamMark);
 
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        (self.0).0.store(false, Ordering::Relaxed);
+impl StreamGuard {
+    /// Whether the peer has closed the connection; if not, the task is woken when it does.
+    pub fn poll_gone(&self, cx: &mut Context<'_>) -> bool {
+        let state = &(self.0).0;
+        if state.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        state.waker.register(cx.waker());
+        state.gone.load(Ordering::Acquire)
     }
 }
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        (self.0).0.streaming.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The kernel's send buffer on a live stream: what a reader that stops reading leaves
+/// queued below the HTTP layer's own buffer (Linux doubles the value asked for).
+const STREAM_SEND_BUFFER: usize = 32 * 1024;
 
 /// Where a connection stands in its stream of requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +155,8 @@ pub struct Connection {
     /// Made the first time a deadline is waited for, then moved rather than remade.
     timer: Option<Pin<Box<Sleep>>>,
     mark: StreamMark,
+    /// Whether the send buffer was made small for a stream.
+    stream_buffer_set: bool,
     _slot: Option<AddressSlot>,
 }
 
@@ -137,6 +172,7 @@ impl Connection {
             due: None,
             timer: None,
             mark: StreamMark::default(),
+            stream_buffer_set: false,
             _slot: slot,
         }
     }
@@ -237,6 +273,9 @@ impl AsyncRead for Connection {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
+                if read.is_empty() && buf.remaining() > 0 && this.mark.is_set() {
+                    this.mark.peer_gone();
+                }
                 if !read.is_empty() && this.on_read(read) {
                     return Poll::Ready(Err(timed_out()));
                 }
@@ -255,6 +294,10 @@ impl AsyncWrite for Connection {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if !this.stream_buffer_set && this.mark.is_set() {
+            this.stream_buffer_set = true;
+            let _ = socket2::SockRef::from(&this.stream).set_send_buffer_size(STREAM_SEND_BUFFER);
+        }
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {

@@ -57,6 +57,11 @@ pub struct Metrics {
     snapshot_failures: Counter,
     snapshot_last_success: Gauge<f64, AtomicU64>,
     restarts: Family<TaskLabels, Counter>,
+    streams: Gauge,
+    watched: Gauge,
+    deliveries: Counter,
+    /// The hub's delivery count at the last scrape (the counter moves by the difference).
+    deliveries_seen: parking_lot::Mutex<u64>,
     /// Handles for the hot series, made once: a 200 of a hot route skips the family maps.
     hot: Vec<HotRoute>,
 }
@@ -144,6 +149,24 @@ impl Metrics {
         for task in BACKGROUND_TASKS {
             let _created = restarts.get_or_create(&TaskLabels { task });
         }
+        let streams = Gauge::default();
+        registry.register(
+            "presence_streams_open",
+            "Live streams and WebSockets open on this node",
+            streams.clone(),
+        );
+        let watched = Gauge::default();
+        registry.register(
+            "presence_watched_users",
+            "Users watched by this node's streams, or watched lately (their changes are logged for resuming)",
+            watched.clone(),
+        );
+        let deliveries = Counter::default();
+        registry.register(
+            "presence_stream_deliveries",
+            "Changed entries handed to this node's streams (one per stream per change, before coalescing)",
+            deliveries.clone(),
+        );
         let hot = hot_routes
             .iter()
             .map(|&route| HotRoute {
@@ -168,7 +191,21 @@ impl Metrics {
             snapshot_failures,
             snapshot_last_success,
             restarts,
+            streams,
+            watched,
+            deliveries,
+            deliveries_seen: parking_lot::Mutex::new(0),
         }
+    }
+
+    /// The live streams' state, from the node's hub: streams open, users watched, and the
+    /// hub's running count of deliveries.
+    pub fn live(&self, streams: usize, watched: usize, deliveries: u64) {
+        self.streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
+        self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));
+        let mut seen = self.deliveries_seen.lock();
+        self.deliveries.inc_by(deliveries.saturating_sub(*seen));
+        *seen = (*seen).max(deliveries);
     }
 
     /// One answered request. `route` is a fixed name, so the series stay few.
@@ -279,6 +316,8 @@ mod tests {
         metrics.snapshot_written(1_800_000_000.5);
         metrics.background_restart("sweeper");
         let store = Store::new(Duration::from_secs(60), Duration::from_secs(1), None);
+        metrics.live(2, 5, 4);
+        metrics.live(2, 5, 7);
         let text = metrics.render(Some(&Counts::of_store(&store)));
         for expected in [
             r#"http_requests_total{route="/v1/presence/users",status="200"} 1"#,
@@ -298,6 +337,9 @@ mod tests {
             r#"presence_background_restarts_total{task="sweeper"} 1"#,
             r#"presence_background_restarts_total{task="snapshot"} 0"#,
             "http_requests_in_flight 1",
+            "presence_streams_open 2",
+            "presence_watched_users 5",
+            "presence_stream_deliveries_total 7",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }

@@ -54,6 +54,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             None
         }
     };
+    let hub = state.presence.hub();
+    state
+        .metrics
+        .live(hub.watcher_count(), hub.topic_count(), hub.deliveries());
     let body = state.metrics.render(counts.as_ref());
     HttpResponse::Ok()
         .insert_header((

@@ -146,7 +146,7 @@ pub async fn sse(
         first,
         sub,
         ping: ticker(state.settings.stream.keep_alive),
-        _held: hold_connection(&req),
+        held: hold_connection(&req),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
@@ -161,7 +161,7 @@ struct EventStream {
     first: Option<Bytes>,
     sub: Subscription,
     ping: Interval,
-    _held: Option<StreamGuard>,
+    held: Option<StreamGuard>,
 }
 
 const PING: &[u8] = b": ping\n\n";
@@ -171,6 +171,9 @@ impl Stream for EventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.held.as_ref().is_some_and(|held| held.poll_gone(cx)) {
+            return Poll::Ready(None);
+        }
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(Ok(first)));
         }
