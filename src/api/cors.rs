@@ -17,7 +17,7 @@
 //! - Any other origin gets none of these headers: its preflight gets the server's usual
 //!   answer (405 with `Allow` on a route), which the browser then refuses.
 
-use std::sync::Arc;
+use std::future::Future;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -100,52 +100,59 @@ impl Cors {
         }
     }
 
-    /// The middleware: see the module's documentation.
-    pub async fn handle<B: MessageBody + 'static>(
-        self: Arc<Self>,
+    /// The middleware: see the module's documentation. What the request's origin is granted
+    /// is decided here, before the future, so that the future holds no reference to `self`
+    /// and a request without `Origin` costs one header lookup and nothing shared.
+    pub fn handle<B: MessageBody + 'static>(
+        &self,
         req: ServiceRequest,
         next: Next<B>,
-    ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-        let grant = match req.headers().get(header::ORIGIN) {
-            None => {
-                return next
-                    .call(req)
-                    .await
-                    .map(ServiceResponse::map_into_left_body)
-            }
-            Some(origin) => self.grant(origin),
-        };
-        let Some(grant) = grant else {
-            return next
-                .call(req)
-                .await
-                .map(ServiceResponse::map_into_left_body);
-        };
-        if req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            if let Some(method) = method_of(req.path()) {
-                let mut res = HttpResponse::NoContent().finish();
-                let headers = res.headers_mut();
-                answer_headers(headers, &grant);
-                headers.insert(
-                    header::ACCESS_CONTROL_ALLOW_METHODS,
-                    HeaderValue::from_static(method),
-                );
-                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
-                headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
-                return Ok(req.into_response(res).map_into_right_body());
-            }
-        }
-        // Handlers' and extractors' errors arrive here as answers, and get the headers.
-        let mut res = next.call(req).await?.map_into_left_body();
-        let headers = res.headers_mut();
-        answer_headers(headers, &grant);
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
-        Ok(res)
+    ) -> impl Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> + 'static
+    {
+        let grant = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|origin| self.grant(origin));
+        answer(grant, req, next)
     }
+}
+
+/// The answer to `req`, given what its origin is granted.
+async fn answer<B: MessageBody + 'static>(
+    grant: Option<Grant>,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let Some(grant) = grant else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        if let Some(method) = method_of(req.path()) {
+            let mut res = HttpResponse::NoContent().finish();
+            let headers = res.headers_mut();
+            answer_headers(headers, &grant);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(method),
+            );
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+            return Ok(req.into_response(res).map_into_right_body());
+        }
+    }
+    // Handlers' and extractors' errors arrive here as answers, and get the headers.
+    let mut res = next.call(req).await?.map_into_left_body();
+    let headers = res.headers_mut();
+    answer_headers(headers, &grant);
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
+    Ok(res)
 }
 
 /// The headers of every answer to an allowed origin, preflights included.
