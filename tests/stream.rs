@@ -448,3 +448,56 @@ async fn a_plain_get_of_the_websocket_route_is_a_bad_request() {
     let (status, code, _) = error_of(app.client.get(app.url(WS)).send().await.unwrap()).await;
     assert_eq!((status, code), (400, 0));
 }
+
+// ---- Many nodes ----
+
+#[tokio::test]
+async fn on_redis_a_change_through_any_node_reaches_the_watchers_of_every_node() {
+    if common::redis::skip_unless_redis("live presence across nodes") {
+        return;
+    }
+    let quick = |s: &mut presence_server::Settings| {
+        s.presence.heartbeat_ttl = Duration::from_millis(1500);
+        s.presence.sweep_interval = Duration::from_millis(100);
+    };
+    let a = spawn_app_with(quick).await;
+    let prefix = a.settings.redis.key_prefix.clone();
+    let b = spawn_app_with(|s| {
+        quick(s);
+        s.redis.key_prefix = prefix;
+    })
+    .await;
+    let mut on_b = watch(&b, "71,72").await;
+    expect_entries(&b, &mut on_b, &[71, 72]).await;
+    let mut ws_on_a = ws_connect(a.addr).await;
+    ws_send(&mut ws_on_a, r#"{"subscribe":[71]}"#).await;
+    ws_frame(&mut ws_on_a).await;
+
+    // Through node A: B's stream hears of it, and so does A's own WebSocket.
+    a.heartbeat(71, json!({"location": "On A"})).await;
+    let event = expect_entries(&b, &mut on_b, &[71]).await;
+    assert_eq!(event.entries()[0]["lastLocation"], "On A");
+    assert_eq!(
+        ws_frame(&mut ws_on_a).await["userPresences"],
+        json!(a.lookup(&[71]).await)
+    );
+    // Through node B, a refresh: nothing anywhere.
+    b.heartbeat(71, json!({"location": "On A"})).await;
+    assert_eq!(on_b.next_event(QUIET).await, None);
+    assert_eq!(ws_next(&mut ws_on_a, QUIET).await, None);
+    // A disconnect through B.
+    b.heartbeat(71, json!({"disconnect": true})).await;
+    let event = expect_entries(&b, &mut on_b, &[71]).await;
+    assert_eq!(event.entries()[0]["userPresenceType"], "Offline");
+    assert_eq!(
+        ws_frame(&mut ws_on_a).await["userPresences"][0]["userPresenceType"],
+        "Offline"
+    );
+    // An expiry, claimed by whichever node sweeps first, reaches both.
+    a.heartbeat(72, json!({"location": "Short"})).await;
+    expect_entries(&b, &mut on_b, &[72]).await;
+    let expired = on_b.event().await;
+    assert_eq!(expired.entries()[0]["userPresenceType"], "Offline");
+    assert_eq!(expired.entries()[0]["lastLocation"], "Short");
+    assert_eq!(expired.entries(), b.lookup(&[72]).await);
+}

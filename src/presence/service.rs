@@ -96,7 +96,8 @@ impl Presence {
                 Ok(Self::memory(Arc::new(store), clock, hub))
             }
             Backend::Redis => {
-                let redis = RedisBackend::new(&settings.redis, &settings.presence, &clock)?;
+                let redis =
+                    RedisBackend::new(&settings.redis, &settings.presence, &clock, hub.clone())?;
                 Ok(Self::redis(redis, clock, hub))
             }
         }

@@ -237,6 +237,12 @@ impl Hub {
         self.topic_count.load(Ordering::Relaxed)
     }
 
+    /// Every user with a topic: watched now, or lately (whose changes are still logged).
+    /// A backend that may have missed changes publishes these users' entries again.
+    pub fn watched_users(&self) -> Vec<UserId> {
+        self.topics.iter().map(|topic| *topic.key()).collect()
+    }
+
     /// Entries handed to watchers so far (one per watcher per change).
     pub fn deliveries(&self) -> u64 {
         self.deliveries.load(Ordering::Relaxed)

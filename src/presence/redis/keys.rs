@@ -63,6 +63,26 @@ impl Keys {
         key.push('n');
         key
     }
+
+    /// The channel of changes of a standalone server.
+    pub fn channel(&self) -> String {
+        format!("{}c", self.prefix)
+    }
+
+    /// The shard channel of changes of `shard`, on a cluster.
+    pub fn shard_channel(&self, shard: u16) -> String {
+        let mut key = self.tagged(shard, 1);
+        key.push('c');
+        key
+    }
+
+    /// The shard whose channel is `channel` (see [`Self::shard_channel`]).
+    pub fn shard_of_channel(&self, channel: &[u8]) -> Option<u16> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let rest = rest.strip_prefix(b"{")?.strip_suffix(b"}c")?;
+        let shard: u16 = std::str::from_utf8(rest).ok()?.parse().ok()?;
+        (shard < SHARDS).then_some(shard)
+    }
 }
 
 #[cfg(test)]
@@ -85,7 +105,20 @@ mod tests {
         assert_eq!(keys.user(user), format!("presence:{{{shard}}}1000000007"));
         assert_eq!(keys.expiry(shard), format!("presence:{{{shard}}}e"));
         assert_eq!(keys.counters(shard), format!("presence:{{{shard}}}n"));
-        for key in [keys.user(user), keys.expiry(shard), keys.counters(shard)] {
+        assert_eq!(keys.shard_channel(shard), format!("presence:{{{shard}}}c"));
+        assert_eq!(
+            keys.shard_of_channel(keys.shard_channel(shard).as_bytes()),
+            Some(shard)
+        );
+        assert_eq!(keys.shard_of_channel(b"presence:{1024}c"), None);
+        assert_eq!(keys.shard_of_channel(b"other:{1}c"), None);
+        assert_eq!(keys.channel(), "presence:c");
+        for key in [
+            keys.user(user),
+            keys.expiry(shard),
+            keys.counters(shard),
+            keys.shard_channel(shard),
+        ] {
             assert_eq!(hash_tag(&key), shard.to_string());
         }
     }

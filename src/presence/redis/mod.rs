@@ -19,7 +19,10 @@
 //!   failures also make a whole new cluster connection in the background, seeded with every
 //!   node seen so far, which replaces the old one once it is up: the client's own repair
 //!   can stay on a dead master's address (see [`ClusterTarget`]).
+//! - Live presence: the scripts publish each change a watcher must see, and every node
+//!   subscribes and hands them to its [`Hub`] (see [`feed`]).
 
+mod feed;
 pub mod keys;
 pub mod record;
 pub mod scripts;
@@ -36,12 +39,14 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use tokio::sync::oneshot;
 
 use self::keys::{shard_of, Keys, SHARDS};
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::service::{Counts, PresenceError};
 use super::store::SweepReport;
 use super::time::{duration_millis, Clock};
+use super::watch::Hub;
 use crate::config::{PresenceSettings, RedisSettings};
 
 /// Due users claimed per shard and script call; a shard with more is claimed again in the
@@ -83,6 +88,8 @@ struct Inner {
     time: TimeSource,
     heartbeat: Script,
     claim: Script,
+    /// Dropped with the backend, which ends the subscription to changes (see [`feed`]).
+    _feed: oneshot::Sender<()>,
 }
 
 enum Target {
@@ -292,6 +299,12 @@ impl Sampled {
         (at >= 0 && mono - at < duration_millis(STALE_SAMPLE) as i64)
             .then(|| mono + self.offset_ms.load(Ordering::Acquire))
     }
+
+    /// The estimate from the last sample however old, if there was one.
+    fn latest(&self) -> Option<i64> {
+        (self.sampled_at.load(Ordering::Acquire) >= 0)
+            .then(|| self.mono_ms() + self.offset_ms.load(Ordering::Acquire))
+    }
 }
 
 impl fmt::Debug for RedisBackend {
@@ -308,11 +321,14 @@ impl RedisBackend {
     /// A backend for `redis` (nothing is connected until first use: a Redis that is down
     /// at start-up makes requests 503 until it is up). Must be called inside a Tokio
     /// runtime, which then runs the connection's background tasks. With a mock `clock`,
-    /// times come from it rather than from Redis.
+    /// times come from it rather than from Redis. Subscribes at once, in the background, to
+    /// the changes every node publishes, and hands them to `hub` until the backend is
+    /// dropped.
     pub fn new(
         redis: &RedisSettings,
         presence: &PresenceSettings,
         clock: &Clock,
+        hub: Arc<Hub>,
     ) -> anyhow::Result<Self> {
         let target = if redis.cluster {
             cluster_client(std::slice::from_ref(&redis.url), redis.timeout)
@@ -340,20 +356,51 @@ impl RedisBackend {
             })
         };
         let millis = |d: Duration| i64::try_from(duration_millis(d)).unwrap_or(i64::MAX);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                target,
-                connection: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-                runtime,
-                keys: Keys::new(&redis.key_prefix),
-                ttl_ms: millis(presence.heartbeat_ttl),
-                retention_ms: presence.offline_retention.map(millis),
-                timeout: redis.timeout,
-                time,
-                heartbeat: Script::new(&scripts::heartbeat()),
-                claim: Script::new(&scripts::claim()),
-            }),
+        let (feed_stop, feed_stopped) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            target,
+            connection: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            runtime,
+            keys: Keys::new(&redis.key_prefix),
+            ttl_ms: millis(presence.heartbeat_ttl),
+            retention_ms: presence.offline_retention.map(millis),
+            timeout: redis.timeout,
+            time,
+            heartbeat: Script::new(&scripts::heartbeat()),
+            claim: Script::new(&scripts::claim()),
+            _feed: feed_stop,
+        });
+        inner
+            .runtime
+            .spawn(feed::run(Arc::downgrade(&inner), hub, feed_stopped));
+        Ok(Self { inner })
+    }
+
+    /// The command and channel the scripts publish a change of a user of `shard` with.
+    fn publish_to(&self, shard: u16) -> (&'static str, String) {
+        match &self.inner.target {
+            Target::Single(_) => ("PUBLISH", self.inner.keys.channel()),
+            Target::Cluster(_) => ("SPUBLISH", self.inner.keys.shard_channel(shard)),
+        }
+    }
+
+    /// Redis's time now for reading a published record: the estimate from the last sample
+    /// however old (this process's monotonic clock keeps it close), else a new sample, else
+    /// this machine's clock.
+    async fn feed_now(&self) -> i64 {
+        let sampled = match &self.inner.time {
+            TimeSource::Mock(clock) => return clock.wall().0,
+            TimeSource::Redis(sampled) => sampled,
+        };
+        if let Some(now) = sampled.latest() {
+            return now;
+        }
+        let _ = self.refresh_clock().await;
+        sampled.latest().unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         })
     }
 
@@ -506,6 +553,8 @@ impl RedisBackend {
     ) -> Result<(), PresenceError> {
         let inner = &self.inner;
         let shard = shard_of(user);
+        let (publish, channel) = self.publish_to(shard);
+        let (publish, channel) = (publish, channel.as_str());
         self.bounded("heartbeat", |mut c| async move {
             let now = self.now(&mut c).await?;
             let mut call = inner.heartbeat.key(inner.keys.user(user));
@@ -527,6 +576,7 @@ impl RedisBackend {
                     call.arg("p").arg(text).arg(deadline).arg(-1);
                 }
             }
+            call.arg(publish).arg(channel);
             call.invoke_async::<i64>(&mut c).await.map(|_| ())
         })
         .await
@@ -603,10 +653,13 @@ impl RedisBackend {
                 .zip(&due)
                 .filter(|(_, users)| !users.is_empty())
                 .map(|(&shard, users)| {
+                    let (publish, channel) = self.publish_to(shard);
                     let mut call = inner.claim.key(inner.keys.expiry(shard));
                     call.key(inner.keys.counters(shard))
                         .arg(now)
-                        .arg(inner.retention_ms.unwrap_or(-1));
+                        .arg(inner.retention_ms.unwrap_or(-1))
+                        .arg(publish)
+                        .arg(channel);
                     for &user in users {
                         if let Some(id) = UserId::new(user) {
                             call.key(inner.keys.user(id)).arg(user);

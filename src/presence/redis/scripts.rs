@@ -1,6 +1,14 @@
 //! The Lua scripts: each runs atomically on the one Redis node that holds its shard, so a
 //! heartbeat, a disconnect or a claim of due users is applied whole or not at all. Only
 //! commands that Valkey 7.2 also has.
+//!
+//! Each change a watcher must see (anything but `lastOnline` and the deadline) is published
+//! by the script that makes it, as `<user id>|<new record>` (`<user id>|` for a record
+//! deleted: the user reads as never seen). The command and channel are arguments: `PUBLISH`
+//! to the one channel of a standalone server, `SPUBLISH` to the shard's channel on a cluster
+//! (same hash tag as the shard's keys, so the script may name it and it stays on the
+//! shard's node). Published from within the script, a user's changes reach subscribers in
+//! the order they were made.
 
 /// Finds where field `n` (1-based) of a record starts, and the record's location.
 const HELPERS: &str = r#"
@@ -29,9 +37,16 @@ end
 /// The counters' field `t` counts the records a heartbeat created (less those a claim
 /// deleted): the users tracked, while no retention makes Redis forget records by itself.
 ///
+/// A present heartbeat changes what watchers see when the old record is absent or Offline,
+/// or has another type, or differs from the new one anywhere after the deadline (place,
+/// universe, game, location); one that only moves the deadline (even a deadline already
+/// past that no claim has reached yet) publishes nothing. A disconnect changes it when the
+/// old record was present.
+///
 /// KEYS: the record, the shard's expiry set, the shard's counters.
 /// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new record (for
-/// `p`), the deadline (for `p`), the retention in ms or `-1` for none (for `d`).
+/// `p`), the deadline (for `p`), the retention in ms or `-1` for none (for `d`), the
+/// publish command, the channel.
 const HEARTBEAT_BODY: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local old_type = 0
@@ -42,13 +57,18 @@ else
 end
 if ARGV[3] == 'p' then
   local new_type = string.byte(ARGV[4], 1) - 48
+  local changed = old_type <= 0 or old_type ~= new_type
   if old_type ~= new_type then
     if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
     redis.call('HINCRBY', KEYS[3], new_type, 1)
   end
+  if not changed then
+    changed = string.sub(old, field_start(old, 4)) ~= string.sub(ARGV[4], field_start(ARGV[4], 4))
+  end
   -- SET drops any retention expiry the record had while Offline.
   redis.call('SET', KEYS[1], ARGV[4])
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+  if changed then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. ARGV[4]) end
   return 1
 end
 local location = ''
@@ -57,8 +77,10 @@ if old_type > 0 then
   redis.call('HINCRBY', KEYS[3], old_type, -1)
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
-redis.call('SET', KEYS[1], '0|' .. ARGV[2] .. '|' .. location)
+local offline = '0|' .. ARGV[2] .. '|' .. location
+redis.call('SET', KEYS[1], offline)
 if ARGV[6] ~= '-1' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+if old_type > 0 then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. offline) end
 return 1
 "#;
 
@@ -66,17 +88,20 @@ return 1
 /// record's deadline has passed is flipped Offline (keeping `lastOnline` and the location),
 /// uncounted, removed from the expiry set, and given its retention expiry. A user that
 /// heartbeated since is left present; one claimed already (by another node) is skipped.
-/// Returns how many this call flipped.
+/// Each user flipped is published with its Offline record, or, when its retention has
+/// passed already and its record is deleted, as forgotten (`<user id>|`). Returns how many
+/// this call flipped.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the candidates' records.
-/// ARGV: now (ms), the retention in ms or `-1`, then the candidates' user ids, aligned with
-/// their records (ARGV[i] is the user of KEYS[i], from 3 on).
+/// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
+/// candidates' user ids, aligned with their records (ARGV[i + 2] is the user of KEYS[i],
+/// from 3 on).
 const CLAIM_BODY: &str = r#"
 local now = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local flipped = 0
 for i = 3, #KEYS do
-  local user = ARGV[i]
+  local user = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], user)
   if score and tonumber(score) <= now then
     local rec = redis.call('GET', KEYS[i])
@@ -90,7 +115,8 @@ for i = 3, #KEYS do
         redis.call('ZADD', KEYS[1], deadline, user)
       else
         local last_online = field(rec, 2)
-        redis.call('SET', KEYS[i], '0|' .. last_online .. '|' .. location_of(rec))
+        local offline = '0|' .. last_online .. '|' .. location_of(rec)
+        redis.call('SET', KEYS[i], offline)
         redis.call('HINCRBY', KEYS[2], kind, -1)
         redis.call('ZREM', KEYS[1], user)
         if keep >= 0 then
@@ -100,8 +126,10 @@ for i = 3, #KEYS do
           else
             redis.call('DEL', KEYS[i])
             redis.call('HINCRBY', KEYS[2], 't', -1)
+            offline = ''
           end
         end
+        redis.call(ARGV[3], ARGV[4], user .. '|' .. offline)
         flipped = flipped + 1
       end
     end
