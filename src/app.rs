@@ -276,8 +276,12 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
     let builder = builder
         .listen("presence-http", listener, move || {
             let shared = shared.clone();
+            // Each worker its own copy: nothing shared between workers per request.
+            let cors = api::cors::Cors::new(&shared.settings.api.cors_origins);
+            // CORS inside the logging: preflights are counted and logged like any request.
             let app = App::new()
                 .app_data(shared)
+                .wrap(from_fn(move |req, next| cors.handle(req, next)))
                 .wrap(from_fn(api::middleware::negotiate_and_log))
                 .configure(api::configure)
                 .default_service(web::to(api::routes::not_found))

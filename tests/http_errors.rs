@@ -82,7 +82,7 @@ fn chunked(text: &str, size: usize) -> String {
 async fn an_unknown_route_is_404_in_the_json_error_shape() {
     let app = spawn_app().await;
     for (method, path) in [
-        (reqwest::Method::GET, "/"),
+        (reqwest::Method::GET, "/v1"),
         (reqwest::Method::GET, "/v1/presence/nope"),
         (reqwest::Method::POST, "/v2/presence/users"),
         (reqwest::Method::POST, "/v1/presence/user"),

@@ -22,6 +22,10 @@ pub enum ApiError {
     /// A cookie-authenticated call without the right CSRF token; carries the right one.
     #[error("csrf token missing or wrong")]
     CsrfFailed { token: String },
+    /// A request this server will not serve for that caller, such as a live stream that
+    /// carries a cookie from a foreign page (CONTRACT section 9).
+    #[error("forbidden")]
+    Forbidden,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed")]
@@ -76,6 +80,7 @@ impl ApiError {
             Self::TooManyUserIds => (2, "Too many User Ids being sent in the request."),
             Self::Unauthorized(_) => (0, "Authorization has been denied for this request."),
             Self::CsrfFailed { .. } => (0, "Token Validation Failed"),
+            Self::Forbidden => (0, "Forbidden"),
             Self::NotFound => (0, "NotFound"),
             Self::MethodNotAllowed { .. } => (0, "MethodNotAllowed"),
             Self::PayloadTooLarge { .. } => (0, "PayloadTooLarge"),
@@ -95,7 +100,7 @@ impl ResponseError for ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::CsrfFailed { .. } => StatusCode::FORBIDDEN,
+            Self::CsrfFailed { .. } | Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,6 +154,17 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"errors":[{"code":2,"message":"Too many User Ids being sent in the request."}]})
+        );
+    }
+
+    #[actix_web::test]
+    async fn forbidden_is_403_code_0() {
+        let response = ApiError::Forbidden.error_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.headers().get("x-csrf-token").is_none());
+        assert_eq!(
+            body_of(ApiError::Forbidden).await,
+            serde_json::json!({"errors":[{"code":0,"message":"Forbidden"}]})
         );
     }
 

@@ -1,6 +1,7 @@
 //! HTTP only: routes, the body extractor, credentials, the error type and JSON shapes.
 
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod json;
@@ -8,6 +9,7 @@ pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod routes;
 pub mod stream;
 

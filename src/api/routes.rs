@@ -9,6 +9,7 @@ use super::extract::{Reader, WritingUser};
 use super::json::{LookupRequest, PresencesWriter, RegisterAppPresenceRequest};
 use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
+use super::page;
 use super::stream;
 use super::AppState;
 use crate::presence::Heartbeat;
@@ -22,7 +23,8 @@ pub const PAGE: &str = "/";
 /// Mounts the API's routes and the operators' ones; anything else is 404, another method
 /// on them 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(only(Method::GET, ops::HEALTH, ops::health))
+    cfg.service(only(Method::GET, PAGE, page::index))
+        .service(only(Method::GET, ops::HEALTH, ops::health))
         .service(only(Method::GET, ops::READY, ops::ready))
         .service(only(Method::GET, ops::METRICS, ops::metrics))
         .service(only(Method::GET, ops::OPENAPI, ops::openapi))
