@@ -511,3 +511,78 @@ async fn on_redis_a_change_through_any_node_reaches_the_watchers_of_every_node()
     assert_eq!(expired.entries()[0]["lastLocation"], "Short");
     assert_eq!(expired.entries(), b.lookup(&[72]).await);
 }
+
+// ---- Browsers ----
+
+#[tokio::test]
+async fn a_cookie_from_a_foreign_page_is_refused_and_a_listed_or_own_origin_is_served() {
+    let app = spawn_live(|s| {
+        s.api.cors_origins = vec!["https://friends.example.com".into()];
+    })
+    .await;
+    let cookie = format!(".ROBLOSECURITY={}", app.token(5));
+    let own = format!("http://{}", app.addr);
+    let stream_with = |origin: &'static str, cookie: Option<String>| {
+        let addr = app.addr;
+        async move {
+            let mut headers = vec![("Origin", origin.to_owned())];
+            if let Some(cookie) = cookie {
+                headers.push(("Cookie", cookie));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            Sse::open(addr, "userIds=1", &headers, None).await
+        }
+    };
+    // A foreign page with the visitor's cookie: 403 code 0.
+    let foreign = stream_with("https://evil.example.com", Some(cookie.clone())).await;
+    assert_eq!(foreign.status, 403);
+    assert_eq!(
+        foreign.error(),
+        json!({"errors":[{"code":0,"message":"Forbidden"}]})
+    );
+    // The same page without a cookie, a listed origin with one, and no Origin at all.
+    assert_eq!(
+        stream_with("https://evil.example.com", None).await.status,
+        200
+    );
+    assert_eq!(
+        stream_with("https://friends.example.com", Some(cookie.clone()))
+            .await
+            .status,
+        200
+    );
+    let plain = Sse::open(app.addr, "userIds=1", &[("Cookie", &cookie)], None).await;
+    assert_eq!(plain.status, 200);
+    // This server's own origin.
+    let mine = Sse::open(
+        app.addr,
+        "userIds=1",
+        &[("Cookie", &cookie), ("Origin", &own)],
+        None,
+    )
+    .await;
+    assert_eq!(mine.status, 200);
+
+    // The WebSocket upgrade likewise.
+    let upgrade = |origin: &str| {
+        app.client
+            .get(app.url(WS))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("cookie", cookie.clone())
+            .header("origin", origin.to_owned())
+            .send()
+    };
+    let (status, code, _) = error_of(upgrade("https://evil.example.com").await.unwrap()).await;
+    assert_eq!((status, code), (403, 0));
+    assert_eq!(
+        upgrade("https://friends.example.com")
+            .await
+            .unwrap()
+            .status(),
+        101
+    );
+}

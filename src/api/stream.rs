@@ -17,6 +17,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::cors::foreign_cookie_origin;
 use super::error::ApiError;
 use super::extract::Reader;
 use super::json::{is_user_ids_key, IdItem, LookupRequest, PresencesWriter};
@@ -100,6 +101,15 @@ fn event(id: EventId, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A stream or WebSocket that carries a cookie credential from a page of a foreign origin
+/// is refused (CONTRACT section 9): such a page must not ride a visitor's cookie.
+fn refuse_foreign_cookie(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if foreign_cookie_origin(req, &state.settings) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(())
+}
+
 /// A new subscription within `stream.max_connections`, or 503.
 fn open(state: &AppState) -> Result<Subscription, ApiError> {
     state
@@ -121,6 +131,7 @@ pub async fn sse(
     state: web::Data<AppState>,
     _reader: Reader,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_foreign_cookie(&req, &state)?;
     let max = state.settings.stream.max_user_ids;
     let ids = visible(checked(query_ids(req.query_string())?, max)?);
     let mut sub = open(&state)?;
@@ -210,6 +221,7 @@ pub async fn ws(
     state: web::Data<AppState>,
     _reader: Reader,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_foreign_cookie(&req, &state)?;
     let sub = open(&state)?;
     let (response, session, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
