@@ -3,11 +3,15 @@
 //! The server runs as a child process, the release binary `presence-server serve` that
 //! cargo builds next to this bench, with `server.workers = 1`, persistence off, rate limits
 //! off, no per-address connection limit, `presence.heartbeat_ttl = 1h` (so that nothing
-//! expires during a run) and room for every subscriber in `stream.max_connections`. A child
+//! expires during a run), `server.keep_alive = 1h` (so that idle connections stay) and room
+//! for every subscriber in `stream.max_connections`. A child
 //! process is what lets the bench read the server's own memory and CPU time from
 //! `/proc/<pid>`, apart from the clients'. A fresh server is started for each subscriber
 //! count N, and it is driven in this order:
 //!
+//! 0. (on a server of its own) N plain keep-alive connections each make one lookup of the
+//!    same 50 users as a subscriber and then stay idle: the server RSS they add is what any
+//!    idle HTTP/1.1 connection costs, the baseline of the stream's own cost;
 //! 1. every user of the pool heartbeats once (so every watched user has an entry);
 //! 2. **memory**: the server's RSS before and after N subscribers open their stream and
 //!    receive their first event (each watches 50 distinct users drawn from the pool, so a
@@ -29,8 +33,9 @@
 //!
 //! Subscribers all live on `BENCH_SUBSCRIBER_THREADS` tokio worker thread(s) (default 1), the
 //! driver on one more; with the server's worker that is more busy threads than the machine
-//! may have cores: the bench reports the CPU time of the server and of the subscriber
-//! thread(s) so that a saturated side shows.
+//! may have cores: the bench reports the CPU time of the server, of the subscriber
+//! thread(s), of the driver and of the whole machine (`/proc/stat`, every process) so that a
+//! saturated side, or a machine busy with something else, shows.
 //!
 //! Run: `cargo bench --bench stream`. Results are printed as a table and written as JSON to
 //! `target/bench-stream.json`. Environment:
@@ -95,6 +100,8 @@ const ENTRY_START: &[u8] = b"{\"userPresenceType\"";
 const STAMP_START: &[u8] = b"\"lastLocation\":\"t";
 /// The name of the subscribers' runtime threads.
 const SUBSCRIBER_THREAD: &str = "bench-subs";
+/// The name of the driver's runtime thread.
+const DRIVER_THREAD: &str = "bench-driver";
 
 static BASE: OnceLock<Instant> = OnceLock::new();
 
@@ -151,7 +158,7 @@ fn main() {
 
     let driver = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("bench-driver")
+        .thread_name(DRIVER_THREAD)
         .enable_all()
         .build()
         .expect("the driver's runtime");
@@ -168,11 +175,33 @@ fn main() {
         let requests: Arc<Vec<Vec<u8>>> =
             Arc::new(lists.iter().map(|l| stream_request(l)).collect());
 
+        // 0. The same number of plain keep-alive connections, each after a lookup of the
+        //    same 50 users, on a server of their own: what any idle HTTP/1.1 connection costs.
+        let keepalive_rss = {
+            let lookups: Arc<Vec<Vec<u8>>> =
+                Arc::new(lists.iter().map(|l| lookup_request(l)).collect());
+            let server = Server::start(n + 64, &bin);
+            let mut idle = Subscribers::new(config.subscriber_threads);
+            std::thread::sleep(Duration::from_millis(500));
+            let before = server.rss_kib();
+            idle.open_as(server.addr, &lookups, Kind::KeepAlive);
+            std::thread::sleep(Duration::from_secs(1));
+            let after = server.rss_kib();
+            eprintln!("N = {n}: {n} idle keep-alive connections: RSS {before} KiB -> {after} KiB");
+            idle.close();
+            server.stop();
+            (before, after)
+        };
+
         eprintln!("N = {n}: starting the server ...");
         let server = Server::start(n + 64, &bin);
         let addr = server.addr;
         let mut subs = Subscribers::new(config.subscriber_threads);
         let mut result = RunResult::new(n, &watchers, config.pool);
+        (
+            result.keepalive_rss_before_kib,
+            result.keepalive_rss_after_kib,
+        ) = keepalive_rss;
 
         // 1. Every pool user present.
         let populate: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -374,6 +403,8 @@ impl Server {
             .env("PRESENCE__SERVER__BIND", addr.to_string())
             .env("PRESENCE__SERVER__WORKERS", "1")
             .env("PRESENCE__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0")
+            // Idle keep-alive connections stay open for the memory baseline.
+            .env("PRESENCE__SERVER__KEEP_ALIVE", "1h")
             .env("PRESENCE__PERSISTENCE__ENABLED", "false")
             .env("PRESENCE__RATE_LIMIT__REGISTER_PER_SECOND", "0")
             .env("PRESENCE__RATE_LIMIT__LOOKUP_PER_SECOND", "0")
@@ -462,13 +493,30 @@ fn threads_cpu(tasks: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// CPU time of this process's subscriber threads so far.
-fn subscriber_cpu_seconds() -> f64 {
+/// CPU time of this process's threads whose name starts with `prefix`, so far.
+fn own_cpu_seconds(prefix: &str) -> f64 {
     threads_cpu("/proc/self/task")
         .iter()
-        .filter(|(name, _)| name.starts_with(SUBSCRIBER_THREAD))
+        .filter(|(name, _)| name.starts_with(prefix))
         .map(|(_, s)| s)
         .sum()
+}
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`, in ticks).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -496,6 +544,18 @@ fn stream_request(users: &[u64]) -> Vec<u8> {
     format!(
         "GET {STREAM}?userIds={} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
         ids.join(",")
+    )
+    .into_bytes()
+}
+
+/// `POST /v1/presence/users` of `users`: an answer about as large as a stream's first event.
+fn lookup_request(users: &[u64]) -> Vec<u8> {
+    let ids: Vec<String> = users.iter().map(u64::to_string).collect();
+    let body = format!(r#"{{"userIds":[{}]}}"#, ids.join(","));
+    format!(
+        "POST /v1/presence/users HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .into_bytes()
 }
@@ -579,6 +639,12 @@ impl Subscribers {
 
     /// Opens one stream per request and waits until each received its first event.
     fn open(&mut self, addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>) -> Duration {
+        self.open_as(addr, requests, Kind::Stream)
+    }
+
+    /// Opens one connection per request, each sending its request, reading the whole
+    /// answer and then staying open and idle.
+    fn open_as(&mut self, addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>, kind: Kind) -> Duration {
         assert!(self.tasks.is_empty(), "open after close");
         let start = Instant::now();
         let opened = self.stats.opened.load(Ordering::Relaxed);
@@ -589,7 +655,11 @@ impl Subscribers {
             let stats = Arc::clone(&self.stats);
             let gate = Arc::clone(&gate);
             self.tasks.push(self.rt.spawn(async move {
-                if let Err(e) = watch(addr, &requests[i], &stats, gate).await {
+                let done = match kind {
+                    Kind::Stream => watch(addr, &requests[i], &stats, gate).await,
+                    Kind::KeepAlive => hold(addr, &requests[i], &stats, gate).await,
+                };
+                if let Err(e) = done {
                     stats.error(format!("stream {i}: {e}"));
                 }
             }));
@@ -630,6 +700,37 @@ impl Subscribers {
             }
         });
     }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// An event stream, read until dropped.
+    Stream,
+    /// A keep-alive connection that made one request and then idles.
+    KeepAlive,
+}
+
+/// One keep-alive connection: one request, its whole answer, then idle until dropped.
+async fn hold(
+    addr: SocketAddr,
+    request: &[u8],
+    stats: &Stats,
+    gate: Arc<Semaphore>,
+) -> io::Result<()> {
+    let opening = gate.acquire_owned().await.expect("the gate stays open");
+    let mut conn = connect(addr).await?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let status = exchange(&mut conn, request, &mut buf).await?;
+    if status != 200 {
+        return Err(invalid(&format!("status {status}")));
+    }
+    drop(buf);
+    drop(opening);
+    stats.opened.fetch_add(1, Ordering::Relaxed);
+    // The server answers nothing more; a read that ends means it closed the connection.
+    let mut byte = [0u8; 1];
+    let _ = conn.read(&mut byte).await?;
+    Err(invalid("the server closed an idle keep-alive connection"))
 }
 
 /// One stream: sends its request, checks the answer's head, then reads events until the
@@ -1001,6 +1102,9 @@ struct ChangePhase {
     subscriber_cpu_seconds: f64,
     /// Sorted latencies, in µs.
     latencies_us: Vec<u32>,
+    driver_cpu_seconds: f64,
+    /// Busy cores of the whole machine (all processes), on average.
+    machine_busy_cores: f64,
     driver_errors: u64,
     first_driver_error: Option<String>,
 }
@@ -1065,12 +1169,19 @@ fn measure_changes(
     let entries0 = stats.entries.load(Ordering::Relaxed);
     let events0 = stats.events.load(Ordering::Relaxed);
     let server0 = server.cpu_seconds();
-    let subs0 = subscriber_cpu_seconds();
+    let subs0 = own_cpu_seconds(SUBSCRIBER_THREAD);
+    let driver0 = own_cpu_seconds(DRIVER_THREAD);
+    let machine0 = machine_ticks();
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let received = stats.entries.load(Ordering::Relaxed) - entries0;
     let events = stats.events.load(Ordering::Relaxed) - events0;
     let server_cpu = server.cpu_seconds() - server0;
-    let subs_cpu = subscriber_cpu_seconds() - subs0;
+    let subs_cpu = own_cpu_seconds(SUBSCRIBER_THREAD) - subs0;
+    let driver_cpu = own_cpu_seconds(DRIVER_THREAD) - driver0;
+    let machine1 = machine_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let machine_busy =
+        (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64 * cores;
     stats.recording.store(false, Ordering::Relaxed);
     let outcome = driver.block_on(load).expect("the driver panicked");
     let mut latencies = std::mem::take(&mut *stats.latencies_us.lock());
@@ -1089,6 +1200,8 @@ fn measure_changes(
         events,
         server_cpu_seconds: server_cpu,
         subscriber_cpu_seconds: subs_cpu,
+        driver_cpu_seconds: driver_cpu,
+        machine_busy_cores: machine_busy,
         latencies_us: latencies,
         driver_errors: outcome.errors,
         first_driver_error: outcome.first_error,
@@ -1133,6 +1246,9 @@ struct RunResult {
     open_seconds: f64,
     rss_before_kib: u64,
     rss_after_kib: u64,
+    /// RSS of a server of its own around N plain idle keep-alive connections.
+    keepalive_rss_before_kib: u64,
+    keepalive_rss_after_kib: u64,
     latency: Option<ChangePhase>,
     deliveries: Option<ChangePhase>,
     ab: Vec<AbRun>,
@@ -1150,6 +1266,8 @@ impl RunResult {
             open_seconds: 0.0,
             rss_before_kib: 0,
             rss_after_kib: 0,
+            keepalive_rss_before_kib: 0,
+            keepalive_rss_after_kib: 0,
             latency: None,
             deliveries: None,
             ab: Vec::new(),
@@ -1161,6 +1279,13 @@ impl RunResult {
     /// Server RSS added per idle subscriber, in KB (1000 bytes).
     fn kb_per_subscriber(&self) -> f64 {
         (self.rss_after_kib as f64 - self.rss_before_kib as f64) * 1024.0
+            / 1000.0
+            / self.subscribers as f64
+    }
+
+    /// Server RSS added per idle keep-alive connection (no stream), in KB.
+    fn kb_per_keepalive(&self) -> f64 {
+        (self.keepalive_rss_after_kib as f64 - self.keepalive_rss_before_kib as f64) * 1024.0
             / 1000.0
             / self.subscribers as f64
     }
@@ -1235,6 +1360,9 @@ fn print_table(results: &[RunResult], config: &Config) {
     row("server RSS per idle subscriber (KB)  [< 16]", &|r| {
         format!("{:.2}", r.kb_per_subscriber())
     });
+    row("  of which any idle keep-alive connection (KB)", &|r| {
+        format!("{:.2}", r.kb_per_keepalive())
+    });
     row(
         &format!(
             "latency phase: heartbeats/s (asked {})",
@@ -1261,10 +1389,8 @@ fn print_table(results: &[RunResult], config: &Config) {
             .as_ref()
             .map_or_else(na, |p| format!("{:.0}", p.percentile_us(99.0)))
     });
-    row("latency phase: server / subscriber CPU (cores)", &|r| {
-        r.latency.as_ref().map_or_else(na, |p| {
-            format!("{:.2} / {:.2}", p.server_cores(), p.subscriber_cores())
-        })
+    row("latency phase: CPU server/subs/driver/machine", &|r| {
+        r.latency.as_ref().map_or_else(na, cpu_cell)
     });
     row("max rate: heartbeats (changes)/s", &|r| {
         r.deliveries
@@ -1286,10 +1412,8 @@ fn print_table(results: &[RunResult], config: &Config) {
             format!("{:.2}", p.received as f64 / p.events.max(1) as f64)
         })
     });
-    row("max rate: server / subscriber CPU (cores)", &|r| {
-        r.deliveries.as_ref().map_or_else(na, |p| {
-            format!("{:.2} / {:.2}", p.server_cores(), p.subscriber_cores())
-        })
+    row("max rate: CPU server/subs/driver/machine", &|r| {
+        r.deliveries.as_ref().map_or_else(na, cpu_cell)
     });
     row("max rate: received per server CPU-second", &|r| {
         r.deliveries
@@ -1327,6 +1451,17 @@ fn print_table(results: &[RunResult], config: &Config) {
     }
 }
 
+/// Cores used by the server, the subscriber thread(s), the driver and the whole machine.
+fn cpu_cell(p: &ChangePhase) -> String {
+    format!(
+        "{:.2}/{:.2}/{:.2}/{:.2}",
+        p.server_cores(),
+        p.subscriber_cores(),
+        p.driver_cpu_seconds / p.seconds,
+        p.machine_busy_cores
+    )
+}
+
 fn phase_json(p: &ChangePhase) -> serde_json::Value {
     let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
     serde_json::json!({
@@ -1341,6 +1476,8 @@ fn phase_json(p: &ChangePhase) -> serde_json::Value {
         "events": p.events,
         "server_cpu_cores": p.server_cores(),
         "subscriber_cpu_cores": p.subscriber_cores(),
+        "driver_cpu_cores": p.driver_cpu_seconds / p.seconds,
+        "machine_busy_cores": p.machine_busy_cores,
         "received_per_server_cpu_second": finite(p.received_per_server_cpu_second()),
         "latency_samples": p.latencies_us.len(),
         "latency_p50_us": finite(p.percentile_us(50.0)),
@@ -1404,6 +1541,9 @@ fn to_json(results: &[RunResult], cores: usize, config: &Config) -> serde_json::
             "rss_before_kib": r.rss_before_kib,
             "rss_after_kib": r.rss_after_kib,
             "kb_per_idle_subscriber": finite(r.kb_per_subscriber()),
+            "keepalive_rss_before_kib": r.keepalive_rss_before_kib,
+            "keepalive_rss_after_kib": r.keepalive_rss_after_kib,
+            "kb_per_idle_keepalive_connection": finite(r.kb_per_keepalive()),
             "latency": r.latency.as_ref().map(phase_json),
             "deliveries": r.deliveries.as_ref().map(phase_json),
             "heartbeats_with_idle_subscribers": ab_json(r),
