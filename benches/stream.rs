@@ -47,7 +47,7 @@
 //!   10), each after `BENCH_WARMUP_SECONDS` of warm-up (default 1);
 //! - `BENCH_DRIVER_CONNECTIONS`: keep-alive connections of the change driver (default 16);
 //! - `BENCH_AB_SECONDS`: measured seconds of each A or B heartbeat run (default 3);
-//! - `BENCH_AB_ROUNDS`: A/B pairs per variant (default 2);
+//! - `BENCH_AB_ROUNDS`: A/B pairs per variant (default 3);
 //! - `BENCH_SUBSCRIBER_THREADS`: client threads for all subscribers (default 1);
 //! - `BENCH_SERVER_BIN`: the server binary (default: the one cargo built for this bench).
 //!
@@ -193,8 +193,8 @@ fn main() {
             (before, after)
         };
 
-        eprintln!("N = {n}: starting the server ...");
         let server = Server::start(n + 64, &bin);
+        eprintln!("N = {n}: server pid {} on {}", server.pid(), server.addr);
         let addr = server.addr;
         let mut subs = Subscribers::new(config.subscriber_threads);
         let mut result = RunResult::new(n, &watchers, config.pool);
@@ -346,7 +346,7 @@ impl Config {
             measure: Duration::from_secs_f64(env_number("BENCH_SECONDS", 10.0).max(0.1)),
             driver_connections: env_number("BENCH_DRIVER_CONNECTIONS", 16.0).max(1.0) as usize,
             ab_measure: Duration::from_secs_f64(env_number("BENCH_AB_SECONDS", 3.0).max(0.1)),
-            ab_rounds: env_number("BENCH_AB_ROUNDS", 2.0).max(1.0) as usize,
+            ab_rounds: env_number("BENCH_AB_ROUNDS", 3.0).max(1.0) as usize,
             subscriber_threads: env_number("BENCH_SUBSCRIBER_THREADS", 1.0).max(1.0) as usize,
         }
     }
