@@ -1330,16 +1330,16 @@ fn print_table(results: &[RunResult], config: &Config) {
         "measure (server: 1 worker, child process)",
         results
             .iter()
-            .map(|r| format!("{:>16}", format!("N = {}", r.subscribers)))
+            .map(|r| format!("{:>24}", format!("N = {}", r.subscribers)))
             .collect::<String>()
     );
-    println!("{}", "-".repeat(58 + 17 * results.len()));
+    println!("{}", "-".repeat(58 + 25 * results.len()));
     let row = |name: &str, cell: &dyn Fn(&RunResult) -> String| {
         println!(
             "{name:<58} {}",
             results
                 .iter()
-                .map(|r| format!("{:>16}", cell(r)))
+                .map(|r| format!("{:>24}", cell(r)))
                 .collect::<String>()
         );
     };
