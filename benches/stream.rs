@@ -263,10 +263,16 @@ fn main() {
                 } else {
                     subs.close();
                 }
-                for (variant, requests) in [
+                let mut order = [
                     (Variant::Unwatched, &refresh_unwatched),
                     (Variant::WatchedRefresh, &refresh_watched),
-                ] {
+                ];
+                // Which variant runs first after the subscribers open or close alternates
+                // between rounds, so that neither always meets the aftermath.
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for (variant, requests) in order {
                     let outcome = driver.block_on(refresh_load(
                         addr,
                         Arc::clone(requests),
