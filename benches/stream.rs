@@ -29,7 +29,8 @@
 //!    refresh heartbeats (the same location every time) of 4096 users, in two variants:
 //!    users nobody watches, and watched users that only refresh. Each variant is measured
 //!    with no subscriber (A) and with N idle ones (B), alternately A/B `BENCH_AB_ROUNDS`
-//!    times; the ratio is median(B) / median(A).
+//!    times; the ratio is the median over rounds of B / A (each round's A and B are a few
+//!    seconds apart), next to the medians of all A and all B runs.
 //!
 //! Subscribers all live on `BENCH_SUBSCRIBER_THREADS` tokio worker thread(s) (default 1), the
 //! driver on one more; with the server's worker that is more busy threads than the machine
@@ -292,6 +293,7 @@ fn main() {
                         }
                     );
                     result.ab.push(AbRun {
+                        round,
                         variant,
                         with_subscribers: with,
                         per_sec,
@@ -1237,6 +1239,7 @@ impl Variant {
 }
 
 struct AbRun {
+    round: usize,
     variant: Variant,
     with_subscribers: bool,
     per_sec: f64,
@@ -1296,7 +1299,9 @@ impl RunResult {
             / self.subscribers as f64
     }
 
-    /// Median heartbeats/s of `variant` without and with subscribers, and their ratio.
+    /// Median heartbeats/s of `variant` without and with subscribers, and the median of
+    /// each round's with/without ratio (a round's two runs are a few seconds apart, so the
+    /// ratio of a round is spared the machine's slower drifts).
     fn ab_medians(&self, variant: Variant) -> (f64, f64, f64) {
         let median_of = |with: bool| {
             let mut values: Vec<f64> = self
@@ -1308,7 +1313,19 @@ impl RunResult {
             median(&mut values)
         };
         let (none, with) = (median_of(false), median_of(true));
-        (none, with, with / none)
+        let runs = |with: bool| {
+            self.ab
+                .iter()
+                .filter(move |r| r.variant == variant && r.with_subscribers == with)
+        };
+        let mut ratios: Vec<f64> = runs(true)
+            .filter_map(|b| {
+                runs(false)
+                    .find(|a| a.round == b.round)
+                    .map(|a| b.per_sec / a.per_sec)
+            })
+            .collect();
+        (none, with, median(&mut ratios))
     }
 }
 
@@ -1431,9 +1448,10 @@ fn print_table(results: &[RunResult], config: &Config) {
             let (none, with, _) = r.ab_medians(variant);
             format!("{none:.0} / {with:.0}")
         });
-        row(&format!("{}: ratio  [>= 0.95]", variant.name()), &|r| {
-            format!("{:.3}", r.ab_medians(variant).2)
-        });
+        row(
+            &format!("{}: B/A per round, median  [>= 0.95]", variant.name()),
+            &|r| format!("{:.3}", r.ab_medians(variant).2),
+        );
     }
     row("stream errors", &|r| r.stream_errors.to_string());
     for r in results {
@@ -1505,7 +1523,8 @@ fn ab_json(r: &RunResult) -> Vec<serde_json::Value> {
                     .filter(|a| a.variant == v)
                     .map(|a| {
                         serde_json::json!({
-                            "with_subscribers": a.with_subscribers,
+                            "round": a.round + 1,
+                        "with_subscribers": a.with_subscribers,
                             "per_sec": a.per_sec,
                             "errors": a.errors,
                         })
@@ -1515,7 +1534,7 @@ fn ab_json(r: &RunResult) -> Vec<serde_json::Value> {
                 "variant": v.key(),
                 "median_none_per_sec": finite(none),
                 "median_with_per_sec": finite(with),
-                "ratio": finite(ratio),
+                "ratio_median_per_round": finite(ratio),
                 "runs": runs,
             })
         })
