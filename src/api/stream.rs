@@ -5,6 +5,7 @@
 //! What a watcher may see is decided in one place, [`visible`]: today everyone sees every
 //! user, as with lookups.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -165,6 +166,8 @@ pub async fn sse(
         sub,
         ping: ticker(state.settings.stream.keep_alive),
         held: hold_connection(&req),
+        next_batch: Instant::now(),
+        pacing: None,
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
@@ -173,6 +176,13 @@ pub async fn sse(
         .streaming(body))
 }
 
+/// After a stream or WebSocket is written a batch of changes, the next batch waits this
+/// long, gathering (and coalescing) what changes meanwhile: a change to a quiet stream goes
+/// out at once, while a busy one is written at most this often, several entries a write
+/// rather than one (a write, not the entries in it, is what costs: CPU time goes to the
+/// system calls).
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The body of an event stream. It is polled only when the connection can take more, so
 /// a reader that falls behind leaves its changes coalesced in the subscription.
 struct EventStream {
@@ -180,6 +190,27 @@ struct EventStream {
     sub: Subscription,
     ping: Interval,
     held: Option<StreamGuard>,
+    /// No batch before this (see [`BATCH_INTERVAL`]).
+    next_batch: Instant,
+    /// The wait for `next_batch`, made the first time one is needed.
+    pacing: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl EventStream {
+    /// Whether a batch may be written now; if not, the task is woken when it may.
+    fn may_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if Instant::now() >= self.next_batch {
+            return true;
+        }
+        let due = self.next_batch;
+        let pacing = self
+            .pacing
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if pacing.deadline() != due {
+            pacing.as_mut().reset(due);
+        }
+        pacing.as_mut().poll(cx).is_ready()
+    }
 }
 
 const PING: &[u8] = b": ping\n\n";
@@ -195,12 +226,17 @@ impl Stream for EventStream {
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(Ok(first)));
         }
+        if !this.may_write(cx) {
+            // Written to within the batch interval: a ping is not due either.
+            return Poll::Pending;
+        }
         match this.sub.poll_batch(cx) {
             Poll::Ready(Some(Batch {
                 entries,
                 id: Some(id),
             })) => {
                 this.ping.reset();
+                this.next_batch = Instant::now() + BATCH_INTERVAL;
                 return Poll::Ready(Some(Ok(event(id, &joined(&entries)))));
             }
             Poll::Ready(Some(_)) => {}
@@ -255,7 +291,9 @@ async fn run(
     mut messages: actix_ws::AggregatedMessageStream,
 ) {
     let mut ping = ticker(state.settings.stream.keep_alive);
+    let mut next_batch = Instant::now();
     loop {
+        let paced = Instant::now() < next_batch;
         tokio::select! {
             message = messages.recv() => {
                 let sent = match message {
@@ -295,7 +333,7 @@ async fn run(
                     return;
                 }
             }
-            batch = sub.next_batch() => {
+            batch = sub.next_batch(), if !paced => {
                 let Some(batch) = batch else {
                     let _ = session.close(Some(CloseCode::Away.into())).await;
                     return;
@@ -304,7 +342,9 @@ async fn run(
                     return;
                 }
                 ping.reset();
+                next_batch = Instant::now() + BATCH_INTERVAL;
             }
+            () = tokio::time::sleep_until(next_batch), if paced => {}
             _ = ping.tick() => {
                 if session.ping(b"").await.is_err() {
                     return;
