@@ -197,10 +197,15 @@ struct EventStream {
 }
 
 impl EventStream {
-    /// Whether a batch may be written now; if not, the task is woken when it may.
+    /// Whether a batch may be written now; if not, the task is woken when it may. The
+    /// timer is armed only once something waits to be written: most writes are followed
+    /// by a quiet spell, which then costs nothing.
     fn may_write(&mut self, cx: &mut Context<'_>) -> bool {
         if Instant::now() >= self.next_batch {
             return true;
+        }
+        if self.sub.poll_pending(cx).is_pending() {
+            return false;
         }
         let due = self.next_batch;
         let pacing = self
@@ -344,7 +349,10 @@ async fn run(
                 ping.reset();
                 next_batch = Instant::now() + BATCH_INTERVAL;
             }
-            () = tokio::time::sleep_until(next_batch), if paced => {}
+            () = sub.pending(), if paced => {
+                // Something to write, within the batch interval: gather until it ends.
+                tokio::time::sleep_until(next_batch).await;
+            }
             _ = ping.tick() => {
                 if session.ping(b"").await.is_err() {
                     return;

@@ -525,6 +525,28 @@ impl Subscription {
         Poll::Pending
     }
 
+    /// Whether something is pending (or the hub is closing), without taking it; if not,
+    /// the task is woken when there is.
+    pub fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let ready = || {
+            !self.watcher.pending.lock().entries.is_empty()
+                || self.watcher.closed.load(Ordering::Acquire)
+        };
+        if ready() {
+            return Poll::Ready(());
+        }
+        self.watcher.waker.register(cx.waker());
+        if ready() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Once something is pending (or the hub is closing).
+    pub async fn pending(&self) {
+        std::future::poll_fn(|cx| self.poll_pending(cx)).await;
+    }
+
     /// The next batch, once there is one; `None` once the hub closes.
     pub async fn next_batch(&self) -> Option<Batch> {
         std::future::poll_fn(|cx| self.poll_batch(cx)).await
