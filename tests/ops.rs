@@ -31,8 +31,13 @@ async fn health_and_ready_answer_200_while_serving() {
     let res = get(&app, "/health").await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": "ok"}));
-    let res = get(&app, "/ready").await;
-    assert_eq!(res.status(), 200);
+    // On Redis a node is ready once it has connected and subscribed to the other nodes'
+    // changes, a few milliseconds after start (longer on a busy machine).
+    let res = eventually(Duration::from_secs(10), || async {
+        let res = get(&app, "/ready").await;
+        (res.status() == 200).then_some(res)
+    })
+    .await;
     assert_eq!(
         res.json::<Value>().await.unwrap(),
         json!({"status": "ready"})
