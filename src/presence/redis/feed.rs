@@ -2,8 +2,9 @@
 //! [`super::scripts`]) and hands each to its [`Hub`], so that a change made through any
 //! node, expiries included, reaches the watchers on every node.
 //!
-//! - Standalone: one pub/sub connection, `SUBSCRIBE <prefix>c` (Redis 6.2 has it). When it
-//!   drops or cannot be made, it is made again with a capped backoff.
+//! - Standalone: one pub/sub connection, `SUBSCRIBE <prefix>c` (Redis 6.2 has it), checked
+//!   with a `PING` every 10 s. When it drops, stops answering or cannot be made, it is made
+//!   again with a capped backoff.
 //! - Cluster: a RESP3 cluster connection of its own, `SSUBSCRIBE`d to every shard's channel
 //!   `<prefix>{<shard>}c`; the client subscribes again by itself after a node reconnects or
 //!   the slots move. After a disconnection that no new subscription follows (a master that
@@ -45,6 +46,10 @@ const RESYNC_RETRY: Duration = Duration::from_secs(1);
 /// On a cluster, a disconnection that no new subscription follows within this makes a new
 /// connection.
 const SILENT_AFTER_DISCONNECT: Duration = Duration::from_secs(3);
+/// How often a standalone subscription is checked with a `PING`.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// The least time a `PING` of the subscription is given, whatever `redis.timeout` says.
+const PING_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 /// On a cluster, rounds of failed subscriptions after which a new connection is made.
 const FAILED_ROUNDS: u32 = 3;
 
@@ -130,7 +135,8 @@ impl Feed {
                         tracing::info!("live presence: subscribed to Redis again");
                     }
                     retry.reset();
-                    self.listen_single(pubsub).await;
+                    self.listen_single(pubsub, timeout.max(PING_TIMEOUT_FLOOR))
+                        .await;
                     tracing::warn!(
                         "live presence: the Redis subscription dropped; subscribing again"
                     );
@@ -150,13 +156,17 @@ impl Feed {
         }
     }
 
-    /// Hands every message to the hub until the connection drops; catches up first.
-    async fn listen_single(&self, pubsub: redis::aio::PubSub) {
-        let mut messages = pubsub.into_on_message();
+    /// Hands every message to the hub until the connection drops, or stops answering a
+    /// `PING` within `timeout` (a connection that died without a word, which TCP alone
+    /// would take many minutes to notice); catches up first.
+    async fn listen_single(&self, pubsub: redis::aio::PubSub, timeout: Duration) {
+        let (mut sink, mut messages) = pubsub.split();
         // Topics made from now on miss nothing.
         let generation = self.hub.generation();
         self.hub.set_live(true);
         let mut resync = Some(Instant::now());
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = messages.next() => match message {
@@ -165,6 +175,13 @@ impl Feed {
                 },
                 () = wait_for(resync) => {
                     resync = (!self.resync(generation).await).then(|| Instant::now() + RESYNC_RETRY);
+                }
+                _ = ping.tick() => {
+                    let answered = tokio::time::timeout(timeout, sink.ping::<Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tracing::warn!("live presence: the Redis subscription stopped answering");
+                        return;
+                    }
                 }
             }
         }
