@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix_http::{HttpService, Protocol};
 use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
 use actix_web::dev::{AppConfig, Server, ServerHandle};
-use actix_web::middleware::from_fn;
+use actix_web::middleware::{from_fn, Condition};
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 use anyhow::Context as _;
@@ -279,9 +279,14 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
             // Each worker its own copy: nothing shared between workers per request.
             let cors = api::cors::Cors::new(&shared.settings.api.cors_origins);
             // CORS inside the logging: preflights are counted and logged like any request.
+            // Without origins (the default) it is not in the path at all.
+            let cors_on = cors.is_on();
             let app = App::new()
                 .app_data(shared)
-                .wrap(from_fn(move |req, next| cors.handle(req, next)))
+                .wrap(Condition::new(
+                    cors_on,
+                    from_fn(move |req, next| cors.handle(req, next)),
+                ))
                 .wrap(from_fn(api::middleware::negotiate_and_log))
                 .configure(api::configure)
                 .default_service(web::to(api::routes::not_found))
