@@ -26,9 +26,9 @@
 //!   the same Redis: the heartbeat script by `EVALSHA`, and an `MGET` of 50 records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io;
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,8 +40,9 @@ use presence_server::api::json::{LookupRequest, RegisterAppPresenceRequest};
 use presence_server::auth::Authenticator;
 use presence_server::presence::UserId;
 use presence_server::{Application, Settings};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::{env_number, exchange, json_path, write_json};
 
 const SECRET: &str = "http-bench-secret";
 const REGISTER: &str = "/v1/presence/register-app-presence";
@@ -54,8 +55,6 @@ const LOOKUP_BODIES: usize = 512;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Latencies kept per connection; requests beyond are still counted.
 const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 20;
-/// A response head longer than this is an error.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 const PRESENCE: &str = "presence-server";
 const PRESENCE_REDIS: &str = "presence on redis";
@@ -117,7 +116,7 @@ fn main() {
 
     print_table(&results);
     let json = to_json(&results, cores, &config);
-    let path = json_path();
+    let path = json_path("bench-http.json");
     match write_json(&path, &json) {
         Ok(()) => println!("\nresults written to {}", path.display()),
         Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
@@ -142,18 +141,6 @@ impl Config {
             warmup: Duration::from_secs_f64(env_number("BENCH_WARMUP_SECONDS", 1.0).max(0.0)),
             measure: Duration::from_secs_f64(env_number("BENCH_SECONDS", 5.0).max(0.1)),
         }
-    }
-}
-
-fn env_number(name: &str, default: f64) -> f64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .unwrap_or_else(|| panic!("{name} must be a number, not {text:?}")),
-        Err(_) => default,
     }
 }
 
@@ -524,66 +511,6 @@ async fn drive(
     outcome
 }
 
-/// Writes `request` and reads one whole response into `buf`; returns its status.
-async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> io::Result<u16> {
-    conn.write_all(request).await?;
-    buf.clear();
-    let mut searched = 0;
-    let head_len = loop {
-        if let Some(at) = find_head_end(&buf[searched..]) {
-            break searched + at + 4;
-        }
-        searched = buf.len().saturating_sub(3);
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(invalid("response head too long"));
-        }
-        read_more(conn, buf).await?;
-    };
-    let (status, content_length) = parse_head(&buf[..head_len])?;
-    let total = head_len + content_length;
-    while buf.len() < total {
-        read_more(conn, buf).await?;
-    }
-    if buf.len() > total {
-        return Err(invalid("bytes after the response"));
-    }
-    Ok(status)
-}
-
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.reserve(8 * 1024);
-    if conn.read_buf(buf).await? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
-}
-
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
-/// The status and `content-length` of a response head.
-fn parse_head(head: &[u8]) -> io::Result<(u16, usize)> {
-    let head = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let content_length = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-        .ok_or_else(|| invalid("no content-length"))?;
-    Ok((status, content_length))
-}
-
 // ---------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------
@@ -711,22 +638,6 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "p50_presence_over_bare": finite(p50),
         })).collect::<Vec<_>>(),
     })
-}
-
-/// `$CARGO_TARGET_DIR/bench-http.json`, else `target/bench-http.json` in the package.
-fn json_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench-http.json")
-}
-
-fn write_json(path: &PathBuf, json: &serde_json::Value) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text = serde_json::to_string_pretty(json).map_err(io::Error::other)?;
-    std::fs::write(path, text + "\n")
 }
 
 // ---------------------------------------------------------------------------------------

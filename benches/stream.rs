@@ -56,6 +56,8 @@
 //! sockets here and N server sockets in the child.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,6 +76,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use support::{env_number, exchange, invalid, json_path, write_json};
+
 const SECRET: &str = "stream-bench-secret";
 const REGISTER: &str = "/v1/presence/register-app-presence";
 const STREAM: &str = "/v1/presence/stream";
@@ -91,8 +95,6 @@ const OPENING_AT_ONCE: usize = 256;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 /// A heartbeat not answered within this is an error, and its connection is replaced.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// A response head longer than this is an error.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Latency samples kept per phase; later ones are still counted.
 const MAX_SAMPLES: usize = 20_000_000;
 /// What every entry starts with, as `/v1/presence/users` writes it.
@@ -313,7 +315,7 @@ fn main() {
 
     print_table(&results, &config);
     let json = to_json(&results, cores, &config);
-    let path = json_path();
+    let path = json_path("bench-stream.json");
     match write_json(&path, &json) {
         Ok(()) => println!("\nresults written to {}", path.display()),
         Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
@@ -357,18 +359,6 @@ impl Config {
             ab_rounds: env_number("BENCH_AB_ROUNDS", 3.0).max(1.0) as usize,
             subscriber_threads: env_number("BENCH_SUBSCRIBER_THREADS", 1.0).max(1.0) as usize,
         }
-    }
-}
-
-fn env_number(name: &str, default: f64) -> f64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .unwrap_or_else(|| panic!("{name} must be a number, not {text:?}")),
-        Err(_) => default,
     }
 }
 
@@ -819,10 +809,6 @@ async fn watch(
     }
 }
 
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
 // ---------------------------------------------------------------------------------------
 // Heartbeat driver
 // ---------------------------------------------------------------------------------------
@@ -1039,58 +1025,6 @@ async fn refresh_load(
         outcome.merge(task.await.expect("a driver task panicked"));
     }
     outcome
-}
-
-/// Writes `request` and reads one whole response into `buf`; returns its status.
-async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> io::Result<u16> {
-    conn.write_all(request).await?;
-    buf.clear();
-    let mut searched = 0;
-    let head_len = loop {
-        if let Some(at) = memmem::find(&buf[searched..], b"\r\n\r\n") {
-            break searched + at + 4;
-        }
-        searched = buf.len().saturating_sub(3);
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(invalid("response head too long"));
-        }
-        read_more(conn, buf).await?;
-    };
-    let (status, content_length) = parse_head(&buf[..head_len])?;
-    let total = head_len + content_length;
-    while buf.len() < total {
-        read_more(conn, buf).await?;
-    }
-    if buf.len() > total {
-        return Err(invalid("bytes after the response"));
-    }
-    Ok(status)
-}
-
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.reserve(4096);
-    if conn.read_buf(buf).await? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
-}
-
-/// The status and `content-length` of a response head.
-fn parse_head(head: &[u8]) -> io::Result<(u16, usize)> {
-    let head = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let content_length = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
-        .ok_or_else(|| invalid("no content-length"))?;
-    Ok((status, content_length))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1576,20 +1510,4 @@ fn to_json(results: &[RunResult], cores: usize, config: &Config) -> serde_json::
             "first_stream_error": r.first_stream_error,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// `$CARGO_TARGET_DIR/bench-stream.json`, else `target/bench-stream.json` in the package.
-fn json_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench-stream.json")
-}
-
-fn write_json(path: &PathBuf, json: &serde_json::Value) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text = serde_json::to_string_pretty(json).map_err(io::Error::other)?;
-    std::fs::write(path, text + "\n")
 }
