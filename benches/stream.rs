@@ -912,42 +912,13 @@ async fn change_load(
                     if Instant::now() >= end {
                         break;
                     }
-                    let stream = match conn.as_mut() {
-                        Some(stream) => stream,
-                        None => match connect(addr).await {
-                            Ok(stream) => conn.insert(stream),
-                            Err(e) => {
-                                outcome.error(|| format!("connect: {e}"));
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        },
-                    };
                     let index = (next_user() % tokens.len() as u64) as usize;
                     let request = heartbeat(&tokens[index], &format!("t{}", micros()));
-                    let answer =
-                        tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, &request, &mut buf))
-                            .await;
+                    let ok = send_one(addr, &mut conn, &request, &mut buf, &mut outcome).await;
                     let done = Instant::now();
-                    let counted = done >= start && done < end;
-                    match answer {
-                        Ok(Ok(200)) => {
-                            if counted {
-                                outcome.ok += 1;
-                                outcome.handed += u64::from(watchers[index + 1]);
-                            }
-                        }
-                        Ok(Ok(status)) => outcome.error(|| {
-                            format!("status {status}: {}", String::from_utf8_lossy(&buf))
-                        }),
-                        Ok(Err(e)) => {
-                            outcome.error(|| format!("i/o: {e}"));
-                            conn = None;
-                        }
-                        Err(_) => {
-                            outcome.error(|| format!("no answer within {REQUEST_TIMEOUT:?}"));
-                            conn = None;
-                        }
+                    if ok && done >= start && done < end {
+                        outcome.ok += 1;
+                        outcome.handed += u64::from(watchers[index + 1]);
                     }
                 }
                 outcome
@@ -959,6 +930,46 @@ async fn change_load(
         outcome.merge(task.await.expect("a driver task panicked"));
     }
     outcome
+}
+
+/// Sends `request` on `conn` (connecting first when there is none) and reads its answer;
+/// true for a 200. A failure is counted in `outcome`, and a connection that failed is
+/// dropped, to be made again on the next call.
+async fn send_one(
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    outcome: &mut DriveOutcome,
+) -> bool {
+    let stream = match conn {
+        Some(stream) => stream,
+        None => match connect(addr).await {
+            Ok(stream) => conn.insert(stream),
+            Err(e) => {
+                outcome.error(|| format!("connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return false;
+            }
+        },
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request, buf)).await {
+        Ok(Ok(200)) => true,
+        Ok(Ok(status)) => {
+            outcome.error(|| format!("status {status}: {}", String::from_utf8_lossy(buf)));
+            false
+        }
+        Ok(Err(e)) => {
+            outcome.error(|| format!("i/o: {e}"));
+            *conn = None;
+            false
+        }
+        Err(_) => {
+            outcome.error(|| format!("no answer within {REQUEST_TIMEOUT:?}"));
+            *conn = None;
+            false
+        }
+    }
 }
 
 /// The same pre-built refresh heartbeats over 64 keep-alive connections, as fast as they
@@ -980,40 +991,12 @@ async fn refresh_load(
                 let mut buf = Vec::with_capacity(4096);
                 let mut i = c;
                 while Instant::now() < end {
-                    let stream = match conn.as_mut() {
-                        Some(stream) => stream,
-                        None => match connect(addr).await {
-                            Ok(stream) => conn.insert(stream),
-                            Err(e) => {
-                                outcome.error(|| format!("connect: {e}"));
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        },
-                    };
                     let request = &requests[i % requests.len()];
                     i += REFRESH_CONNECTIONS;
-                    let answer =
-                        tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, request, &mut buf))
-                            .await;
+                    let ok = send_one(addr, &mut conn, request, &mut buf, &mut outcome).await;
                     let done = Instant::now();
-                    match answer {
-                        Ok(Ok(200)) => {
-                            if done >= start && done < end {
-                                outcome.ok += 1;
-                            }
-                        }
-                        Ok(Ok(status)) => outcome.error(|| {
-                            format!("status {status}: {}", String::from_utf8_lossy(&buf))
-                        }),
-                        Ok(Err(e)) => {
-                            outcome.error(|| format!("i/o: {e}"));
-                            conn = None;
-                        }
-                        Err(_) => {
-                            outcome.error(|| format!("no answer within {REQUEST_TIMEOUT:?}"));
-                            conn = None;
-                        }
+                    if ok && done >= start && done < end {
+                        outcome.ok += 1;
                     }
                 }
                 outcome
