@@ -29,21 +29,7 @@ impl RedisServer {
     /// `redis-server` is not installed, except under CI, which installs it (`.ci/redis`):
     /// there a missing server fails the test.
     fn start() -> Option<Self> {
-        let installed = Command::new(redis_server())
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed: bash .ci/redis start installs it"
-            );
-            eprintln!(
-                "skipped: redis-server is not installed (bash .ci/redis start, or \
-                 apt-get install redis-server, installs it)"
-            );
+        if !common::redis::installed_or_skip(&redis_server()) {
             return None;
         }
         let port = {

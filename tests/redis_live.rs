@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::redis::{self as r, OwnServer};
@@ -215,31 +214,9 @@ async fn a_user_forgotten_by_a_claim_reads_as_never_seen_on_the_other_node() {
     );
 }
 
-/// Whether `redis-server` can run here; says the test is skipped where it cannot, and
-/// fails under CI, which installs it.
-fn redis_installed() -> bool {
-    let installed = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is not installed: bash .ci/redis start installs it"
-        );
-        eprintln!(
-            "skipped: redis-server is not installed (bash .ci/redis start, or \
-             apt-get install redis-server, installs it)"
-        );
-    }
-    installed
-}
-
 #[tokio::test]
 async fn a_watcher_catches_up_after_the_subscription_drops() {
-    if !redis_installed() {
+    if !r::installed_or_skip(std::path::Path::new("redis-server")) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -198,6 +198,29 @@ pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool)
     }
 }
 
+/// Whether `binary --version` runs: a test that starts a `redis-server` of its own checks
+/// this first, says it is skipped where the server is not installed, and fails under CI,
+/// which installs it (`.ci/redis`).
+pub fn installed_or_skip(binary: &Path) -> bool {
+    let installed = Command::new(binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is not installed: bash .ci/redis start installs it"
+        );
+        eprintln!(
+            "skipped: redis-server is not installed (bash .ci/redis start, or \
+             apt-get install redis-server, installs it)"
+        );
+    }
+    installed
+}
+
 /// A redis-server of the test's own on a free loopback port, killed when dropped.
 pub struct OwnServer {
     pub port: u16,
