@@ -320,11 +320,7 @@ async fn the_http_api_answers_503_with_retry_after_while_redis_is_down() {
     .await;
     // The node connects on its first call: on a busy machine that first connection may
     // itself take longer than the timeout, so the test starts once the node is ready.
-    eventually(Duration::from_secs(10), || async {
-        let ready = app.client.get(app.url("/ready")).send().await.unwrap();
-        (ready.status() == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app.heartbeat(42, json!({"location": "Home"})).await;
     let seen = app.presence_of(42).await;
     assert_eq!(seen["userPresenceType"], "Online");
@@ -357,11 +353,7 @@ async fn the_http_api_answers_503_with_retry_after_while_redis_is_down() {
     assert_eq!(health.status(), 200);
 
     redis.run();
-    eventually(Duration::from_secs(10), || async {
-        let ready = app.client.get(app.url("/ready")).send().await.unwrap();
-        (ready.status() == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app.stop().await;
 }
 

@@ -455,10 +455,7 @@ async fn redis_stopped_and_restarted_under_load_is_503_then_recovers_without_a_r
     .await;
     // The node connects on its first call, which on a busy machine may take longer than
     // the short timeout under test: start once it is ready.
-    eventually(Duration::from_secs(10), || async {
-        (ready(&app).await == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app.heartbeat(1, json!({"location": "Website"})).await;
     assert_eq!(ready(&app).await, 200);
 
@@ -482,10 +479,7 @@ async fn redis_stopped_and_restarted_under_load_is_503_then_recovers_without_a_r
 
     redis.restart();
     let up = Instant::now();
-    eventually(Duration::from_secs(15), || async {
-        (ready(&app).await == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(15)).await;
     eventually(Duration::from_secs(15), || async {
         (load.saw("heartbeat", 200, up) && load.saw("lookup", 200, up)).then_some(())
     })
@@ -519,10 +513,7 @@ async fn a_redis_slower_than_the_timeout_is_503_within_the_timeout() {
     .await;
     // The node connects on its first call, which on a busy machine may take longer than
     // the short timeout under test: start once it is ready.
-    eventually(Duration::from_secs(10), || async {
-        (ready(&app).await == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app.heartbeat(1, json!({"location": "Website"})).await;
     let stall = Duration::from_secs(5);
 
@@ -571,10 +562,7 @@ async fn a_cluster_master_killed_fails_over_without_a_node_restart() {
     .await;
     // The node connects on its first call, which on a busy machine may take longer than
     // the short timeout under test: start once it is ready.
-    eventually(Duration::from_secs(10), || async {
-        (ready(&app).await == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     let users: Vec<u64> = (1..=50).collect();
     for &user in &users {
         app.heartbeat(user, json!({"location": "Website"})).await;

@@ -18,11 +18,7 @@ const QUIET: Duration = Duration::from_millis(700);
 /// The real server, once ready: on Redis, once it hears of other nodes' changes.
 async fn spawn_live(change: impl FnOnce(&mut presence_server::Settings)) -> TestApp {
     let app = spawn_app_with(change).await;
-    eventually(Duration::from_secs(10), || async {
-        let res = app.client.get(app.url("/ready")).send().await.ok()?;
-        (res.status() == 200).then_some(())
-    })
-    .await;
+    app.until_ready(Duration::from_secs(10)).await;
     app
 }
 

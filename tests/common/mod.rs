@@ -184,6 +184,15 @@ impl TestApp {
         .await;
     }
 
+    /// Waits (bounded by `within`) until `/ready` answers 200.
+    pub async fn until_ready(&self, within: Duration) {
+        eventually(within, || async {
+            let res = self.client.get(self.url("/ready")).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        })
+        .await;
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(&self) {
         self.shutdown.clone().begin().await;
