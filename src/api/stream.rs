@@ -21,7 +21,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::cors::foreign_cookie_origin;
 use super::error::ApiError;
 use super::extract::Reader;
-use super::json::{is_user_ids_key, IdItem, LookupRequest, PresencesWriter};
+use super::json::{is_user_ids_key, presence_entry, IdItem, LookupRequest};
 use super::AppState;
 use crate::connections::{StreamGuard, StreamMark};
 use crate::presence::watch::{Batch, EventId};
@@ -59,21 +59,26 @@ fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
     req.conn_data::<StreamMark>().map(StreamMark::hold)
 }
 
-/// `{"userPresences":[...]}` of `ids` as of now, for `sub`.
+/// `{"userPresences":[...]}` of `ids` as of now, for `sub`. Each entry is written once:
+/// into the answer, and as what `sub`'s users were given (see `Subscription::given`),
+/// recorded once no store lock is held.
 async fn current(
     state: &AppState,
     sub: &Subscription,
     ids: &[UserId],
 ) -> Result<Vec<u8>, ApiError> {
-    let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
+    let format = state.settings.api.presence_type;
+    let mut entries = Vec::with_capacity(ids.len());
     state
         .presence
         .visit_many(ids, |view| {
-            sub.given(view);
-            answer.push(view);
+            entries.push(Bytes::from(presence_entry(view, format)));
         })
         .await?;
-    Ok(answer.finish())
+    for (&id, entry) in ids.iter().zip(&entries) {
+        sub.given(id, entry);
+    }
+    Ok(joined(&entries))
 }
 
 /// `{"userPresences":[...]}` of entries already written.

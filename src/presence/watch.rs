@@ -495,10 +495,10 @@ impl Subscription {
 
     /// Records the entries a first event gave, for users nothing was published for yet
     /// (see [`Hub::catch_up`]).
-    pub fn given(&self, view: &PresenceView<'_>) {
-        if let Some(mut topic) = self.hub.topics.get_mut(&view.user_id) {
+    pub fn given(&self, user: UserId, entry: &Bytes) {
+        if let Some(mut topic) = self.hub.topics.get_mut(&user) {
             if topic.last.is_none() {
-                topic.last = Some((self.hub.encode)(view));
+                topic.last = Some(entry.clone());
             }
         }
     }
@@ -703,7 +703,7 @@ mod tests {
         let mut sub = hub.subscribe();
         sub.add(&[user(1), user(2)]);
         let before_gap = hub.generation();
-        sub.given(&view(1, "a"));
+        sub.given(user(1), &(hub.encode)(&view(1, "a")));
         hub.publish(&view(2, "b"));
         take(&sub);
         // The same entries, lastOnline aside: nothing.
