@@ -12,6 +12,7 @@ pub mod ops;
 pub mod page;
 pub mod routes;
 pub mod stream;
+pub mod ws;
 
 use std::sync::atomic::AtomicBool;
 

@@ -10,8 +10,8 @@ use super::json::{LookupRequest, PresencesWriter, RegisterAppPresenceRequest};
 use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
 use super::page;
-use super::stream;
 use super::AppState;
+use super::{stream, ws};
 use crate::presence::Heartbeat;
 
 pub const REGISTER_APP_PRESENCE: &str = "/v1/presence/register-app-presence";
@@ -35,7 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ))
         .service(only(Method::POST, USERS, users))
         .service(only(Method::GET, STREAM, stream::sse))
-        .service(only(Method::GET, WS, stream::ws));
+        .service(only(Method::GET, WS, ws::ws));
 }
 
 /// `path` answered by `handler` for `method`, and 405 with `Allow` for any other method.

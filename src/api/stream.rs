@@ -13,9 +13,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::Stream;
-use serde::Deserialize;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::cors::foreign_cookie_origin;
@@ -29,7 +27,7 @@ use crate::presence::{Subscription, UserId};
 
 /// The users of `ids` that the caller may watch. Everyone may watch everyone today; a
 /// privacy rule belongs here, and only here.
-fn visible(ids: Vec<UserId>) -> Vec<UserId> {
+pub(super) fn visible(ids: Vec<UserId>) -> Vec<UserId> {
     ids
 }
 
@@ -50,19 +48,19 @@ fn query_ids(query: &str) -> Result<Vec<IdItem>, ApiError> {
 }
 
 /// Validates ids as a lookup does, against `stream.max_user_ids`.
-fn checked(items: Vec<IdItem>, max: usize) -> Result<Vec<UserId>, ApiError> {
+pub(super) fn checked(items: Vec<IdItem>, max: usize) -> Result<Vec<UserId>, ApiError> {
     LookupRequest { user_ids: items }.into_user_ids(max)
 }
 
 /// Holds the connection as a live stream (no idle deadline) for as long as it lives.
-fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
+pub(super) fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
     req.conn_data::<StreamMark>().map(StreamMark::hold)
 }
 
 /// `{"userPresences":[...]}` of `ids` as of now, for `sub`. Each entry is written once:
 /// into the answer, and as what `sub`'s users were given (see `Subscription::given`),
 /// recorded once no store lock is held.
-async fn current(
+pub(super) async fn current(
     state: &AppState,
     sub: &Subscription,
     ids: &[UserId],
@@ -82,7 +80,7 @@ async fn current(
 }
 
 /// `{"userPresences":[...]}` of entries already written.
-fn joined(entries: &[Bytes]) -> Vec<u8> {
+pub(super) fn joined(entries: &[Bytes]) -> Vec<u8> {
     let size = entries.iter().map(Bytes::len).sum::<usize>() + entries.len() + 24;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(b"{\"userPresences\":[");
@@ -109,7 +107,7 @@ fn event(id: EventId, data: &[u8]) -> Bytes {
 
 /// A stream or WebSocket that carries a cookie credential from a page of a foreign origin
 /// is refused (CONTRACT section 9): such a page must not ride a visitor's cookie.
-fn refuse_foreign_cookie(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn refuse_foreign_cookie(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if foreign_cookie_origin(req, &state.settings) {
         return Err(ApiError::Forbidden);
     }
@@ -117,7 +115,7 @@ fn refuse_foreign_cookie(req: &HttpRequest, state: &AppState) -> Result<(), ApiE
 }
 
 /// A new subscription within `stream.max_connections`, or 503.
-fn open(state: &AppState) -> Result<Subscription, ApiError> {
+pub(super) fn open(state: &AppState) -> Result<Subscription, ApiError> {
     state
         .presence
         .hub()
@@ -125,7 +123,7 @@ fn open(state: &AppState) -> Result<Subscription, ApiError> {
         .ok_or(ApiError::Unavailable)
 }
 
-fn ticker(every: Duration) -> Interval {
+pub(super) fn ticker(every: Duration) -> Interval {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks
@@ -186,7 +184,7 @@ pub async fn sse(
 /// out at once, while a busy one is written at most this often, several entries a write
 /// rather than one (a write, not the entries in it, is what costs: CPU time goes to the
 /// system calls).
-const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The body of an event stream. It is polled only when the connection can take more, so
 /// a reader that falls behind leaves its changes coalesced in the subscription.
@@ -257,159 +255,6 @@ impl Stream for EventStream {
             return Poll::Ready(Some(Ok(Bytes::from_static(PING))));
         }
         Poll::Pending
-    }
-}
-
-/// `GET /v1/presence/ws`: the WebSocket; see [`run`].
-pub async fn ws(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-    _reader: Reader,
-) -> Result<HttpResponse, ApiError> {
-    refuse_foreign_cookie(&req, &state)?;
-    let sub = open(&state)?;
-    let (response, session, messages) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
-    let frame_limit = state.settings.server.max_body_bytes;
-    let messages = messages
-        .max_frame_size(frame_limit)
-        .aggregate_continuations()
-        .max_continuation_size(frame_limit);
-    let held = hold_connection(&req);
-    actix_web::rt::spawn(async move {
-        run(&req, &state, sub, session, messages).await;
-        drop(held);
-    });
-    Ok(response)
-}
-
-/// A frame a client sends.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientFrame {
-    subscribe: Option<Vec<IdItem>>,
-    unsubscribe: Option<Vec<IdItem>>,
-}
-
-/// Serves one WebSocket until either side closes it or the node shuts down.
-async fn run(
-    req: &HttpRequest,
-    state: &AppState,
-    mut sub: Subscription,
-    mut session: actix_ws::Session,
-    mut messages: actix_ws::AggregatedMessageStream,
-) {
-    let mut ping = ticker(state.settings.stream.keep_alive);
-    let mut next_batch = Instant::now();
-    loop {
-        let paced = Instant::now() < next_batch;
-        tokio::select! {
-            message = messages.recv() => {
-                let sent = match message {
-                    None => break,
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        let answer = match on_text(req, state, &mut sub, text.as_bytes()).await {
-                            Ok(Some(answer)) => answer,
-                            Ok(None) => continue,
-                            Err(e) => e.body().into_bytes(),
-                        };
-                        session.text(into_text(answer)).await
-                    }
-                    Some(Ok(AggregatedMessage::Binary(_))) => {
-                        let reason = CloseReason {
-                            code: CloseCode::Unsupported,
-                            description: Some("frames are JSON text".into()),
-                        };
-                        let _ = session.close(Some(reason)).await;
-                        return;
-                    }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => session.pong(&bytes).await,
-                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-                    Some(Ok(AggregatedMessage::Close(reason))) => {
-                        let _ = session.close(reason).await;
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        let code = match e {
-                            actix_ws::ProtocolError::Overflow => CloseCode::Size,
-                            _ => CloseCode::Protocol,
-                        };
-                        let _ = session.close(Some(code.into())).await;
-                        return;
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-            batch = sub.next_batch(), if !paced => {
-                let Some(batch) = batch else {
-                    let _ = session.close(Some(CloseCode::Away.into())).await;
-                    return;
-                };
-                if session.text(into_text(joined(&batch.entries))).await.is_err() {
-                    return;
-                }
-                ping.reset();
-                next_batch = Instant::now() + BATCH_INTERVAL;
-            }
-            () = sub.pending(), if paced => {
-                // Something to write, within the batch interval: gather until it ends.
-                tokio::time::sleep_until(next_batch).await;
-            }
-            _ = ping.tick() => {
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = session.close(None).await;
-}
-
-/// JSON written by this server is UTF-8.
-fn into_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_default()
-}
-
-/// Applies one text frame; the answer to send, if any.
-async fn on_text(
-    req: &HttpRequest,
-    state: &AppState,
-    sub: &mut Subscription,
-    text: &[u8],
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let frame: ClientFrame =
-        serde_json::from_slice(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let max = state.settings.stream.max_user_ids;
-    match frame {
-        ClientFrame {
-            subscribe: Some(items),
-            unsubscribe: None,
-        } => {
-            state.limits.lookup(req)?;
-            let ids = visible(checked(items, max)?);
-            let new = ids.iter().filter(|id| !sub.users().contains(id)).count();
-            if sub.users().len() + new > max {
-                return Err(ApiError::TooManyUserIds);
-            }
-            let (added, at) = sub.add(&ids);
-            let answer = current(state, sub, &added).await;
-            sub.settle(at);
-            answer.map(Some)
-        }
-        ClientFrame {
-            subscribe: None,
-            unsubscribe: Some(items),
-        } => {
-            let ids = checked(items, max)?;
-            sub.remove(&ids);
-            Ok(None)
-        }
-        _ => Err(ApiError::BadRequest(
-            "a frame is {\"subscribe\":[ids]} or {\"unsubscribe\":[ids]}".into(),
-        )),
     }
 }
 
