@@ -53,7 +53,11 @@ impl Application {
     /// a [`Clock::mock`] to move time by hand. The sweeper and snapshot threads still run
     /// every `sweep_interval` and `snapshot_interval` of real time.
     pub fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
-        let presence = Presence::from_settings(&settings, clock.clone())?;
+        let presence = Presence::from_settings(
+            &settings,
+            clock.clone(),
+            api::json::entry_encoder(settings.api.presence_type),
+        )?;
         let snapshot_lock = match presence.memory_store() {
             Some(store) if settings.persistence.enabled => {
                 Some(load_snapshot(store, &settings.persistence, &clock)?)

@@ -169,6 +169,14 @@ impl Authenticator {
         Ok(user)
     }
 
+    /// [`Self::verify`], and the wall-clock millisecond from which the credential is no
+    /// longer valid (its `exp`).
+    pub fn verify_until(&self, jwt: &str) -> Result<(UserId, WallMillis), AuthError> {
+        let user = self.verify(jwt)?;
+        let (_, validity) = self.verify_signed(jwt)?;
+        Ok((user, WallMillis(validity.until)))
+    }
+
     /// Verification of what does not change with time: signature, algorithm, `sub`, and
     /// that `exp` is present (and `nbf`, if present) as whole seconds.
     fn verify_signed(&self, jwt: &str) -> Result<(UserId, Validity), AuthError> {

@@ -158,6 +158,18 @@ pub struct StreamSettings {
     /// How often an idle stream is sent a comment (`: ping`) or a WebSocket a ping.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// Open streams and WebSockets from one client address; 0 = no limit.
+    pub max_connections_per_address: usize,
+    /// Open streams and WebSockets of one signed-in user; 0 = no limit.
+    pub max_connections_per_user: usize,
+    /// How long a closed stream can be resumed with `Last-Event-ID` and sent only what
+    /// changed; 0s keeps nothing (a reconnecting client gets the full state).
+    #[serde(with = "humantime_serde")]
+    pub resume_window: Duration,
+    /// Users held, over all closed streams, for resuming them.
+    pub max_resume_users: usize,
+    /// Of which the closed streams of one client address may hold at most this many.
+    pub max_resume_users_per_address: usize,
 }
 
 impl Default for StreamSettings {
@@ -166,6 +178,11 @@ impl Default for StreamSettings {
             max_user_ids: 200,
             max_connections: 10_000,
             keep_alive: Duration::from_secs(15),
+            max_connections_per_address: 100,
+            max_connections_per_user: 16,
+            resume_window: Duration::from_secs(60),
+            max_resume_users: 500_000,
+            max_resume_users_per_address: 20_000,
         }
     }
 }
@@ -435,6 +452,36 @@ impl Settings {
             MAX_CONNECTIONS,
         )?;
         span("stream.keep_alive", stream.keep_alive, SECOND, HOUR)?;
+        count(
+            "stream.max_connections_per_address",
+            stream.max_connections_per_address,
+            0,
+            MAX_CONNECTIONS,
+        )?;
+        count(
+            "stream.max_connections_per_user",
+            stream.max_connections_per_user,
+            0,
+            MAX_CONNECTIONS,
+        )?;
+        span(
+            "stream.resume_window",
+            stream.resume_window,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        count(
+            "stream.max_resume_users",
+            stream.max_resume_users,
+            0,
+            MAX_RESUME_USERS,
+        )?;
+        count(
+            "stream.max_resume_users_per_address",
+            stream.max_resume_users_per_address,
+            0,
+            stream.max_resume_users,
+        )?;
         let limits = &self.rate_limit;
         for (key, value) in [
             ("rate_limit.register_per_second", limits.register_per_second),
@@ -515,6 +562,8 @@ const MAX_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 const MAX_WORKERS: usize = 1024;
 const MAX_BODY_BYTES: usize = 4 << 20;
 const MAX_CONNECTIONS: usize = 1_000_000;
+/// Most users the records of closed streams may hold (about 24 bytes each).
+const MAX_RESUME_USERS: usize = 10_000_000;
 const MAX_USER_IDS: usize = 10_000;
 const MAX_LOCATION_LENGTH: usize = 4096;
 const MAX_RATE: u32 = 10_000_000;

@@ -62,6 +62,7 @@ pub struct Metrics {
     deliveries: Counter,
     /// The hub's delivery count at the last scrape (the counter moves by the difference).
     deliveries_seen: parking_lot::Mutex<u64>,
+    resume_users: Gauge,
     /// Handles for the hot series, made once: a 200 of a hot route skips the family maps.
     hot: Vec<HotRoute>,
 }
@@ -158,8 +159,14 @@ impl Metrics {
         let watched = Gauge::default();
         registry.register(
             "presence_watched_users",
-            "Users watched by this node's streams, or watched lately (their changes are logged for resuming)",
+            "Users watched by this node's streams",
             watched.clone(),
+        );
+        let resume_users = Gauge::default();
+        registry.register(
+            "presence_stream_resume_users",
+            "Users held in the records of closed streams, for resuming them (bounded by stream.max_resume_users)",
+            resume_users.clone(),
         );
         let deliveries = Counter::default();
         registry.register(
@@ -195,14 +202,17 @@ impl Metrics {
             watched,
             deliveries,
             deliveries_seen: parking_lot::Mutex::new(0),
+            resume_users,
         }
     }
 
-    /// The live streams' state, from the node's hub: streams open, users watched, and the
-    /// hub's running count of deliveries.
-    pub fn live(&self, streams: usize, watched: usize, deliveries: u64) {
-        self.streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
-        self.watched.set(i64::try_from(watched).unwrap_or(i64::MAX));
+    /// The live streams' state, from the node's hub: streams open, users watched, users
+    /// held for resuming closed streams, and the hub's running count of deliveries.
+    pub fn live(&self, streams: usize, watched: usize, resume_users: usize, deliveries: u64) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.streams.set(gauge(streams));
+        self.watched.set(gauge(watched));
+        self.resume_users.set(gauge(resume_users));
         let mut seen = self.deliveries_seen.lock();
         self.deliveries.inc_by(deliveries.saturating_sub(*seen));
         *seen = (*seen).max(deliveries);
@@ -316,8 +326,8 @@ mod tests {
         metrics.snapshot_written(1_800_000_000.5);
         metrics.background_restart("sweeper");
         let store = Store::new(Duration::from_secs(60), Duration::from_secs(1), None);
-        metrics.live(2, 5, 4);
-        metrics.live(2, 5, 7);
+        metrics.live(2, 5, 3, 4);
+        metrics.live(2, 5, 3, 7);
         let text = metrics.render(Some(&Counts::of_store(&store)));
         for expected in [
             r#"http_requests_total{route="/v1/presence/users",status="200"} 1"#,

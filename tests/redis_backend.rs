@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, spawn_app_with, test_settings};
+use common::{encoder, eventually, spawn_app_with, test_settings};
 use presence_server::config::Backend;
 use presence_server::presence::model::{AppReport, PresenceType};
 use presence_server::presence::{Clock, Heartbeat, PlaceCatalog, Presence, PresenceError, UserId};
@@ -136,8 +136,8 @@ async fn a_heartbeat_through_one_node_is_seen_by_every_node() {
         return;
     };
     let settings = on_redis(&redis, |_| {});
-    let a = Presence::from_settings(&settings, Clock::system()).unwrap();
-    let b = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let a = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
 
     a.heartbeat(user(1), present("ignored", Some(1818)))
         .await
@@ -182,8 +182,8 @@ async fn an_expiry_is_claimed_once_whichever_nodes_sweep() {
     });
     // Both nodes run on one mock clock, which the backend then takes as Redis time.
     let (clock, mock) = Clock::mock();
-    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
-    let b = Presence::from_settings(&settings, clock).unwrap();
+    let a = Presence::from_settings(&settings, clock.clone(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
     let users: Vec<u64> = (1..=3000).collect();
     for &n in &users {
         a.heartbeat(user(n), present("Website", None))
@@ -225,7 +225,7 @@ async fn offline_users_are_forgotten_after_the_retention_by_key_expiry() {
     let settings = on_redis(&redis, |s| {
         s.presence.offline_retention = Some(Duration::from_millis(300));
     });
-    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let node = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     node.heartbeat(user(1), present("Home", None))
         .await
         .unwrap();
@@ -251,7 +251,7 @@ async fn a_stopped_redis_is_unavailable_within_the_timeout_and_recovers_without_
         return;
     };
     let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_millis(300));
-    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let node = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     // The first call connects, which on a busy machine may take longer than the timeout.
     eventually(Duration::from_secs(10), || async {
         node.heartbeat(user(1), present("Home", None)).await.ok()
@@ -296,7 +296,7 @@ async fn a_node_that_starts_before_redis_serves_once_redis_is_up() {
     };
     redis.stop();
     let settings = on_redis(&redis, |s| s.redis.timeout = Duration::from_millis(300));
-    let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let node = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     assert_eq!(node.check_ready().await, Err(PresenceError::Unavailable));
     redis.run();
     eventually(Duration::from_secs(10), || async {
@@ -376,7 +376,7 @@ async fn redis_memory_per_user() {
             s.redis.timeout = Duration::from_secs(5);
             s.presence.offline_retention = retention;
         });
-        let node = Presence::from_settings(&settings, Clock::system()).unwrap();
+        let node = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
         let used = || -> i64 {
             let info = redis.cli(&["INFO", "memory"]);
             info.lines()
@@ -433,8 +433,8 @@ async fn on_a_cluster_every_call_is_routed_by_slot() {
     settings.redis.key_prefix = format!("cluster-test-{}:", std::process::id());
     settings.presence.heartbeat_ttl = Duration::from_secs(1);
     let (clock, mock) = Clock::mock();
-    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
-    let b = Presence::from_settings(&settings, clock).unwrap();
+    let a = Presence::from_settings(&settings, clock.clone(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
     a.check_ready().await.unwrap();
     for n in 1..=2000 {
         a.heartbeat(user(n), present("Website", None))
@@ -472,7 +472,7 @@ async fn offline_records_at_built_in_locations_are_integers() {
         s.presence.offline_retention = Some(Duration::from_secs(30 * 86_400));
     });
     let (clock, mock) = Clock::mock();
-    let node = Presence::from_settings(&settings, clock).unwrap();
+    let node = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
     let prefix = settings.redis.key_prefix.clone();
     let key = |n: u64| format!("{prefix}{{{}}}{n}", n % 1024);
     let encoding = |n: u64| {

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{self as r, OwnServer};
-use common::{crossroads, test_settings, NEVER_SEEN};
+use common::{crossroads, encoder, test_settings, NEVER_SEEN};
 use presence_server::api::json::presence_entry;
 use presence_server::config::Backend;
 use presence_server::presence::model::AppReport;
@@ -113,8 +113,8 @@ async fn changes_through_one_node_reach_a_watcher_on_the_other() {
     settings.validate().unwrap();
     // Both nodes on one mock clock, which the backend takes as Redis time.
     let (clock, mock) = Clock::mock();
-    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
-    let b = Presence::from_settings(&settings, clock).unwrap();
+    let a = Presence::from_settings(&settings, clock.clone(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
     // Users of one shard (id modulo 1024), so that one shard channel serves them all on a
     // cluster: 2049 warms it up.
     let (one, two) = (1, 1025);
@@ -190,8 +190,8 @@ async fn a_user_forgotten_by_a_claim_reads_as_never_seen_on_the_other_node() {
     settings.presence.offline_retention = Some(Duration::from_secs(1));
     settings.validate().unwrap();
     let (clock, mock) = Clock::mock();
-    let a = Presence::from_settings(&settings, clock.clone()).unwrap();
-    let b = Presence::from_settings(&settings, clock).unwrap();
+    let a = Presence::from_settings(&settings, clock.clone(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
     wait_subscribed(&a, &b, 1031).await;
     let mut sub = b.hub().subscribe();
     sub.add(&[user(7)]);
@@ -229,8 +229,8 @@ async fn a_watcher_catches_up_after_the_subscription_drops() {
     settings.redis.key_prefix = r::unique_prefix();
     settings.redis.timeout = Duration::from_secs(2);
     settings.validate().unwrap();
-    let a = Presence::from_settings(&settings, Clock::system()).unwrap();
-    let b = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let a = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
+    let b = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     wait_subscribed(&a, &b, 99).await;
     let mut sub = b.hub().subscribe();
     sub.add(&[user(1)]);

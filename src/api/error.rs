@@ -41,6 +41,10 @@ pub enum ApiError {
     /// The server is shutting down (`/ready`).
     #[error("shutting down")]
     Unavailable,
+    /// This node, or this client's address or user, has as many live streams open as it
+    /// may; answered with `Retry-After`.
+    #[error("live streams full: {0}")]
+    StreamsFull(crate::presence::watch::Refused),
     /// The storage backend cannot be reached in time (CONTRACT section 7); answered with
     /// `Retry-After`.
     #[error("storage backend unavailable")]
@@ -52,6 +56,8 @@ pub enum ApiError {
 
 /// What a 503 for an unavailable backend tells the client to wait, in seconds.
 const BACKEND_RETRY_AFTER_SECS: &str = "1";
+/// What a 503 for live streams that are full tells the client to wait, in seconds.
+const STREAMS_RETRY_AFTER_SECS: &str = "5";
 
 impl From<crate::presence::PresenceError> for ApiError {
     fn from(e: crate::presence::PresenceError) -> Self {
@@ -87,7 +93,9 @@ impl ApiError {
             Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
             Self::BodyTimeout(_) => (0, "RequestTimeout"),
             Self::TooManyRequests { .. } => (0, "TooManyRequests"),
-            Self::Unavailable | Self::BackendUnavailable => (0, "ServiceUnavailable"),
+            Self::Unavailable | Self::StreamsFull(_) | Self::BackendUnavailable => {
+                (0, "ServiceUnavailable")
+            }
             Self::Internal(_) => (0, "InternalServerError"),
         }
     }
@@ -107,7 +115,9 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::StreamsFull(_) | Self::BackendUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -131,6 +141,9 @@ impl ResponseError for ApiError {
             }
             Self::BackendUnavailable => {
                 response.insert_header((header::RETRY_AFTER, BACKEND_RETRY_AFTER_SECS));
+            }
+            Self::StreamsFull(_) => {
+                response.insert_header((header::RETRY_AFTER, STREAMS_RETRY_AFTER_SECS));
             }
             _ => {}
         }

@@ -11,6 +11,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::AuthError;
+use crate::presence::time::WallMillis;
 use crate::presence::UserId;
 
 /// The cookie that carries a credential, as the platform's clients send it.
@@ -109,4 +110,11 @@ impl FromRequest for Reader {
             Ok(Reader)
         }))
     }
+}
+
+/// The signed-in caller of a live stream, if it sent a valid credential, and the wall-clock
+/// millisecond its credential stops being valid.
+pub fn stream_caller(req: &HttpRequest, state: &AppState) -> Option<(UserId, WallMillis)> {
+    let credential = Credential::of(req).ok()?;
+    state.auth.verify_until(credential.jwt()).ok()
 }

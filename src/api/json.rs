@@ -309,6 +309,11 @@ pub fn user_presences(views: &[PresenceView<'_>], format: PresenceTypeFormat) ->
     writer.finish()
 }
 
+/// The writer of entries live streams use: the same bytes as [`presence_entry`].
+pub fn entry_encoder(format: PresenceTypeFormat) -> crate::presence::watch::Encoder {
+    Box::new(move |view| bytes::Bytes::from(presence_entry(view, format)))
+}
+
 /// One entry as `/v1/presence/users` writes it; live streams send the same bytes.
 pub fn presence_entry(v: &PresenceView<'_>, format: PresenceTypeFormat) -> Vec<u8> {
     let mut out = Vec::with_capacity(240);

@@ -117,7 +117,7 @@ impl RateLimits {
     }
 
     /// The address a lookup is keyed by (see the module's documentation).
-    fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
+    pub fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = || req.peer_addr().map(|a| a.ip());
         match self.forwarded_hops {
             Some(hops) => forwarded_client(req.headers(), hops).or_else(peer),

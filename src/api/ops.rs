@@ -61,9 +61,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
     };
     let hub = state.presence.hub();
-    state
-        .metrics
-        .live(hub.watcher_count(), hub.topic_count(), hub.deliveries());
+    state.metrics.live(
+        hub.watcher_count(),
+        hub.topic_count(),
+        hub.resume_users(),
+        hub.deliveries(),
+    );
     let body = state.metrics.render(counts.as_ref());
     HttpResponse::Ok()
         .insert_header((

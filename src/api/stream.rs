@@ -18,11 +18,13 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::cors::foreign_cookie_origin;
 use super::error::ApiError;
-use super::extract::Reader;
-use super::json::{is_user_ids_key, presence_entry, IdItem, LookupRequest};
+use super::extract::{stream_caller, Reader};
+use super::json::{is_user_ids_key, IdItem, LookupRequest};
 use super::AppState;
 use crate::connections::{StreamGuard, StreamMark};
-use crate::presence::watch::{Batch, EventId};
+use crate::presence::time::WallMillis;
+use crate::presence::watch::{Batch, Entry, EventId};
+use crate::presence::Clock;
 use crate::presence::{Subscription, UserId};
 
 /// The users of `ids` that the caller may watch. Everyone may watch everyone today; a
@@ -57,34 +59,26 @@ pub(super) fn hold_connection(req: &HttpRequest) -> Option<StreamGuard> {
     req.conn_data::<StreamMark>().map(StreamMark::hold)
 }
 
-/// `{"userPresences":[...]}` of `ids` as of now, for `sub`. Each entry is written once:
-/// into the answer, and as what `sub`'s users were given (see `Subscription::given`),
-/// recorded once no store lock is held.
-pub(super) async fn current(
+/// The current entries of `ids`, in order, read after `sub` started watching them (see
+/// `Subscription::add`).
+pub(super) async fn read(
     state: &AppState,
     sub: &Subscription,
     ids: &[UserId],
-) -> Result<Vec<u8>, ApiError> {
-    let format = state.settings.api.presence_type;
+) -> Result<Vec<Entry>, ApiError> {
     let mut entries = Vec::with_capacity(ids.len());
     state
         .presence
-        .visit_many(ids, |view| {
-            entries.push(Bytes::from(presence_entry(view, format)));
-        })
+        .visit_many(ids, |view| entries.push(sub.entry(view)))
         .await?;
-    for (&id, entry) in ids.iter().zip(&entries) {
-        sub.given(id, entry);
-    }
-    Ok(joined(&entries))
+    Ok(entries)
 }
 
 /// `{"userPresences":[...]}` of entries already written.
-pub(super) fn joined(entries: &[Bytes]) -> Vec<u8> {
-    let size = entries.iter().map(Bytes::len).sum::<usize>() + entries.len() + 24;
-    let mut out = Vec::with_capacity(size);
+pub(super) fn joined<'a>(entries: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"userPresences\":[");
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -114,14 +108,81 @@ pub(super) fn refuse_foreign_cookie(req: &HttpRequest, state: &AppState) -> Resu
     Ok(())
 }
 
-/// A new subscription within `stream.max_connections`, or 503.
-pub(super) fn open(state: &AppState) -> Result<Subscription, ApiError> {
+/// A new subscription within the limits on streams (in all, per client address, per
+/// signed-in user), or 503 with `Retry-After`. `caller` is the signed-in user, if any.
+pub(super) fn open(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: Option<UserId>,
+) -> Result<Subscription, ApiError> {
+    let address = state.limits.client_address(req);
     state
         .presence
         .hub()
-        .subscribe_within(state.settings.stream.max_connections)
-        .ok_or(ApiError::Unavailable)
+        .subscribe_within(address, caller)
+        .map_err(ApiError::StreamsFull)
 }
+
+/// Ends a stream when its credential does, where lookups require one: the client then
+/// reconnects with a fresh credential. Checked against the application's clock.
+pub(super) struct Expiry {
+    until: WallMillis,
+    clock: Clock,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Expiry {
+    /// For the caller's credential, when `api.require_auth_for_lookup` is on.
+    pub(super) fn of(state: &AppState, caller: Option<(UserId, WallMillis)>) -> Option<Self> {
+        if !state.settings.api.require_auth_for_lookup {
+            return None;
+        }
+        let (_, until) = caller?;
+        let clock = state.clock.clone();
+        let timer = Box::pin(tokio::time::sleep(Self::left(&clock, until)));
+        Some(Self {
+            until,
+            clock,
+            timer,
+        })
+    }
+
+    fn left(clock: &Clock, until: WallMillis) -> Duration {
+        let ms = until.0.saturating_sub(clock.wall().0).max(0) as u64;
+        // At least a second between checks: a clock set back must not make this spin.
+        Duration::from_millis(ms).max(EXPIRY_RECHECK)
+    }
+
+    /// Whether the credential has expired; if not, the task is woken when it may have.
+    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.clock.wall() >= self.until {
+            return true;
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.clock.wall() >= self.until {
+                return true;
+            }
+            let next = Instant::now() + Self::left(&self.clock, self.until);
+            self.timer.as_mut().reset(next);
+        }
+        false
+    }
+
+    /// Once the credential has expired.
+    pub(super) async fn expired(&mut self) {
+        std::future::poll_fn(|cx| {
+            if self.poll_expired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Least time between two checks of a credential's expiry.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(1);
 
 pub(super) fn ticker(every: Duration) -> Interval {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
@@ -138,37 +199,16 @@ pub async fn sse(
     refuse_foreign_cookie(&req, &state)?;
     let max = state.settings.stream.max_user_ids;
     let ids = visible(checked(query_ids(req.query_string())?, max)?);
-    let mut sub = open(&state)?;
-    let (_, at) = sub.add(&ids);
-    let resumed = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(EventId::parse)
-        .and_then(|last| sub.changed_since(last));
-    let first = match resumed {
-        // Only what changed since the client's last event; nothing when nothing did.
-        Some(changed) => {
-            let changed: Vec<UserId> = ids
-                .iter()
-                .copied()
-                .filter(|id| changed.contains(id))
-                .collect();
-            if changed.is_empty() {
-                None
-            } else {
-                Some(event(at, &current(&state, &sub, &changed).await?))
-            }
-        }
-        None => Some(event(at, &current(&state, &sub, &ids).await?)),
-    };
-    // Everything up to `at` is in what was just read.
-    sub.settle(at);
+    let caller = stream_caller(&req, &state);
+    let sub = open(&req, &state, caller.map(|(user, _)| user))?;
+    let first = first_event(&req, &state, sub, &ids).await?;
+    let (first, sub) = first;
     let body = EventStream {
         first,
         sub,
         ping: ticker(state.settings.stream.keep_alive),
         held: hold_connection(&req),
+        expiry: Expiry::of(&state, caller),
         next_batch: Instant::now(),
         pacing: None,
     };
@@ -177,6 +217,38 @@ pub async fn sse(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
+}
+
+/// Starts watching `ids` and writes the first event: every entry, or, for a client that
+/// resumes (`Last-Event-ID` of a stream whose record is still held), only the entries that
+/// differ from what it holds, and no event at all when none does.
+async fn first_event(
+    req: &HttpRequest,
+    state: &AppState,
+    mut sub: Subscription,
+    ids: &[UserId],
+) -> Result<(Option<Bytes>, Subscription), ApiError> {
+    sub.add(ids);
+    let entries = read(state, &sub, ids).await?;
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|last| sub.resume(last));
+    let held = |user: UserId, entry: &Entry| resume.as_ref().is_some_and(|r| r.holds(user, entry));
+    let (kept, sent): (Vec<_>, Vec<_>) = ids
+        .iter()
+        .copied()
+        .zip(&entries)
+        .partition(|&(user, entry)| held(user, entry));
+    sub.settle(&kept, 0);
+    if sent.is_empty() {
+        return Ok((None, sub));
+    }
+    let id = sub.event();
+    sub.settle(&sent, id.number);
+    let data = joined(sent.iter().map(|(_, entry)| &entry.bytes));
+    Ok((Some(event(id, &data)), sub))
 }
 
 /// After a stream or WebSocket is written a batch of changes, the next batch waits this
@@ -193,6 +265,8 @@ struct EventStream {
     sub: Subscription,
     ping: Interval,
     held: Option<StreamGuard>,
+    /// When the stream ends with its credential.
+    expiry: Option<Expiry>,
     /// No batch before this (see [`BATCH_INTERVAL`]).
     next_batch: Instant,
     /// The wait for `next_batch`, made the first time one is needed.
@@ -229,6 +303,9 @@ impl Stream for EventStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if this.held.as_ref().is_some_and(|held| held.poll_gone(cx)) {
+            return Poll::Ready(None);
+        }
+        if this.expiry.as_mut().is_some_and(|e| e.poll_expired(cx)) {
             return Poll::Ready(None);
         }
         if let Some(first) = this.first.take() {
@@ -288,7 +365,10 @@ mod tests {
 
     #[test]
     fn an_event_has_an_id_a_name_and_one_data_line() {
-        let id = EventId { epoch: 1, seq: 7 };
+        let id = EventId {
+            token: 1,
+            number: 7,
+        };
         assert_eq!(
             &event(id, b"{\"userPresences\":[]}")[..],
             b"id: 0000000000000001-7\nevent: presence\ndata: {\"userPresences\":[]}\n\n"

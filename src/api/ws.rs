@@ -9,14 +9,15 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::extract::Reader;
+use super::extract::{stream_caller, Reader};
 use super::json::IdItem;
 use super::stream::{
-    checked, current, hold_connection, joined, open, refuse_foreign_cookie, ticker, visible,
+    checked, hold_connection, joined, open, read, refuse_foreign_cookie, ticker, visible, Expiry,
     BATCH_INTERVAL,
 };
 use super::AppState;
-use crate::presence::Subscription;
+use crate::presence::watch::Entry;
+use crate::presence::{Subscription, UserId};
 
 /// `GET /v1/presence/ws`: the WebSocket; see [`run`].
 pub async fn ws(
@@ -26,7 +27,9 @@ pub async fn ws(
     _reader: Reader,
 ) -> Result<HttpResponse, ApiError> {
     refuse_foreign_cookie(&req, &state)?;
-    let sub = open(&state)?;
+    let caller = stream_caller(&req, &state);
+    let sub = open(&req, &state, caller.map(|(user, _)| user))?;
+    let expiry = Expiry::of(&state, caller);
     let (response, session, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
     let frame_limit = state.settings.server.max_body_bytes;
@@ -36,7 +39,7 @@ pub async fn ws(
         .max_continuation_size(frame_limit);
     let held = hold_connection(&req);
     actix_web::rt::spawn(async move {
-        run(&req, &state, sub, session, messages).await;
+        run(&req, &state, sub, expiry, session, messages).await;
         drop(held);
     });
     Ok(response)
@@ -55,6 +58,7 @@ async fn run(
     req: &HttpRequest,
     state: &AppState,
     mut sub: Subscription,
+    mut expiry: Option<Expiry>,
     mut session: actix_ws::Session,
     mut messages: actix_ws::AggregatedMessageStream,
 ) {
@@ -116,6 +120,14 @@ async fn run(
                 // Something to write, within the batch interval: gather until it ends.
                 tokio::time::sleep_until(next_batch).await;
             }
+            () = async { if let Some(e) = expiry.as_mut() { e.expired().await } }, if expiry.is_some() => {
+                let reason = CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some("the credential expired".into()),
+                };
+                let _ = session.close(Some(reason)).await;
+                return;
+            }
             _ = ping.tick() => {
                 if session.ping(b"").await.is_err() {
                     return;
@@ -124,6 +136,31 @@ async fn run(
         }
     }
     let _ = session.close(None).await;
+}
+
+/// Starts watching `ids` and answers with the entries of those added, in order. When they
+/// cannot be read, they are not watched either: the client was given nothing.
+async fn subscribe(
+    state: &AppState,
+    sub: &mut Subscription,
+    ids: &[UserId],
+) -> Result<Vec<u8>, ApiError> {
+    let new = ids.iter().filter(|&&id| !sub.watches(id)).count();
+    if sub.len() + new > state.settings.stream.max_user_ids {
+        return Err(ApiError::TooManyUserIds);
+    }
+    let added = sub.add(ids);
+    match read(state, sub, &added).await {
+        Ok(entries) => {
+            let given: Vec<(UserId, &Entry)> = added.iter().copied().zip(&entries).collect();
+            sub.settle(&given, 0);
+            Ok(joined(entries.iter().map(|entry| &entry.bytes)))
+        }
+        Err(e) => {
+            sub.abandon(&added);
+            Err(e)
+        }
+    }
 }
 
 /// JSON written by this server is UTF-8.
@@ -148,14 +185,7 @@ async fn on_text(
         } => {
             state.limits.lookup(req)?;
             let ids = visible(checked(items, max)?);
-            let new = ids.iter().filter(|id| !sub.users().contains(id)).count();
-            if sub.users().len() + new > max {
-                return Err(ApiError::TooManyUserIds);
-            }
-            let (added, at) = sub.add(&ids);
-            let answer = current(state, sub, &added).await;
-            sub.settle(at);
-            answer.map(Some)
+            subscribe(state, sub, &ids).await.map(Some)
         }
         ClientFrame {
             subscribe: None,

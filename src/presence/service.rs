@@ -12,10 +12,8 @@ use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::redis::RedisBackend;
 use super::store::{Store, SweepReport};
 use super::time::Clock;
-use super::watch::Hub;
-use crate::api::json::presence_entry;
+use super::watch::{Encoder, Hub, Limits};
 use crate::config::{Backend, Settings};
-use bytes::Bytes;
 
 /// Why a presence call could not be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -73,16 +71,26 @@ impl fmt::Debug for Presence {
 }
 
 impl Presence {
-    /// The backend `settings.store.backend` names, on `clock`. The memory store starts
-    /// empty (snapshots are loaded by the caller, see [`Self::memory_store`]); the Redis
-    /// backend connects on first use. Must be called inside a Tokio runtime.
-    pub fn from_settings(settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
-        let format = settings.api.presence_type;
+    /// The backend `settings.store.backend` names, on `clock`, with live streams writing
+    /// entries with `encode` (the API's own writer). The memory store starts empty
+    /// (snapshots are loaded by the caller, see [`Self::memory_store`]); the Redis backend
+    /// connects on first use. Must be called inside a Tokio runtime.
+    pub fn from_settings(
+        settings: &Settings,
+        clock: Clock,
+        encode: Encoder,
+    ) -> anyhow::Result<Self> {
+        let stream = &settings.stream;
         let hub = Hub::new(
-            Box::new(move |view| Bytes::from(presence_entry(view, format))),
-            // A user's changes stay logged this long after its last watcher left, so that a
-            // client reconnecting within it is sent only what changed.
-            settings.stream.keep_alive * 4,
+            encode,
+            Limits {
+                connections: stream.max_connections,
+                per_address: stream.max_connections_per_address,
+                per_user: stream.max_connections_per_user,
+                resume_window: stream.resume_window,
+                resume_users: stream.max_resume_users,
+                resume_users_per_address: stream.max_resume_users_per_address,
+            },
         );
         match settings.store.backend {
             Backend::Memory => {

@@ -22,7 +22,7 @@ use super::model::{
     UserId,
 };
 use super::time::{duration_millis, Mono, WallMillis};
-use super::watch::Changes;
+use super::watch::{Changes, Delivery};
 
 /// Users re-checked between two yields of the sweeper.
 const SWEEP_BATCH: usize = 256;
@@ -157,16 +157,17 @@ impl Store {
     /// user's changes in the order they were made.
     pub fn heartbeat(&self, user: UserId, heartbeat: Heartbeat<'_>, now: Now) {
         let deadline = now.mono.saturating_add(self.ttl);
-        // The shard lock is held for this statement only. The indexes are filed after it is
-        // released: a slot filed late is harmless, since the sweeper re-checks every slot
-        // against the entry (see `sweep`).
-        let filed = match self.users.entry(user) {
+        // The shard lock is held for this statement only. The indexes are filed, and the
+        // change handed to watchers, after it is released: a slot filed late is harmless,
+        // since the sweeper re-checks every slot against the entry (see `sweep`), and
+        // watchers order a user's changes by their versions, taken under the lock.
+        let (filed, delivery) = match self.users.entry(user) {
             MapEntry::Occupied(mut occupied) => {
                 let (filed, changed) = self.apply(occupied.get_mut(), heartbeat, now, deadline);
-                if changed {
-                    self.tell(user, occupied.get(), now.mono);
-                }
-                filed
+                let delivery = changed
+                    .then(|| self.tell(user, occupied.get(), now.mono))
+                    .flatten();
+                (filed, delivery)
             }
             MapEntry::Vacant(vacant) => {
                 let (record, filed) = match heartbeat {
@@ -186,29 +187,34 @@ impl Store {
                     last_online: now.wall,
                     record,
                 });
-                if changed {
-                    self.tell(user, &entry, now.mono);
-                }
-                filed
+                let delivery = changed.then(|| self.tell(user, &entry, now.mono)).flatten();
+                (filed, delivery)
             }
         };
+        if let Some(delivery) = delivery {
+            delivery.deliver();
+        }
         self.file(user, filed);
     }
 
-    /// Publishes the entry of `user`, if anyone may be watching. Called under its lock.
-    fn tell(&self, user: UserId, entry: &Entry, now: Mono) {
-        if let Some(changes) = &self.changes {
-            if changes.watched() {
-                changes.publish(&entry.view(user, now));
-            }
+    /// The change of `user` to hand to its watchers, if anyone may be watching. Called
+    /// under its lock; delivered by the caller once the lock is released.
+    #[must_use]
+    fn tell(&self, user: UserId, entry: &Entry, now: Mono) -> Option<Delivery> {
+        let changes = self.changes.as_ref()?;
+        if !changes.watched() {
+            return None;
         }
+        changes.publish_later(&entry.view(user, now))
     }
 
     /// Applies a heartbeat to a known user's entry; says which index needs a new slot, and
     /// whether the entry changed in anything but `lastOnline`.
     ///
-    /// A session past its deadline that the sweeper has not reached yet is still the one
-    /// watchers were last told of: a heartbeat that keeps it the same changes nothing.
+    /// "Changed" compares what a read shows before and after, at `now`: a session past its
+    /// deadline reads Offline (whether or not the sweeper has reached it), so a heartbeat
+    /// that renews it is a change even when the session is the same: a watcher may have
+    /// been given that Offline entry.
     fn apply(
         &self,
         entry: &mut Entry,
@@ -240,7 +246,8 @@ impl Store {
             }
             Heartbeat::Present { location, session } => {
                 if let Some(live) = live_mut(&mut entry.record) {
-                    let mut changed = live.left || live.session != session;
+                    let lapsed = now.mono >= live.deadline;
+                    let mut changed = lapsed || live.left || live.session != session;
                     if live.left {
                         live.left = false;
                         self.count_session(session.kind, 1);
@@ -465,7 +472,11 @@ impl Store {
                 let mut fresh = Vec::new();
                 let mut retired = Vec::new();
                 for &user in batch {
-                    match self.expire_one(user, bucket, now.mono) {
+                    let (slot, delivery) = self.expire_one(user, bucket, now.mono);
+                    if let Some(delivery) = delivery {
+                        delivery.deliver();
+                    }
+                    match slot {
                         Slot::Stale | Slot::Left => {}
                         Slot::Fresh(deadline) => fresh.push((user, deadline)),
                         Slot::Expired(retire) => {
@@ -498,27 +509,28 @@ impl Store {
     }
 
     /// Re-checks one expiry slot under the entry's lock: a heartbeat that landed first wins.
-    fn expire_one(&self, user: UserId, bucket: u64, now: Mono) -> Slot {
+    /// The change, if any, is delivered by the caller once the lock is released.
+    fn expire_one(&self, user: UserId, bucket: u64, now: Mono) -> (Slot, Option<Delivery>) {
         let Some(mut entry) = self.users.get_mut(&user) else {
-            return Slot::Stale;
+            return (Slot::Stale, None);
         };
         let entry = &mut *entry;
         let Some(live) = live_mut(&mut entry.record) else {
             // Offline already (disconnected): the slot outlived its session.
-            return Slot::Stale;
+            return (Slot::Stale, None);
         };
         if self.expiry.bucket_of(live.scheduled) != bucket {
             // A later session of the same user has its own slot.
-            return Slot::Stale;
+            return (Slot::Stale, None);
         }
         if now < live.deadline {
             live.scheduled = live.deadline;
-            return Slot::Fresh(live.deadline);
+            return (Slot::Fresh(live.deadline), None);
         }
         if live.left {
             // Disconnected: its retention slot was filed then, and it was uncounted.
             entry.record = live.location.record();
-            return Slot::Left;
+            return (Slot::Left, None);
         }
         let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
         self.count_session(live.session.kind, -1);
@@ -527,8 +539,7 @@ impl Store {
             .filter(|_| !live.retention_pending);
         let offline = live.location.record();
         entry.record = offline;
-        self.tell(user, entry, now);
-        Slot::Expired(retire)
+        (Slot::Expired(retire), self.tell(user, entry, now))
     }
 
     /// Re-checks the users whose retention slot came due: an Offline user whose
@@ -544,6 +555,7 @@ impl Store {
             for batch in due.chunks(SWEEP_BATCH) {
                 for &user in batch {
                     let mut refile = None;
+                    let mut delivery = None;
                     let removed = self.users.remove_if_mut(&user, |_, entry| {
                         if let Some(live) = live_mut(&mut entry.record) {
                             if !live.left {
@@ -559,9 +571,12 @@ impl Store {
                             return false;
                         }
                         // Forgotten: from now on it reads as never seen.
-                        self.tell_forgotten(user);
+                        delivery = self.tell_forgotten(user);
                         true
                     });
+                    if let Some(delivery) = delivery {
+                        delivery.deliver();
+                    }
                     if removed.is_some() {
                         dropped += 1;
                     } else if let Some(due) = refile {
@@ -575,13 +590,15 @@ impl Store {
         dropped
     }
 
-    /// Publishes that `user` now reads as never seen. Called under its lock.
-    fn tell_forgotten(&self, user: UserId) {
-        if let Some(changes) = &self.changes {
-            if changes.watched() {
-                changes.publish(&PresenceView::never_seen(user));
-            }
+    /// The change of `user` to reading as never seen, to hand to its watchers. Called under
+    /// its lock; delivered by the caller once the lock is released.
+    #[must_use]
+    fn tell_forgotten(&self, user: UserId) -> Option<Delivery> {
+        let changes = self.changes.as_ref()?;
+        if !changes.watched() {
+            return None;
         }
+        changes.publish_later(&PresenceView::never_seen(user))
     }
 
     /// Users held in memory, present or not.

@@ -1,31 +1,49 @@
 //! Live presence: who watches which users, and the changes owed to each watcher.
 //!
-//! A backend calls [`Hub::publish`] with the new view of a user whenever that user's entry
-//! changes in anything but `lastOnline` (the memory store while it holds the user's lock,
-//! the Redis backend from its subscription, in the order Redis published). The hub encodes
-//! the entry once and hands it to every watcher of that user. Nothing else happens for a
-//! user nobody watches: one map lookup, and none at all while no stream is open.
+//! A backend publishes the new view of a user whenever that user's entry changes in
+//! anything but `lastOnline` (the memory store while it holds the user's lock, the Redis
+//! backend from its subscription, in the order Redis published). The hub encodes the entry
+//! once and hands it to every watcher of that user; for a user nobody watches nothing
+//! happens (one map lookup, none at all while no stream is open).
+//!
+//! Three invariants carry the rule of CONTRACT section 8 (*the client ends with the latest
+//! entry of every user it watches*), each held by a structure rather than by the order of
+//! calls:
+//!
+//! - **A version per change.** Every published change of a watched user takes the next
+//!   number of one counter, under the user's topic lock, so the changes of one user are
+//!   numbered in the order they were made, and a topic made again later starts above every
+//!   number given before.
+//! - **A watermark per watched user.** Each watcher keeps, for each user it watches, the
+//!   highest version it has accepted ([`Slot::seen`]). When it starts watching a user it
+//!   takes the topic's current version as its watermark *before* it reads the user's entry:
+//!   every change up to it is in what the read returns, every later one is offered. An
+//!   offer at or below the watermark is dropped, so a late or repeated delivery can never
+//!   put an older entry after a newer one, and starting to watch one user never touches
+//!   what is pending for another.
+//! - **What each client holds.** Each slot keeps a digest of the last entry handed to the
+//!   client (`lastOnline` aside) and the event that carried it; an entry equal to it is not
+//!   sent again. A closed stream leaves that record behind for `stream.resume_window`
+//!   (bounded in all and per address), and a client that comes back with the id of an
+//!   event is sent exactly the users whose entry now differs from what it held as of that
+//!   event, or everything when the record is gone.
 //!
 //! Each watcher holds at most one pending entry per user (a newer one replaces it), so what
-//! a slow reader makes the server hold is bounded by the users it watches, never by the
-//! number of changes; when it reads again it gets the latest entry of each changed user.
-//!
-//! Every published change gets a sequence number, and the hub keeps a ring of the last
-//! changes of watched users. An event names the last change it carries (see
-//! [`EventId`]); a client that reconnects with that id is sent the users of its list that
-//! changed since, or, when the ring no longer reaches back that far (or the process
-//! restarted), the full state. A user's changes are logged while anyone watches it and for
-//! a while after its last watcher left ([`Hub::reap`]), so that a quick reconnect finds
-//! them.
+//! a slow reader makes the server hold is bounded by the users it watches. Entries are
+//! handed to watchers after the store's lock is released ([`Delivery`]): a popular user's
+//! fan-out never holds the store.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher as _;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -34,130 +52,246 @@ use super::model::{PresenceView, UserId};
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Changes of watched users kept for resuming streams.
-const LOG_CAPACITY: usize = 1 << 18;
-
-/// Turns a view into the JSON object a lookup writes for it.
+/// Turns a view into the JSON object a lookup writes for it (injected by the application,
+/// which owns the wire format).
 pub type Encoder = Box<dyn Fn(&PresenceView<'_>) -> Bytes + Send + Sync>;
 
-/// What a backend tells about changes. Implemented by [`Hub`]; a store without watchers
-/// has none.
+/// An encoded entry and the digest of everything in it but `lastOnline`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub bytes: Bytes,
+    digest: u64,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Entry")
+            .field(&String::from_utf8_lossy(&self.bytes))
+            .finish()
+    }
+}
+
+/// The part of an entry that counts as a change: everything before `lastOnline`, the last
+/// key an entry is written with.
+fn significant(entry: &[u8]) -> &[u8] {
+    const KEY: &[u8] = b",\"lastOnline\":";
+    match memchr::memmem::rfind(entry, KEY) {
+        Some(at) => &entry[..at],
+        None => entry,
+    }
+}
+
+/// What a backend tells about changes. Implemented by [`Hub`].
 pub trait Changes: Send + Sync + fmt::Debug {
     /// Whether anyone may be watching anything: when false, a backend skips building views.
     fn watched(&self) -> bool;
     /// `view` is the new entry of its user, which changed in something other than
-    /// `lastOnline`. Calls for one user must come in the order of the changes.
-    fn publish(&self, view: &PresenceView<'_>);
+    /// `lastOnline`; returns what is to be handed to the watchers, which the caller does
+    /// once it holds no lock ([`Delivery::deliver`]). Calls for one user must come in the
+    /// order of the changes.
+    fn publish_later(&self, view: &PresenceView<'_>) -> Option<Delivery>;
+    /// [`Self::publish_later`], delivered at once.
+    fn publish(&self, view: &PresenceView<'_>) {
+        if let Some(delivery) = self.publish_later(view) {
+            delivery.deliver();
+        }
+    }
 }
 
-/// The position of an event in this process's stream of changes, written
-/// `<process>-<sequence>`; the process part makes ids of another process (or of another
-/// node) unreadable here, which falls back to the full state.
+/// A change to hand to the watchers of one user, made under the store's lock and delivered
+/// after it is released.
+#[must_use = "a delivery does nothing until delivered"]
+pub struct Delivery {
+    hub: Arc<HubShared>,
+    user: UserId,
+    version: u64,
+    entry: Entry,
+    watchers: Arc<[Arc<Watcher>]>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("user", &self.user)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Offers the entry to every watcher of the user.
+    pub fn deliver(self) {
+        let mut accepted = 0;
+        for watcher in self.watchers.iter() {
+            accepted += u64::from(watcher.offer(self.user, self.version, &self.entry));
+        }
+        self.hub.deliveries.fetch_add(accepted, Ordering::Relaxed);
+    }
+}
+
+/// The position of an event in one stream: which stream (a random token, unknown to any
+/// other process) and its number in it, written `<token>-<number>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventId {
-    pub epoch: u64,
-    pub seq: u64,
+    pub token: u64,
+    pub number: u64,
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}-{}", self.epoch, self.seq)
+        write!(f, "{:016x}-{}", self.token, self.number)
     }
 }
 
 impl EventId {
     pub fn parse(text: &str) -> Option<Self> {
-        let (epoch, seq) = text.trim().split_once('-')?;
-        if epoch.len() != 16 {
+        let (token, number) = text.trim().split_once('-')?;
+        if token.len() != 16 {
             return None;
         }
         Some(Self {
-            epoch: u64::from_str_radix(epoch, 16).ok()?,
-            seq: seq.parse().ok()?,
+            token: u64::from_str_radix(token, 16).ok()?,
+            number: number.parse().ok()?,
         })
     }
 }
 
-/// One watched user: its watchers, and since when its changes are logged.
+/// One watched user: its watchers (copied on change, so that a delivery takes them
+/// without holding the topic) and the version of its latest change.
 struct Topic {
-    watchers: Vec<Arc<Watcher>>,
-    /// The sequence number when logging of this user's changes began.
-    since: u64,
-    /// When its last watcher left; `None` while watched.
-    idle_since: Option<Instant>,
-    /// Its place in the order topics were made (see [`Hub::generation`]).
-    generation: u64,
-    /// The entry its watchers were last given (published, or read for a first event
-    /// when nothing was published before): a catch-up after a gap sends only what differs.
-    last: Option<Bytes>,
+    watchers: Arc<[Arc<Watcher>]>,
+    version: u64,
 }
 
-/// The recent changes of watched users, in order.
-struct Log {
-    /// The sequence number of the latest change.
-    seq: u64,
-    ring: VecDeque<(u64, UserId)>,
-    /// Changes up to this number may have left the ring.
-    floor: u64,
+/// The limits on streams and on what closed streams leave behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open subscriptions counted against limits, in all.
+    pub connections: usize,
+    /// ... per client address (0: none).
+    pub per_address: usize,
+    /// ... per signed-in user (0: none).
+    pub per_user: usize,
+    /// How long a closed stream's record stays for resuming.
+    pub resume_window: Duration,
+    /// Users held in the records of closed streams, in all.
+    pub resume_users: usize,
+    /// ... per client address.
+    pub resume_users_per_address: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: usize::MAX,
+            per_address: 0,
+            per_user: 0,
+            resume_window: Duration::from_secs(60),
+            resume_users: 500_000,
+            resume_users_per_address: 20_000,
+        }
+    }
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this node serves as many live streams as it may")]
+    Full,
+    #[error("this client address has as many live streams as it may")]
+    AddressFull,
+    #[error("this user has as many live streams as it may")]
+    UserFull,
 }
 
 /// The watchers of one process.
 pub struct Hub {
-    epoch: u64,
+    shared: Arc<HubShared>,
     encode: Encoder,
+    digests: Hasher,
     topics: DashMap<UserId, Topic, Hasher>,
-    /// Topics held, watched or lingering: zero means no publish has anything to do.
+    /// Topics held: zero means no publish has anything to do.
     topic_count: AtomicUsize,
-    log: Mutex<Log>,
-    /// How long a user's changes stay logged after its last watcher left.
-    linger: Duration,
-    last_reap: Mutex<Instant>,
+    /// The version of the latest change (see the module's invariants).
+    versions: AtomicU64,
     /// Every open watcher, to end them all at shutdown.
     watchers: DashMap<u64, Arc<Watcher>, Hasher>,
     next_watcher: AtomicU64,
     closing: AtomicBool,
-    deliveries: AtomicU64,
-    /// Subscriptions counted against a limit (streams and WebSockets).
+    limits: Limits,
+    /// Subscriptions counted against the limits: in all, per address, per user.
     open: AtomicUsize,
-    /// Topics made so far.
-    generation: AtomicU64,
-    /// Whether changes made elsewhere reach this hub yet (false on Redis until the first
-    /// subscription is in place).
+    per_address: DashMap<IpAddr, usize, Hasher>,
+    per_user: DashMap<UserId, usize, Hasher>,
+    resumes: Mutex<Resumes>,
+    /// Whether changes made elsewhere reach this hub yet (Redis).
     live: AtomicBool,
+}
+
+/// What deliveries need of the hub (kept apart so that a delivery holds no topic map).
+struct HubShared {
+    deliveries: AtomicU64,
 }
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hub")
-            .field("epoch", &self.epoch)
             .field("topics", &self.topic_count.load(Ordering::Relaxed))
             .field("watchers", &self.watchers.len())
             .finish()
     }
 }
 
-/// What one connection is owed: the latest entry of each watched user that changed since
-/// it last took them.
+/// What one connection is owed: per watched user, its watermark, what the client holds,
+/// and the latest entry not taken yet.
 pub struct Watcher {
-    pending: Mutex<Pending>,
+    state: Mutex<WatcherState>,
     waker: AtomicWaker,
     closed: AtomicBool,
 }
 
 #[derive(Default)]
-struct Pending {
-    entries: HashMap<UserId, (u64, Bytes), Hasher>,
-    /// The sequence number of the latest change offered.
-    upto: u64,
+struct WatcherState {
+    slots: HashMap<UserId, Slot, Hasher>,
+    /// Users with a pending entry, in the order their entries came.
+    dirty: Vec<UserId>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The highest version accepted: covered by the first read, or offered since.
+    seen: u64,
+    /// The latest entry not taken yet.
+    pending: Option<Entry>,
+    /// The digest of the last entry handed to the client (0: none yet).
+    given: u64,
+    /// The event that carried it (0: before this stream's first event).
+    given_in: u64,
 }
 
 impl Watcher {
-    fn offer(&self, user: UserId, seq: u64, entry: &Bytes) {
-        let mut pending = self.pending.lock();
-        pending.entries.insert(user, (seq, entry.clone()));
-        pending.upto = seq;
-        drop(pending);
+    /// Offers a change of `user`; whether it was taken (the user is watched and the change
+    /// is newer than anything seen, and differs from what the client will hold).
+    fn offer(&self, user: UserId, version: u64, entry: &Entry) -> bool {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.slots.get_mut(&user) else {
+            return false;
+        };
+        if version <= slot.seen {
+            return false;
+        }
+        slot.seen = version;
+        let holds = slot.pending.as_ref().map_or(slot.given, |e| e.digest);
+        if holds == entry.digest {
+            return false;
+        }
+        if slot.pending.replace(entry.clone()).is_none() {
+            state.dirty.push(user);
+        }
+        drop(guard);
         self.waker.wake();
+        true
     }
 }
 
@@ -165,89 +299,122 @@ impl Watcher {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub entries: Vec<Bytes>,
-    /// The event id to send with them.
+    /// The id of the event that carries them (streams that can resume).
     pub id: Option<EventId>,
 }
 
 impl Hub {
-    pub fn new(encode: Encoder, linger: Duration) -> Arc<Self> {
+    pub fn new(encode: Encoder, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            epoch: process_epoch(),
+            shared: Arc::new(HubShared {
+                deliveries: AtomicU64::new(0),
+            }),
             encode,
+            digests: Hasher::default(),
             topics: DashMap::with_hasher(Hasher::default()),
             topic_count: AtomicUsize::new(0),
-            log: Mutex::new(Log {
-                seq: 0,
-                ring: VecDeque::new(),
-                floor: 0,
-            }),
-            linger,
-            last_reap: Mutex::new(Instant::now()),
+            versions: AtomicU64::new(0),
             watchers: DashMap::with_hasher(Hasher::default()),
             next_watcher: AtomicU64::new(0),
             closing: AtomicBool::new(false),
-            deliveries: AtomicU64::new(0),
+            limits,
             open: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
+            per_address: DashMap::with_hasher(Hasher::default()),
+            per_user: DashMap::with_hasher(Hasher::default()),
+            resumes: Mutex::new(Resumes::default()),
             live: AtomicBool::new(true),
         })
     }
 
-    /// A new watcher, unless `max` are open already.
-    pub fn subscribe_within(self: &Arc<Self>, max: usize) -> Option<Subscription> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let mut sub = self.subscribe_unlimited();
-        sub.counted = true;
-        Some(sub)
-    }
-
-    /// A new watcher of nobody yet; it stops watching when the subscription is dropped.
-    pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        self.subscribe_unlimited()
-    }
-
-    fn subscribe_unlimited(self: &Arc<Self>) -> Subscription {
-        let watcher = Arc::new(Watcher {
-            pending: Mutex::new(Pending::default()),
-            waker: AtomicWaker::new(),
-            closed: AtomicBool::new(self.closing.load(Ordering::Acquire)),
-        });
-        let key = self.next_watcher.fetch_add(1, Ordering::Relaxed);
-        self.watchers.insert(key, watcher.clone());
-        Subscription {
-            hub: self.clone(),
-            key,
-            watcher,
-            users: Vec::new(),
-            counted: false,
-        }
-    }
-
-    /// The id of the latest change.
-    pub fn current(&self) -> EventId {
-        self.id(self.log.lock().seq)
-    }
-
-    fn id(&self, seq: u64) -> EventId {
-        EventId {
-            epoch: self.epoch,
-            seq,
-        }
-    }
-
-    /// Marks whether changes made elsewhere reach this hub (see [`Self::is_live`]).
+    /// Marks whether changes made elsewhere reach this hub.
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Release);
     }
 
-    /// Whether changes made through other nodes reach this hub: always on memory; on Redis
-    /// once the node's first subscription is in place.
+    /// Whether changes made through other nodes reach this hub.
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// The entry of `view`, encoded as a lookup writes it.
+    pub fn entry(&self, view: &PresenceView<'_>) -> Entry {
+        let bytes = (self.encode)(view);
+        let digest = self.digests.hash_one(significant(&bytes)) | 1;
+        Entry { bytes, digest }
+    }
+
+    /// A new watcher of nobody yet, within the limits (`address` and `user` are whom it is
+    /// counted against); it stops watching when the subscription is dropped.
+    pub fn subscribe_within(
+        self: &Arc<Self>,
+        address: Option<IpAddr>,
+        user: Option<UserId>,
+    ) -> Result<Subscription, Refused> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let mut counted = Counted {
+            all: true,
+            address: None,
+            user: None,
+        };
+        if open >= self.limits.connections {
+            self.uncount(&counted);
+            return Err(Refused::Full);
+        }
+        if let Some(address) = address.filter(|_| self.limits.per_address > 0) {
+            if !take_share(&self.per_address, address, self.limits.per_address) {
+                self.uncount(&counted);
+                return Err(Refused::AddressFull);
+            }
+            counted.address = Some(address);
+        }
+        if let Some(user) = user.filter(|_| self.limits.per_user > 0) {
+            if !take_share(&self.per_user, user, self.limits.per_user) {
+                self.uncount(&counted);
+                return Err(Refused::UserFull);
+            }
+            counted.user = Some(user);
+        }
+        let mut sub = self.subscribe();
+        sub.counted = counted;
+        sub.address = address;
+        Ok(sub)
+    }
+
+    fn uncount(&self, counted: &Counted) {
+        if counted.all {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(address) = counted.address {
+            give_share(&self.per_address, address);
+        }
+        if let Some(user) = counted.user {
+            give_share(&self.per_user, user);
+        }
+    }
+
+    /// A new watcher of nobody yet, counted against no limit.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let watcher = Arc::new(Watcher {
+            state: Mutex::new(WatcherState::default()),
+            waker: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+        });
+        let key = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        self.watchers.insert(key, watcher.clone());
+        // Registered first, then checked: either `close` finds this watcher, or this sees
+        // that the hub is closing.
+        if self.closing.load(Ordering::SeqCst) {
+            watcher.closed.store(true, Ordering::SeqCst);
+        }
+        Subscription {
+            hub: self.clone(),
+            key,
+            watcher,
+            counted: Counted::default(),
+            address: None,
+            token: random_token(),
+            events: AtomicU64::new(0),
+        }
     }
 
     /// Watchers open now.
@@ -255,51 +422,91 @@ impl Hub {
         self.watchers.len()
     }
 
-    /// Users watched now or lately (their changes are logged).
+    /// Users watched now.
     pub fn topic_count(&self) -> usize {
         self.topic_count.load(Ordering::Relaxed)
     }
 
-    /// Every user with a topic: watched now, or lately (whose changes are still logged).
-    /// A backend that may have missed changes publishes these users' entries again.
+    /// Users held in the records of closed streams, for resuming.
+    pub fn resume_users(&self) -> usize {
+        self.resumes.lock().users
+    }
+
+    /// Every watched user. A backend that may have missed changes publishes these users'
+    /// entries again (see [`Self::marks`]).
     pub fn watched_users(&self) -> Vec<UserId> {
         self.topics.iter().map(|topic| *topic.key()).collect()
     }
 
+    /// The version of each user's latest change (0 for a user nobody watches): taken before
+    /// a read that may [`Self::catch_up`] on them.
+    pub fn marks(&self, users: &[UserId]) -> Vec<u64> {
+        users
+            .iter()
+            .map(|user| self.topics.get(user).map_or(0, |topic| topic.version))
+            .collect()
+    }
+
     /// Entries handed to watchers so far (one per watcher per change).
     pub fn deliveries(&self) -> u64 {
-        self.deliveries.load(Ordering::Relaxed)
+        self.shared.deliveries.load(Ordering::Relaxed)
     }
 
     /// Ends every subscription: their streams finish once they have sent what they hold.
+    /// A subscription made from now on starts closed.
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.closing.store(true, Ordering::SeqCst);
         for watcher in self.watchers.iter() {
-            watcher.closed.store(true, Ordering::Release);
+            watcher.closed.store(true, Ordering::SeqCst);
             watcher.waker.wake();
         }
     }
 
-    /// Forgets users nobody has watched for `linger`; cheap when called more often (it
-    /// works at most four times per `linger`).
+    /// Forgets the records of streams closed more than `stream.resume_window` ago.
     pub fn reap(&self) {
-        let now = Instant::now();
-        {
-            let mut last = self.last_reap.lock();
-            if now.duration_since(*last) < self.linger / 4 {
-                return;
-            }
-            *last = now;
+        let window = self.limits.resume_window;
+        self.resumes.lock().expire(Instant::now(), window);
+    }
+
+    /// After a gap in what a backend heard (changes may have been missed), `view` is a
+    /// user's current entry, read after `mark` was taken (see [`Self::marks`]): it is
+    /// published unless a change of that user arrived since (which is newer than the
+    /// read, or the same). Each watcher is sent it only if it differs from what it holds.
+    pub fn catch_up(&self, view: &PresenceView<'_>, mark: u64) {
+        if let Some(delivery) = self.publish_if(view, |version| version == mark) {
+            delivery.deliver();
         }
-        let mut removed = 0;
-        self.topics.retain(|_, topic| {
-            let keep = topic
-                .idle_since
-                .is_none_or(|idle| now.duration_since(idle) < self.linger);
-            removed += usize::from(!keep);
-            keep
-        });
-        self.topic_count.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    fn publish_if(
+        &self,
+        view: &PresenceView<'_>,
+        current: impl FnOnce(u64) -> bool,
+    ) -> Option<Delivery> {
+        if !self.watched() {
+            return None;
+        }
+        let mut topic = self.topics.get_mut(&view.user_id)?;
+        if !current(topic.version) {
+            return None;
+        }
+        let entry = self.entry(view);
+        let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
+        topic.version = version;
+        let watchers = topic.watchers.clone();
+        drop(topic);
+        Some(Delivery {
+            hub: self.shared.clone(),
+            user: view.user_id,
+            version,
+            entry,
+            watchers,
+        })
+    }
+
+    /// The record a closed stream left for `token`, if it is still held.
+    fn resume_record(&self, token: u64) -> Option<Arc<ResumeRecord>> {
+        self.resumes.lock().records.get(&token).cloned()
     }
 }
 
@@ -308,78 +515,152 @@ impl Changes for Hub {
         self.topic_count.load(Ordering::SeqCst) > 0
     }
 
-    fn publish(&self, view: &PresenceView<'_>) {
-        if !self.watched() {
-            return;
-        }
-        let Some(mut topic) = self.topics.get_mut(&view.user_id) else {
-            return;
-        };
-        let entry = (self.encode)(view);
-        self.offer(view.user_id, &mut topic, entry);
+    fn publish_later(&self, view: &PresenceView<'_>) -> Option<Delivery> {
+        self.publish_if(view, |_| true)
     }
 }
 
-impl Hub {
-    /// Hands `entry` to every watcher of `topic`, in sequence.
-    fn offer(&self, user: UserId, topic: &mut Topic, entry: Bytes) {
-        // One lock orders every change: each watcher is offered changes in sequence, so
-        // the latest number it was offered covers every earlier change of its users.
-        let mut log = self.log.lock();
-        log.seq += 1;
-        let seq = log.seq;
-        if log.ring.len() == LOG_CAPACITY {
-            if let Some((gone, _)) = log.ring.pop_front() {
-                log.floor = gone;
+/// Takes one of `max` shares of `key`; false when all are taken.
+fn take_share<K: std::hash::Hash + Eq>(
+    map: &DashMap<K, usize, Hasher>,
+    key: K,
+    max: usize,
+) -> bool {
+    let mut count = map.entry(key).or_insert(0);
+    if *count >= max {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+/// Gives back a share of `key`.
+fn give_share<K: std::hash::Hash + Eq>(map: &DashMap<K, usize, Hasher>, key: K) {
+    map.remove_if_mut(&key, |_, count| {
+        *count = count.saturating_sub(1);
+        *count == 0
+    });
+}
+
+/// What a subscription is counted against.
+#[derive(Debug, Default)]
+struct Counted {
+    all: bool,
+    address: Option<IpAddr>,
+    user: Option<UserId>,
+}
+
+/// What a closed stream's client held: per user, the digest of its entry and the event that
+/// carried it, sorted by user.
+struct ResumeRecord {
+    users: Box<[(UserId, u64, u64)]>,
+    address: Option<IpAddr>,
+}
+
+impl ResumeRecord {
+    /// Whether the client, having read up to event `number`, holds `entry` for `user`.
+    fn holds(&self, user: UserId, entry: &Entry, number: u64) -> bool {
+        self.users
+            .binary_search_by_key(&user, |&(u, _, _)| u)
+            .ok()
+            .and_then(|i| self.users.get(i))
+            .is_some_and(|&(_, digest, given_in)| digest == entry.digest && given_in <= number)
+    }
+}
+
+/// The records of closed streams, oldest first, bounded in users in all and per address.
+/// Tokens are dropped from the queues lazily (a token whose record is gone is skipped), and
+/// a queue is compacted once it holds more stale tokens than live ones.
+#[derive(Default)]
+struct Resumes {
+    records: HashMap<u64, Arc<ResumeRecord>, Hasher>,
+    /// Tokens in the order their streams closed, with when.
+    order: VecDeque<(Instant, u64)>,
+    by_address: HashMap<IpAddr, AddressRecords, Hasher>,
+    users: usize,
+}
+
+/// The records of one address: users held, records held, tokens oldest first.
+#[derive(Default)]
+struct AddressRecords {
+    users: usize,
+    records: usize,
+    tokens: VecDeque<u64>,
+}
+
+impl Resumes {
+    fn insert(&mut self, token: u64, record: ResumeRecord, limits: &Limits) {
+        let size = record.users.len();
+        if size == 0 || size > limits.resume_users || limits.resume_window.is_zero() {
+            return;
+        }
+        if let Some(address) = record.address {
+            if size > limits.resume_users_per_address {
+                return;
+            }
+            while let Some(held) = self.by_address.get_mut(&address) {
+                if held.users + size <= limits.resume_users_per_address {
+                    break;
+                }
+                match held.tokens.pop_front() {
+                    Some(oldest) => self.forget(oldest),
+                    None => break,
+                }
             }
         }
-        log.ring.push_back((seq, user));
-        for watcher in &topic.watchers {
-            watcher.offer(user, seq, &entry);
+        while self.users + size > limits.resume_users {
+            match self.order.pop_front() {
+                Some((_, oldest)) => self.forget(oldest),
+                None => break,
+            }
         }
-        drop(log);
-        self.deliveries
-            .fetch_add(topic.watchers.len() as u64, Ordering::Relaxed);
-        topic.last = Some(entry);
+        self.users += size;
+        if let Some(address) = record.address {
+            let held = self.by_address.entry(address).or_default();
+            held.users += size;
+            held.records += 1;
+            held.tokens.push_back(token);
+            if held.tokens.len() > 2 * held.records + 8 {
+                let records = &self.records;
+                held.tokens
+                    .retain(|t| *t == token || records.contains_key(t));
+            }
+        }
+        self.order.push_back((Instant::now(), token));
+        self.records.insert(token, Arc::new(record));
+        if self.order.len() > 2 * self.records.len() + 1024 {
+            let records = &self.records;
+            self.order.retain(|(_, t)| records.contains_key(t));
+        }
     }
 
-    /// How many topics have been made so far: a backend that has just started hearing of
-    /// changes again notes it, since topics made later cannot have missed any.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// After a gap in what a backend heard (changes may have been missed), `view` is a
-    /// user's current entry: it is published unless the user's topic was made after
-    /// `generation` (it missed nothing) or its watchers were last given the same
-    /// (`lastOnline` aside).
-    pub fn catch_up(&self, view: &PresenceView<'_>, generation: u64) {
-        let Some(mut topic) = self.topics.get_mut(&view.user_id) else {
+    /// Drops the record of `token`, if held.
+    fn forget(&mut self, token: u64) {
+        let Some(record) = self.records.remove(&token) else {
             return;
         };
-        if topic.generation > generation {
-            return;
+        let size = record.users.len();
+        self.users -= size;
+        if let Some(address) = record.address {
+            if let Some(held) = self.by_address.get_mut(&address) {
+                held.users = held.users.saturating_sub(size);
+                held.records = held.records.saturating_sub(1);
+                if held.records == 0 {
+                    self.by_address.remove(&address);
+                }
+            }
         }
-        let entry = (self.encode)(view);
-        if topic
-            .last
-            .as_ref()
-            .is_some_and(|last| same_but_last_online(last, &entry))
-        {
-            return;
-        }
-        self.offer(view.user_id, &mut topic, entry);
     }
-}
 
-/// Whether two entries differ in nothing but `lastOnline`, the last key an entry is
-/// written with.
-fn same_but_last_online(a: &[u8], b: &[u8]) -> bool {
-    const KEY: &[u8] = b",\"lastOnline\":";
-    let head = |e: &[u8]| -> Option<usize> { memchr::memmem::rfind(e, KEY) };
-    match (head(a), head(b)) {
-        (Some(i), Some(j)) => a[..i] == b[..j],
-        _ => a == b,
+    /// Drops the records of streams closed `window` or longer ago.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some(&(closed, token)) = self.order.front() {
+            if self.records.contains_key(&token) && now.duration_since(closed) < window {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(token);
+        }
     }
 }
 
@@ -388,129 +669,187 @@ pub struct Subscription {
     hub: Arc<Hub>,
     key: u64,
     watcher: Arc<Watcher>,
-    users: Vec<UserId>,
-    counted: bool,
+    counted: Counted,
+    address: Option<IpAddr>,
+    /// Names this stream's events; unguessable, and unknown to any other process.
+    token: u64,
+    /// Events this stream has written (see [`Self::event`]).
+    events: AtomicU64,
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("users", &self.users.len())
+            .field("users", &self.len())
             .finish()
     }
 }
 
+/// What a client that resumes holds (see [`Subscription::resume`]).
+pub struct Resume {
+    record: Arc<ResumeRecord>,
+    number: u64,
+}
+
 impl Subscription {
-    /// The users watched, in the order they were added.
-    pub fn users(&self) -> &[UserId] {
-        &self.users
+    /// How many users this watches.
+    pub fn len(&self) -> usize {
+        self.watcher.state.lock().slots.len()
     }
 
-    /// Starts watching `ids` (those not watched yet); returns the ones added and the id
-    /// of the latest change: every change up to it is in what a read made after this call
-    /// returns, and every later one will be offered.
-    pub fn add(&mut self, ids: &[UserId]) -> (Vec<UserId>, EventId) {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this watches `user`.
+    pub fn watches(&self, user: UserId) -> bool {
+        self.watcher.state.lock().slots.contains_key(&user)
+    }
+
+    /// Starts watching `ids` (those not watched yet) and returns them. Every change of
+    /// them up to now is in what a read made after this returns; every later one is
+    /// offered. Read them, then [`Self::settle`] what the client was given (or
+    /// [`Self::abandon`] them when the read failed).
+    pub fn add(&mut self, ids: &[UserId]) -> Vec<UserId> {
         let mut added = Vec::new();
         for &id in ids {
-            if self.users.contains(&id) || added.contains(&id) {
+            if self.watcher.state.lock().slots.contains_key(&id) {
                 continue;
             }
-            added.push(id);
-            let mut topic = self.hub.topics.entry(id).or_insert_with(|| {
-                self.hub.topic_count.fetch_add(1, Ordering::SeqCst);
-                Topic {
-                    watchers: Vec::new(),
-                    since: self.hub.log.lock().seq,
-                    idle_since: None,
-                    generation: self.hub.generation.fetch_add(1, Ordering::SeqCst) + 1,
-                    last: None,
+            let seen = match self.hub.topics.entry(id) {
+                MapEntry::Occupied(mut topic) => {
+                    let topic = topic.get_mut();
+                    let mut watchers = topic.watchers.to_vec();
+                    watchers.push(self.watcher.clone());
+                    topic.watchers = watchers.into();
+                    topic.version
                 }
-            });
-            topic.watchers.push(self.watcher.clone());
-            topic.idle_since = None;
+                MapEntry::Vacant(vacant) => {
+                    self.hub.topic_count.fetch_add(1, Ordering::SeqCst);
+                    // Above every version handed out so far: a delivery of an earlier
+                    // topic of this user can never pass the watermark.
+                    let version = self.hub.versions.load(Ordering::SeqCst);
+                    vacant.insert(Topic {
+                        watchers: Arc::from([self.watcher.clone()]),
+                        version,
+                    });
+                    version
+                }
+            };
+            let mut state = self.watcher.state.lock();
+            state.slots.insert(
+                id,
+                Slot {
+                    seen,
+                    ..Slot::default()
+                },
+            );
+            added.push(id);
         }
-        self.users.extend_from_slice(&added);
-        (added, self.hub.current())
+        added
     }
 
-    /// Stops watching `ids`, and drops what was pending for them.
+    /// Records that the client was given `entries` (one per user, from a read made after
+    /// [`Self::add`]) in event `event` (0: held before this stream, see [`Self::resume`]).
+    /// A pending change newer than the read stays pending; one equal to it is dropped.
+    pub fn settle(&self, entries: &[(UserId, &Entry)], event: u64) {
+        let mut state = self.watcher.state.lock();
+        let state = &mut *state;
+        for &(user, entry) in entries {
+            if let Some(slot) = state.slots.get_mut(&user) {
+                slot.given = entry.digest;
+                slot.given_in = event;
+                if slot
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.digest == entry.digest)
+                {
+                    slot.pending = None;
+                }
+            }
+        }
+        state
+            .dirty
+            .retain(|user| state.slots.get(user).is_some_and(|s| s.pending.is_some()));
+    }
+
+    /// Stops watching `ids`, dropping what was pending for them.
     pub fn remove(&mut self, ids: &[UserId]) {
-        let gone: Vec<UserId> = ids
-            .iter()
-            .copied()
-            .filter(|id| self.users.contains(id))
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        self.users.retain(|id| !gone.contains(id));
+        let gone: Vec<UserId> = {
+            let mut state = self.watcher.state.lock();
+            let gone: Vec<UserId> = ids
+                .iter()
+                .copied()
+                .filter(|id| state.slots.remove(id).is_some())
+                .collect();
+            if !gone.is_empty() {
+                let WatcherState { slots, dirty } = &mut *state;
+                dirty.retain(|user| slots.contains_key(user));
+            }
+            gone
+        };
         self.leave(&gone);
-        let mut pending = self.watcher.pending.lock();
-        for id in &gone {
-            pending.entries.remove(id);
-        }
+    }
+
+    /// Stops watching users just added whose read failed: the client was given nothing.
+    pub fn abandon(&mut self, added: &[UserId]) {
+        self.remove(added);
     }
 
     fn leave(&self, ids: &[UserId]) {
-        let now = Instant::now();
         for id in ids {
-            if let Some(mut topic) = self.hub.topics.get_mut(id) {
-                topic.watchers.retain(|w| !Arc::ptr_eq(w, &self.watcher));
-                if topic.watchers.is_empty() {
-                    topic.idle_since = Some(now);
+            let emptied = match self.hub.topics.get_mut(id) {
+                Some(mut topic) => {
+                    let watchers: Vec<Arc<Watcher>> = topic
+                        .watchers
+                        .iter()
+                        .filter(|w| !Arc::ptr_eq(w, &self.watcher))
+                        .cloned()
+                        .collect();
+                    topic.watchers = watchers.into();
+                    topic.watchers.is_empty()
                 }
-            }
-        }
-    }
-
-    /// Which of the watched users changed after `since` (an id this process wrote), or
-    /// `None` when that cannot be told: an id of another process, or older than the log.
-    pub fn changed_since(&self, since: EventId) -> Option<Vec<UserId>> {
-        if since.epoch != self.hub.epoch {
-            return None;
-        }
-        let mut changed: Vec<UserId> = self
-            .users
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.hub
+                None => false,
+            };
+            if emptied
+                && self
+                    .hub
                     .topics
-                    .get(id)
-                    .is_none_or(|topic| topic.since > since.seq)
-            })
-            .collect();
-        let log = self.hub.log.lock();
-        if since.seq > log.seq || since.seq < log.floor {
-            return None;
-        }
-        let start = log.ring.partition_point(|&(seq, _)| seq <= since.seq);
-        for &(_, user) in log.ring.range(start..) {
-            if self.users.contains(&user) && !changed.contains(&user) {
-                changed.push(user);
-            }
-        }
-        Some(changed)
-    }
-
-    /// Records the entries a first event gave, for users nothing was published for yet
-    /// (see [`Hub::catch_up`]).
-    pub fn given(&self, user: UserId, entry: &Bytes) {
-        if let Some(mut topic) = self.hub.topics.get_mut(&user) {
-            if topic.last.is_none() {
-                topic.last = Some(entry.clone());
+                    .remove_if(id, |_, topic| topic.watchers.is_empty())
+                    .is_some()
+            {
+                self.hub.topic_count.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
-    /// Forgets what is pending up to `upto` (already covered by a full read).
-    pub fn settle(&self, upto: EventId) {
-        let mut pending = self.watcher.pending.lock();
-        pending.entries.retain(|_, (seq, _)| *seq > upto.seq);
+    /// What the client that sent `last` (a `Last-Event-ID`) holds, when this process can
+    /// tell: its stream's record is still kept.
+    pub fn resume(&self, last: &str) -> Option<Resume> {
+        let id = EventId::parse(last)?;
+        let record = self.hub.resume_record(id.token)?;
+        Some(Resume {
+            record,
+            number: id.number,
+        })
+    }
+
+    /// Numbers the next event of this stream.
+    pub fn event(&self) -> EventId {
+        EventId {
+            token: self.token,
+            number: self.events.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// The entry of `view`, encoded as a lookup writes it.
+    pub fn entry(&self, view: &PresenceView<'_>) -> Entry {
+        self.hub.entry(view)
     }
 
     /// Takes what is pending, in the order of the changes; `Pending` (with the task woken
-    /// on the next change) when nothing is, `Ready(None)` once the hub closes.
+    /// on the next change) when nothing is, `Ready(None)` once the hub closes. Numbers the
+    /// batch as an event of this stream.
     pub fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
         if let Some(batch) = self.take() {
             return Poll::Ready(Some(batch));
@@ -519,7 +858,7 @@ impl Subscription {
         if let Some(batch) = self.take() {
             return Poll::Ready(Some(batch));
         }
-        if self.watcher.closed.load(Ordering::Acquire) {
+        if self.closed() {
             return Poll::Ready(None);
         }
         Poll::Pending
@@ -528,10 +867,7 @@ impl Subscription {
     /// Whether something is pending (or the hub is closing), without taking it; if not,
     /// the task is woken when there is.
     pub fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let ready = || {
-            !self.watcher.pending.lock().entries.is_empty()
-                || self.watcher.closed.load(Ordering::Acquire)
-        };
+        let ready = || !self.watcher.state.lock().dirty.is_empty() || self.closed();
         if ready() {
             return Poll::Ready(());
         }
@@ -553,42 +889,86 @@ impl Subscription {
     }
 
     fn take(&self) -> Option<Batch> {
-        let mut pending = self.watcher.pending.lock();
-        if pending.entries.is_empty() {
+        let mut state = self.watcher.state.lock();
+        if state.dirty.is_empty() {
             return None;
         }
-        let mut taken: Vec<(u64, Bytes)> = pending.entries.drain().map(|(_, e)| e).collect();
-        let upto = pending.upto;
-        drop(pending);
-        taken.sort_unstable_by_key(|&(seq, _)| seq);
+        // Only this subscription's owner numbers its events: no other can come in between.
+        let number = self.events.load(Ordering::Relaxed) + 1;
+        let WatcherState { slots, dirty } = &mut *state;
+        let mut entries = Vec::with_capacity(dirty.len());
+        for user in dirty.drain(..) {
+            let Some(slot) = slots.get_mut(&user) else {
+                continue;
+            };
+            let Some(entry) = slot.pending.take() else {
+                continue;
+            };
+            if entry.digest == slot.given {
+                continue;
+            }
+            slot.given = entry.digest;
+            slot.given_in = number;
+            entries.push(entry.bytes);
+        }
+        drop(state);
+        if entries.is_empty() {
+            return None;
+        }
+        self.events.store(number, Ordering::Relaxed);
         Some(Batch {
-            entries: taken.into_iter().map(|(_, entry)| entry).collect(),
-            id: Some(self.hub.id(upto)),
+            entries,
+            id: Some(EventId {
+                token: self.token,
+                number,
+            }),
         })
     }
 
     /// Whether the hub is closing (shutdown).
     pub fn closed(&self) -> bool {
-        self.watcher.closed.load(Ordering::Acquire)
+        self.watcher.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Resume {
+    /// Whether the client already holds `entry` for `user`.
+    pub fn holds(&self, user: UserId, entry: &Entry) -> bool {
+        self.record.holds(user, entry, self.number)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let users = std::mem::take(&mut self.users);
+        let slots = std::mem::take(&mut self.watcher.state.lock().slots);
+        let users: Vec<UserId> = slots.keys().copied().collect();
         self.leave(&users);
         self.hub.watchers.remove(&self.key);
-        if self.counted {
-            self.hub.open.fetch_sub(1, Ordering::AcqRel);
+        self.hub.uncount(&self.counted);
+        if *self.events.get_mut() > 0 {
+            let mut held: Vec<(UserId, u64, u64)> = slots
+                .into_iter()
+                .filter(|(_, slot)| slot.given != 0)
+                .map(|(user, slot)| (user, slot.given, slot.given_in))
+                .collect();
+            held.sort_unstable_by_key(|&(user, _, _)| user);
+            let record = ResumeRecord {
+                users: held.into_boxed_slice(),
+                address: self.address,
+            };
+            let limits = self.hub.limits;
+            self.hub.resumes.lock().insert(self.token, record, &limits);
         }
     }
 }
 
-/// A number that differs between processes (and between runs of one), so that event ids
-/// of a previous run are never mistaken for this one's.
-fn process_epoch() -> u64 {
+/// A token no other stream (of any process) is likely to have, and that a client cannot
+/// guess.
+fn random_token() -> u64 {
     use std::hash::{BuildHasher, Hasher as _};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.write_u32(std::process::id());
     if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         hasher.write_u128(since.as_nanos());
@@ -602,13 +982,22 @@ mod tests {
     use crate::presence::model::PresenceType;
     use std::borrow::Cow;
 
-    fn hub() -> Arc<Hub> {
+    fn hub_with(limits: Limits) -> Arc<Hub> {
         Hub::new(
             Box::new(|v: &PresenceView<'_>| {
-                Bytes::from(format!("{}:{}", v.user_id, v.last_location))
+                Bytes::from(format!(
+                    "{{\"u\":{},\"loc\":\"{}\",\"lastOnline\":{:?}}}",
+                    v.user_id,
+                    v.last_location,
+                    v.last_online.map(|t| t.0)
+                ))
             }),
-            Duration::from_secs(60),
+            limits,
         )
+    }
+
+    fn hub() -> Arc<Hub> {
+        hub_with(Limits::default())
     }
 
     fn user(n: u64) -> UserId {
@@ -626,15 +1015,36 @@ mod tests {
         }
     }
 
-    fn take(sub: &Subscription) -> Vec<String> {
-        sub.take()
+    fn locations(batch: Option<Batch>) -> Vec<String> {
+        batch
             .map(|b| {
                 b.entries
                     .iter()
-                    .map(|e| String::from_utf8_lossy(e).into_owned())
+                    .map(|e| {
+                        let text = String::from_utf8_lossy(e);
+                        let start = text.find("\"loc\":\"").unwrap() + 7;
+                        let end = start + text[start..].find('"').unwrap();
+                        text[start..end].to_owned()
+                    })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn take(sub: &Subscription) -> Vec<String> {
+        locations(sub.take())
+    }
+
+    /// Adds `ids` and settles them as if a read gave `location` for each.
+    fn watch(sub: &mut Subscription, ids: &[u64], location: &str) {
+        let ids: Vec<UserId> = ids.iter().map(|&n| user(n)).collect();
+        let added = sub.add(&ids);
+        let entries: Vec<(UserId, Entry)> = added
+            .iter()
+            .map(|&u| (u, sub.entry(&view(u.get(), location))))
+            .collect();
+        let refs: Vec<(UserId, &Entry)> = entries.iter().map(|(u, e)| (*u, e)).collect();
+        sub.settle(&refs, 0);
     }
 
     #[test]
@@ -643,92 +1053,205 @@ mod tests {
         assert!(!hub.watched());
         hub.publish(&view(1, "a"));
         let mut sub = hub.subscribe();
-        sub.add(&[user(2)]);
+        watch(&mut sub, &[2], "");
         hub.publish(&view(1, "a"));
-        assert_eq!(hub.current().seq, 0);
         assert!(take(&sub).is_empty());
+        assert_eq!(hub.deliveries(), 0);
     }
 
     #[test]
     fn changes_are_coalesced_per_user_and_come_in_order() {
         let hub = hub();
         let mut sub = hub.subscribe();
-        sub.add(&[user(1), user(2)]);
+        watch(&mut sub, &[1, 2], "");
         for i in 0..1000 {
             hub.publish(&view(1, &format!("x{i}")));
         }
         hub.publish(&view(2, "b"));
         hub.publish(&view(1, "last"));
-        assert_eq!(take(&sub), vec!["2:b", "1:last"]);
+        assert_eq!(take(&sub), vec!["last", "b"]);
         assert!(take(&sub).is_empty());
     }
 
     #[test]
-    fn resuming_names_exactly_the_users_changed_since() {
+    fn an_entry_the_client_holds_is_not_sent_again() {
         let hub = hub();
         let mut sub = hub.subscribe();
-        let (_, start) = sub.add(&[user(1), user(2), user(3)]);
-        hub.publish(&view(2, "b"));
-        let after_b = hub.current();
-        hub.publish(&view(3, "c"));
-        drop(sub);
-        let mut again = hub.subscribe();
-        again.add(&[user(1), user(2), user(3), user(4)]);
-        let mut changed = again.changed_since(after_b).unwrap();
-        changed.sort();
-        assert_eq!(changed, vec![user(3), user(4)]);
-        let mut changed = again.changed_since(start).unwrap();
-        changed.sort();
-        assert_eq!(changed, vec![user(2), user(3), user(4)]);
-        let foreign = EventId {
-            epoch: start.epoch ^ 1,
-            seq: 0,
-        };
-        assert!(again.changed_since(foreign).is_none());
-        let future = EventId { seq: 99, ..start };
-        assert!(again.changed_since(future).is_none());
+        watch(&mut sub, &[1], "a");
+        // Read gave "a": publishing "a" again (lastOnline aside) sends nothing.
+        let mut same = view(1, "a");
+        same.last_online = Some(crate::presence::time::WallMillis(5));
+        hub.publish(&same);
+        assert!(take(&sub).is_empty());
+        // a -> b -> a while the reader was away: it holds "a" already.
+        hub.publish(&view(1, "b"));
+        hub.publish(&view(1, "a"));
+        assert!(take(&sub).is_empty());
+        hub.publish(&view(1, "c"));
+        assert_eq!(take(&sub), vec!["c"]);
     }
 
     #[test]
-    fn catching_up_sends_only_what_watchers_have_not_been_given() {
-        let hub = Hub::new(
-            Box::new(|v: &PresenceView<'_>| {
-                Bytes::from(format!(
-                    "{{\"loc\":\"{}\",\"lastOnline\":\"{:?}\"}}",
-                    v.last_location, v.last_online
-                ))
-            }),
-            Duration::from_secs(60),
-        );
+    fn starting_to_watch_one_user_keeps_what_is_pending_for_another() {
+        let hub = hub();
         let mut sub = hub.subscribe();
-        sub.add(&[user(1), user(2)]);
-        let before_gap = hub.generation();
-        sub.given(user(1), &(hub.encode)(&view(1, "a")));
-        hub.publish(&view(2, "b"));
-        take(&sub);
-        // The same entries, lastOnline aside: nothing.
-        let mut later = view(1, "a");
-        later.last_online = Some(crate::presence::time::WallMillis(5));
-        hub.catch_up(&later, before_gap);
-        hub.catch_up(&view(2, "b"), before_gap);
-        assert!(take(&sub).is_empty());
-        // What changed unseen is sent.
-        hub.catch_up(&view(2, "c"), before_gap);
-        assert_eq!(take(&sub).len(), 1);
-        // A topic made after the subscription came back missed nothing.
+        watch(&mut sub, &[1], "a");
+        hub.publish(&view(1, "b"));
+        // A subscribe to user 2 in the middle: user 1's pending change must survive.
+        watch(&mut sub, &[2], "x");
+        assert_eq!(take(&sub), vec!["b"]);
+    }
+
+    #[test]
+    fn a_late_delivery_never_overtakes_a_newer_one() {
+        let hub = hub();
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1], "a");
+        let older = hub.publish_later(&view(1, "b")).unwrap();
+        let newer = hub.publish_later(&view(1, "c")).unwrap();
+        newer.deliver();
+        older.deliver();
+        assert_eq!(take(&sub), vec!["c"]);
+    }
+
+    #[test]
+    fn changes_up_to_the_watermark_are_in_the_read() {
+        let hub = hub();
         let mut other = hub.subscribe();
-        other.add(&[user(3)]);
-        hub.catch_up(&view(3, "x"), before_gap);
-        assert!(take(&other).is_empty());
-        hub.catch_up(&view(3, "x"), hub.generation());
-        assert_eq!(take(&other).len(), 1);
+        watch(&mut other, &[1], "a");
+        // Made before the second watcher joined, delivered after: its read has it.
+        let before = hub.publish_later(&view(1, "b")).unwrap();
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1], "b");
+        before.deliver();
+        assert!(take(&sub).is_empty());
+        assert_eq!(take(&other), vec!["b"]);
+    }
+
+    #[test]
+    fn a_topic_made_again_starts_above_every_earlier_version() {
+        let hub = hub();
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1], "a");
+        let stale = hub.publish_later(&view(1, "stale")).unwrap();
+        sub.remove(&[user(1)]);
+        assert_eq!(hub.topic_count(), 0);
+        watch(&mut sub, &[1], "fresh");
+        stale.deliver();
+        assert!(take(&sub).is_empty());
+    }
+
+    #[test]
+    fn catching_up_sends_only_what_watchers_do_not_hold_and_never_overtakes() {
+        let hub = hub();
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1, 2], "a");
+        let marks = hub.marks(&[user(1), user(2)]);
+        // User 2 changed after the marks were taken: the read is not newer than that.
+        hub.publish(&view(2, "new"));
+        hub.catch_up(&view(1, "a"), marks[0]);
+        hub.catch_up(&view(2, "old"), marks[1]);
+        assert_eq!(take(&sub), vec!["new"]);
+        let marks = hub.marks(&[user(1)]);
+        hub.catch_up(&view(1, "missed"), marks[0]);
+        assert_eq!(take(&sub), vec!["missed"]);
+    }
+
+    #[test]
+    fn a_closed_stream_can_be_resumed_with_what_changed_since_an_event() {
+        let hub = hub();
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1, 2, 3], "a");
+        let first = sub.event();
+        hub.publish(&view(2, "b"));
+        let batch = sub.take().unwrap();
+        let second = batch.id.unwrap();
+        assert_eq!(second.number, first.number + 1);
+        drop(sub);
+        assert_eq!(hub.topic_count(), 0);
+        assert_eq!(hub.resume_users(), 3);
+
+        let again = hub.subscribe();
+        let resume = again.resume(&second.to_string()).unwrap();
+        let entry = |n: u64, loc: &str| hub.entry(&view(n, loc));
+        assert!(resume.holds(user(1), &entry(1, "a")));
+        assert!(resume.holds(user(2), &entry(2, "b")));
+        assert!(!resume.holds(user(3), &entry(3, "changed")));
+        assert!(!resume.holds(user(4), &entry(4, "")));
+        // As of the first event, the client did not have user 2's "b" yet.
+        let resume = again.resume(&first.to_string()).unwrap();
+        assert!(!resume.holds(user(2), &entry(2, "b")));
+        assert!(again.resume("junk").is_none());
+        assert!(again.resume(&format!("{:016x}-1", 7)).is_none());
+    }
+
+    #[test]
+    fn records_of_closed_streams_are_bounded_in_all_and_per_address() {
+        let limits = Limits {
+            resume_users: 250,
+            resume_users_per_address: 100,
+            ..Limits::default()
+        };
+        let hub = hub_with(limits);
+        let address = |n: u8| Some(IpAddr::from([10, 0, 0, n]));
+        for round in 0..10u64 {
+            for n in 1..=4 {
+                let mut sub = hub.subscribe_within(address(n), None).unwrap();
+                let ids: Vec<u64> = (1..=40).map(|i| round * 1000 + i).collect();
+                watch(&mut sub, &ids, "a");
+                sub.event();
+            }
+            let resumes = hub.resumes.lock();
+            assert!(resumes.users <= 250, "{}", resumes.users);
+            for held in resumes.by_address.values() {
+                assert!(held.users <= 100);
+            }
+        }
+        assert_eq!(hub.topic_count(), 0);
+        let limits = Limits {
+            resume_window: Duration::ZERO,
+            ..limits
+        };
+        let hub = hub_with(limits);
+        let mut sub = hub.subscribe();
+        watch(&mut sub, &[1], "a");
+        sub.event();
+        drop(sub);
+        assert_eq!(hub.resume_users(), 0);
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_in_all_per_address_and_per_user() {
+        let hub = hub_with(Limits {
+            connections: 3,
+            per_address: 2,
+            per_user: 1,
+            ..Limits::default()
+        });
+        let a = Some(IpAddr::from([10, 0, 0, 1]));
+        let b = Some(IpAddr::from([10, 0, 0, 2]));
+        let one = hub.subscribe_within(a, None).unwrap();
+        let _two = hub.subscribe_within(a, Some(user(1))).unwrap();
+        assert_eq!(
+            hub.subscribe_within(a, None).unwrap_err(),
+            Refused::AddressFull
+        );
+        assert_eq!(
+            hub.subscribe_within(b, Some(user(1))).unwrap_err(),
+            Refused::UserFull
+        );
+        let _three = hub.subscribe_within(b, None).unwrap();
+        assert_eq!(hub.subscribe_within(b, None).unwrap_err(), Refused::Full);
+        drop(one);
+        assert!(hub.subscribe_within(a, None).is_ok());
+        assert!(hub.per_address.len() <= 2);
     }
 
     #[test]
     fn event_ids_read_back() {
         let id = EventId {
-            epoch: 0xabc,
-            seq: 42,
+            token: 0xabc,
+            number: 42,
         };
         assert_eq!(id.to_string(), "0000000000000abc-42");
         assert_eq!(EventId::parse(&id.to_string()), Some(id));
@@ -740,7 +1263,7 @@ mod tests {
     fn removed_users_are_no_longer_offered_and_closing_ends_the_watch() {
         let hub = hub();
         let mut sub = hub.subscribe();
-        sub.add(&[user(1)]);
+        watch(&mut sub, &[1], "");
         hub.publish(&view(1, "a"));
         sub.remove(&[user(1)]);
         assert!(take(&sub).is_empty());
@@ -750,5 +1273,8 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(matches!(sub.poll_batch(&mut cx), Poll::Ready(None)));
+        // Made after closing: closed from the start.
+        let late = hub.subscribe();
+        assert!(matches!(late.poll_batch(&mut cx), Poll::Ready(None)));
     }
 }

@@ -52,6 +52,11 @@ pub struct TestApp {
 /// Settings for tests: a free port, one worker, a known secret, no snapshot file, no
 /// rate limits, and the backend `PRESENCE_TEST_BACKEND` chooses (with a key prefix of its
 /// own on Redis: see [`redis`]).
+/// The entry writer the application gives live streams, for a presence built by hand.
+pub fn encoder(settings: &Settings) -> presence_server::presence::watch::Encoder {
+    presence_server::api::json::entry_encoder(settings.api.presence_type)
+}
+
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".parse().unwrap();

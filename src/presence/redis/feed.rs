@@ -161,8 +161,6 @@ impl Feed {
     /// would take many minutes to notice); catches up first.
     async fn listen_single(&self, pubsub: redis::aio::PubSub, timeout: Duration) {
         let (mut sink, mut messages) = pubsub.split();
-        // Topics made from now on miss nothing.
-        let generation = self.hub.generation();
         self.hub.set_live(true);
         let mut resync = Some(Instant::now());
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -174,7 +172,7 @@ impl Feed {
                     None => return,
                 },
                 () = wait_for(resync) => {
-                    resync = (!self.resync(generation).await).then(|| Instant::now() + RESYNC_RETRY);
+                    resync = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
                 }
                 _ = ping.tick() => {
                     let answered = tokio::time::timeout(timeout, sink.ping::<Value>()).await;
@@ -250,8 +248,6 @@ impl Feed {
         let mut retry = Backoff::new();
         let mut failed_rounds = 0;
         let mut resync: Option<Instant> = None;
-        // Topics made after this may have missed nothing (see `Hub::catch_up`).
-        let mut generation = u64::MAX;
         // A disconnection that no new subscription has followed yet.
         let mut silent_since: Option<Instant> = None;
         loop {
@@ -277,7 +273,6 @@ impl Feed {
                                 if *seen {
                                     // Subscribed again after a reconnection: a gap.
                                     silent_since = None;
-                                    generation = self.hub.generation();
                                     resync = Some(Instant::now() + SETTLE);
                                 }
                                 *seen = true;
@@ -292,7 +287,6 @@ impl Feed {
                                 *down = true;
                             }
                             silent_since.get_or_insert_with(Instant::now);
-                            generation = u64::MAX;
                             resync = Some(Instant::now() + SETTLE);
                         }
                         _ => {}
@@ -302,7 +296,6 @@ impl Feed {
                     pending = subscribe_shards(keys, &connection, pending).await;
                     if pending.is_empty() {
                         subscribe = None;
-                        generation = self.hub.generation();
                         self.hub.set_live(true);
                         resync = Some(Instant::now());
                     } else {
@@ -322,7 +315,7 @@ impl Feed {
                     }
                 }
                 () = wait_for(resync) => {
-                    if self.resync(generation).await {
+                    if self.resync().await {
                         resync = None;
                         if *down && pending.is_empty() && silent_since.is_none() {
                             tracing::info!("live presence: subscribed to the Redis Cluster again");
@@ -374,9 +367,11 @@ impl Feed {
         }
     }
 
-    /// Publishes the current entry of every user the hub has a topic for; says whether all
-    /// were read.
-    async fn resync(&self, generation: u64) -> bool {
+    /// Publishes the current entry of every watched user, unless a newer change arrived
+    /// meanwhile (see `Hub::catch_up`); says whether all were read. Called after every
+    /// subscription that may follow a gap: changes from then on arrive, so what the read
+    /// finds is either what was missed or older than what arrives.
+    async fn resync(&self) -> bool {
         let users = self.hub.watched_users();
         if users.is_empty() {
             return true;
@@ -385,8 +380,12 @@ impl Feed {
             return true;
         };
         for chunk in users.chunks(RESYNC_CHUNK) {
+            let marks = self.hub.marks(chunk);
+            let mut marks = marks.into_iter();
             if let Err(e) = backend
-                .visit_many(chunk, |view| self.hub.catch_up(view, generation))
+                .visit_many(chunk, |view| {
+                    self.hub.catch_up(view, marks.next().unwrap_or_default());
+                })
                 .await
             {
                 tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");
