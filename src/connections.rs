@@ -44,6 +44,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::{ServerSettings, StreamSettings};
 
+/// A live stream whose reader takes nothing for this many `stream.keep_alive` periods is
+/// cut off (its client resumes with `Last-Event-ID`).
+pub const STALLED_READER_KEEP_ALIVES: u32 = 4;
+
 /// The deadlines a [`Connection`] enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
@@ -61,7 +65,7 @@ impl Deadlines {
         Self {
             head: server.request_head_timeout,
             idle: (!server.keep_alive.is_zero()).then_some(server.keep_alive),
-            stream_stall: stream.keep_alive * 4,
+            stream_stall: stream.keep_alive * STALLED_READER_KEEP_ALIVES,
         }
     }
 }

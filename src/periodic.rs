@@ -8,7 +8,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest wait between two runs of a task that keeps panicking.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -38,19 +38,33 @@ impl Periodic {
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let mut wait = interval;
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                // A fixed rate: each run is due `interval` after the previous one was due,
+                // so the time a run takes does not push every later one back (a run that
+                // overran is followed at once by the next, never by a burst).
+                let mut due = Instant::now() + interval;
+                // The pause after a panic, doubled by each consecutive one.
+                let mut pause = interval;
+                loop {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if !matches!(stopped.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+                        break;
+                    }
                     match catch_unwind(AssertUnwindSafe(&mut task)) {
-                        Ok(()) => wait = interval,
+                        Ok(()) => {
+                            pause = interval;
+                            due += interval;
+                            due = due.max(Instant::now());
+                        }
                         Err(panic) => {
-                            wait = backoff(wait, interval);
+                            pause = backoff(pause, interval);
                             tracing::error!(
                                 thread = name,
                                 panic = panic_message(&*panic),
-                                retry_in = ?wait,
+                                retry_in = ?pause,
                                 "background task panicked; restarting it"
                             );
                             restarted();
+                            due = Instant::now() + pause;
                         }
                     }
                 }

@@ -138,7 +138,8 @@ async fn an_unlisted_origin_gets_no_cors_header_and_its_preflight_fails() {
     assert_eq!(res.status(), 405);
     assert_eq!(header(res.headers(), "allow"), Some("POST"));
     assert_no_cors(res.headers(), "preflight");
-    assert!(!vary(res.headers()).contains(&"origin".into()));
+    // The answer depends on Origin all the same: a cache must keep it apart.
+    assert!(vary(res.headers()).contains(&"origin".into()));
 
     let res = app
         .client
@@ -333,12 +334,29 @@ async fn without_cors_origins_no_cors_header_is_ever_sent() {
 }
 
 #[tokio::test]
-async fn a_request_without_origin_is_untouched_where_cors_is_on() {
+async fn where_cors_is_on_every_answer_varies_on_origin() {
     let app = listed().await;
     let res = app.post_json(USERS, &json!({"userIds": [1]})).await;
     assert_eq!(res.status(), 200);
     assert_no_cors(res.headers(), "lookup");
-    assert!(res.headers().get("vary").is_none());
+    assert!(vary(res.headers()).contains(&"origin".into()));
+    // Errors too: a 404, a refused heartbeat, an unlisted origin's lookup.
+    let res = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(vary(res.headers()).contains(&"origin".into()));
+    let res = app.post_json(REGISTER, &json!({})).await;
+    assert_eq!(res.status(), 401);
+    assert!(vary(res.headers()).contains(&"origin".into()));
+    let res = app
+        .client
+        .post(app.url(USERS))
+        .header("origin", OTHER_ORIGIN)
+        .json(&json!({"userIds": [1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_no_cors(res.headers(), "unlisted lookup");
+    assert!(vary(res.headers()).contains(&"origin".into()));
 }
 
 #[tokio::test]

@@ -124,10 +124,11 @@ async fn answer<B: MessageBody + 'static>(
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let Some(grant) = grant else {
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_left_body);
+        // No CORS headers, but the answer still depends on `Origin`: a cache must not give
+        // it to an allowed origin (nor the other way round).
+        let mut res = next.call(req).await?.map_into_left_body();
+        vary_on_origin(res.headers_mut());
+        return Ok(res);
     };
     if req.method() == Method::OPTIONS
         && req
@@ -206,10 +207,20 @@ pub fn foreign_cookie_origin(req: &HttpRequest, settings: &Settings) -> bool {
     if settings.api.cors_origins.iter().any(|o| o == origin) {
         return false;
     }
+    // The `Host` the client sent (the authority of an absolute request line otherwise),
+    // never `X-Forwarded-Host` or `Forwarded`, which the page's own request may carry.
+    let Some(own_host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+    else {
+        return true;
+    };
     let own = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|host| host.eq_ignore_ascii_case(req.connection_info().host()));
+        .is_some_and(|host| host.eq_ignore_ascii_case(own_host));
     !own
 }
 
@@ -299,6 +310,23 @@ mod tests {
             &request(Some("http://presence.example.com:8080"), Some("jwt")),
             &s
         ));
+    }
+
+    #[test]
+    fn forwarded_host_headers_do_not_make_a_foreign_page_own() {
+        let s = settings(&[]);
+        for (name, value) in [
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "host=evil.example"),
+        ] {
+            let req = TestRequest::default()
+                .insert_header((header::HOST, "presence.example"))
+                .insert_header((header::ORIGIN, "https://evil.example"))
+                .insert_header((name, value))
+                .cookie(actix_web::cookie::Cookie::new(SESSION_COOKIE, "jwt"))
+                .to_http_request();
+            assert!(foreign_cookie_origin(&req, &s), "{name}");
+        }
     }
 
     #[test]

@@ -51,6 +51,18 @@ impl ExpiryIndex {
         }
     }
 
+    /// Removes and returns the earliest bucket, with its key, if some of its deadlines may be
+    /// `<= now` (its span has begun): the caller re-checks each user, and refiles those not
+    /// due yet only after it has taken every such bucket.
+    pub fn take_started(&self, now: Mono) -> Option<(u64, Vec<UserId>)> {
+        let mut buckets = self.buckets.lock();
+        let (&key, _) = buckets.first_key_value()?;
+        if key.saturating_sub(1).saturating_mul(self.width_ms) >= now.0 {
+            return None;
+        }
+        buckets.pop_first()
+    }
+
     /// Removes and returns the earliest bucket, with its key, if all of its deadlines are
     /// `<= now`.
     pub fn take_due(&self, now: Mono) -> Option<(u64, Vec<UserId>)> {
@@ -87,6 +99,15 @@ mod tests {
         index.schedule(user(2), Mono(200));
         assert_eq!(index.take_due(Mono(199)), None);
         assert_eq!(index.take_due(Mono(200)), Some((2, vec![user(1), user(2)])));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_bucket_is_started_once_its_span_has_begun() {
+        let index = ExpiryIndex::new(Duration::from_millis(100));
+        index.schedule(user(1), Mono(150));
+        assert_eq!(index.take_started(Mono(100)), None);
+        assert_eq!(index.take_started(Mono(101)), Some((2, vec![user(1)])));
         assert!(index.is_empty());
     }
 

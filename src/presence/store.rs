@@ -463,13 +463,17 @@ impl Store {
     }
 
     /// Flips Offline every user whose deadline is `<= now` and forgets Offline users past
-    /// the retention, working only on the index buckets that came due: nothing is scanned.
-    /// Holds one shard lock at a time, for one user, and yields between batches.
+    /// the retention, working only on the index buckets whose span has begun: nothing is
+    /// scanned. A user is flipped by the first sweep at or after its deadline, whatever the
+    /// buckets' width. Holds one shard lock at a time, for one user, and yields between
+    /// batches.
     pub fn sweep(&self, now: Now) -> SweepReport {
         let mut report = SweepReport::default();
-        while let Some((bucket, due)) = self.expiry.take_due(now.mono) {
+        // Refiled once every started bucket is taken: a user not due yet may belong to the
+        // bucket just taken.
+        let mut later = Vec::new();
+        while let Some((bucket, due)) = self.expiry.take_started(now.mono) {
             for batch in due.chunks(SWEEP_BATCH) {
-                let mut fresh = Vec::new();
                 let mut retired = Vec::new();
                 for &user in batch {
                     let (slot, delivery) = self.expire_one(user, bucket, now.mono);
@@ -478,7 +482,12 @@ impl Store {
                     }
                     match slot {
                         Slot::Stale | Slot::Left => {}
-                        Slot::Fresh(deadline) => fresh.push((user, deadline)),
+                        Slot::Fresh(deadline) => {
+                            // Heartbeated since it was filed, or in this bucket but not due.
+                            report.rescheduled +=
+                                usize::from(self.expiry.bucket_of(deadline) != bucket);
+                            later.push((user, deadline));
+                        }
                         Slot::Expired(retire) => {
                             report.expired += 1;
                             if let Some(due) = retire {
@@ -487,14 +496,13 @@ impl Store {
                         }
                     }
                 }
-                report.rescheduled += fresh.len();
-                self.expiry.schedule_many(fresh);
                 if let Some(retention) = &self.retention {
                     retention.index.schedule_many(retired);
                 }
                 std::thread::yield_now();
             }
         }
+        self.expiry.schedule_many(later);
         if let Some(retention) = &self.retention {
             report.dropped = self.forget_retired(retention, now);
         }
@@ -778,6 +786,21 @@ mod tests {
         let a = s.users.get(&user(1)).unwrap().record.clone();
         let b = s.users.get(&user(2)).unwrap().record.clone();
         assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn a_user_is_flipped_by_the_first_sweep_at_or_after_its_deadline() {
+        // Buckets are 100 ms wide: deadlines 1050 and 1090 share one; sweeping at 1050 must
+        // flip the first without waiting for the bucket's end, and keep the second.
+        let s = store();
+        s.heartbeat(user(1), online("a"), at(50));
+        s.heartbeat(user(2), online("a"), at(90));
+        let report = s.sweep(at(1_050));
+        assert_eq!((report.expired, report.rescheduled), (1, 0));
+        assert_eq!(one(&s, 2, 1_050).kind, PresenceType::Online);
+        assert_eq!(s.scheduled(), 1);
+        assert_eq!(s.sweep(at(1_090)).expired, 1);
+        assert_eq!(s.scheduled(), 0);
     }
 
     #[test]
