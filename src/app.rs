@@ -80,6 +80,7 @@ impl Application {
             metrics: Metrics::new(&api::routes::ROUTES),
             ready: AtomicBool::new(true),
             openapi: api::openapi::document(&settings).to_string(),
+            ws_tasks: crate::tasks::Tasks::default(),
             settings,
         });
         // Until the first write, the file on disk is the one just loaded (or none at all):
@@ -187,6 +188,14 @@ impl Shutdown {
         // Live streams never end by themselves: end them, so that their clients reconnect
         // (to another node) and the connections can close within the shutdown timeout.
         self.state.presence.hub().close();
+        // Each WebSocket's task sends its close frame and ends; then the connections close.
+        let within = self.state.settings.server.shutdown_timeout;
+        if !self.state.ws_tasks.ended(within).await {
+            tracing::warn!(
+                running = self.state.ws_tasks.running(),
+                "WebSockets still open at the shutdown timeout"
+            );
+        }
         self.server.stop(true).await;
     }
 }

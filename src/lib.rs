@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod periodic;
 pub mod persistence;
 pub mod presence;
+pub mod tasks;
 pub mod telemetry;
 
 pub use app::Application;

@@ -39,4 +39,6 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The OpenAPI document for these settings, rendered once.
     pub openapi: String,
+    /// The WebSockets' connection tasks, which shutdown waits for.
+    pub ws_tasks: crate::tasks::Tasks,
 }

@@ -38,9 +38,12 @@ pub async fn ws(
         .aggregate_continuations()
         .max_continuation_size(frame_limit);
     let held = hold_connection(&req);
+    // Owned by the application's WebSocket tasks: shutdown waits for it to end.
+    let running = state.ws_tasks.start();
     actix_web::rt::spawn(async move {
         run(&req, &state, sub, expiry, session, messages).await;
         drop(held);
+        drop(running);
     });
     Ok(response)
 }
