@@ -6,8 +6,6 @@
 //! Runs with `PRESENCE_TEST_BACKEND=redis` or `redis-cluster` (see `bash .ci/redis start`);
 //! the Redis-only tests say they are skipped on memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Helpers for the retention test, which comes with the retention schedule.
-#![allow(dead_code, unused_imports)]
 
 mod common;
 
@@ -119,6 +117,54 @@ async fn a_heartbeat_after_the_deadline_reaches_a_stream_that_was_sent_offline()
     assert_eq!(entries[0]["userPresenceType"], "Online", "{entries:?}");
     assert_eq!(entries[0]["lastLocation"], "Lobby");
     assert_eq!(entries, vec![app.presence_of(21).await]);
+}
+
+#[tokio::test]
+async fn a_watched_user_forgotten_by_retention_is_sent_as_never_seen() {
+    if r::skip_unless_redis("retention by Redis key expiry") {
+        return;
+    }
+    let mut settings = test_settings();
+    settings.presence.heartbeat_ttl = Duration::from_secs(1);
+    settings.presence.offline_retention = Some(Duration::from_secs(2));
+    settings.validate().unwrap();
+    let a = Presence::from_settings(&settings, Clock::system()).unwrap();
+    let b = Presence::from_settings(&settings, Clock::system()).unwrap();
+    // Users of one shard, so that one shard channel serves them all on a cluster.
+    wait_subscribed(&a, &b, 2050).await;
+
+    // Watched while it goes Offline: the feed hears of it.
+    let mut heard = b.hub().subscribe();
+    heard.add(&[user(2)]);
+    a.heartbeat(user(2), present("Website")).await.unwrap();
+    assert_eq!(next(&heard).await[0]["userPresenceType"], "Online");
+    a.heartbeat(user(2), Heartbeat::Disconnect).await.unwrap();
+    let offline = next(&heard).await;
+    assert_eq!(offline[0]["userPresenceType"], "Offline");
+    assert_ne!(offline[0]["lastOnline"], NEVER_SEEN);
+
+    // Offline before anyone watched: the stream's first read tells the backend.
+    a.heartbeat(user(1026), present("Website")).await.unwrap();
+    a.heartbeat(user(1026), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    let mut read = b.hub().subscribe();
+    read.add(&[user(1026)]);
+    let first = b.get_many(&[user(1026)]).await.unwrap();
+    assert!(first[0].last_online.is_some());
+    for view in &first {
+        b.watching(view);
+    }
+
+    for (sub, n) in [(&heard, 2), (&read, 1026)] {
+        let entries = next(sub).await;
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0]["userId"], n);
+        assert_eq!(entries[0]["userPresenceType"], "Offline");
+        assert_eq!(entries[0]["lastOnline"], NEVER_SEEN, "{entries:?}");
+        let looked_up = b.get_many(&[user(n)]).await.unwrap();
+        assert_eq!(looked_up[0].last_online, None);
+    }
 }
 
 #[tokio::test]

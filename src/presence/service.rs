@@ -198,11 +198,20 @@ impl Presence {
         }
     }
 
-    /// Whether requests can be served now: always on memory; on Redis, whether it answers.
+    /// Whether requests can be served now: always on memory; on Redis, whether it answers
+    /// and this node hears the changes other nodes make (its change feed has not been down
+    /// for more than a few seconds, see [`RedisBackend::feed_ready`]).
     pub async fn check_ready(&self) -> Result<(), PresenceError> {
         match &self.backend {
             Engine::Memory(_) => Ok(()),
-            Engine::Redis(redis) => redis.ping().await,
+            Engine::Redis(redis) => {
+                redis.ping().await?;
+                if redis.feed_ready() {
+                    Ok(())
+                } else {
+                    Err(PresenceError::Unavailable)
+                }
+            }
         }
     }
 

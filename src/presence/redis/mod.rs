@@ -106,6 +106,8 @@ struct Inner {
     time: TimeSource,
     heartbeat: Script,
     claim: Script,
+    /// The change feed's health and retention schedule (see [`feed`]).
+    feed: Arc<feed::Shared>,
     /// Dropped with the backend, which ends the subscription to changes (see [`feed`]).
     _feed: oneshot::Sender<()>,
 }
@@ -375,6 +377,8 @@ impl RedisBackend {
         };
         let millis = |d: Duration| i64::try_from(duration_millis(d)).unwrap_or(i64::MAX);
         let (feed_stop, feed_stopped) = oneshot::channel();
+        let retention_ms = presence.offline_retention.map(millis);
+        let shared = Arc::new(feed::Shared::new(retention_ms));
         let inner = Arc::new(Inner {
             target,
             connection: Mutex::new(None),
@@ -382,18 +386,17 @@ impl RedisBackend {
             runtime,
             keys: Keys::new(&redis.key_prefix),
             ttl_ms: millis(presence.heartbeat_ttl),
-            retention_ms: presence.offline_retention.map(millis),
+            retention_ms,
             timeout: redis.timeout,
             time,
             heartbeat: Script::new(&scripts::heartbeat()),
             claim: Script::new(&scripts::claim()),
+            feed: Arc::clone(&shared),
             _feed: feed_stop,
         });
-        // Not live until the feed's first subscription is in place (see `/ready`).
-        hub.set_live(false);
         inner
             .runtime
-            .spawn(feed::run(Arc::downgrade(&inner), hub, feed_stopped));
+            .spawn(feed::run(Arc::downgrade(&inner), shared, hub, feed_stopped));
         Ok(Self { inner })
     }
 
@@ -602,9 +605,19 @@ impl RedisBackend {
         .await
     }
 
-    /// Notes the entry a stream was just given for a watched user (see
-    /// [`feed`]'s retention schedule).
-    pub fn watching(&self, _view: &PresenceView<'_>) {}
+    /// `view` is the entry a stream was just given for a user it watches: if it is
+    /// Offline and a retention is set, the user is scheduled to be read again once that
+    /// retention has passed, and sent to its watchers as never seen if Redis has forgotten
+    /// it by then (see [`feed`]). No Redis call.
+    pub fn watching(&self, view: &PresenceView<'_>) {
+        self.inner.feed.note(view);
+    }
+
+    /// Whether this node hears every change other nodes make: its subscription is in
+    /// place and caught up, or has been down for less than [`feed::DOWN_GRACE`].
+    pub fn feed_ready(&self) -> bool {
+        self.inner.feed.ready()
+    }
 
     /// Calls `visit` with the presence of each id, in order, from one `MGET`.
     pub async fn visit_many(
