@@ -36,9 +36,11 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable);
     }
-    // On Redis this includes the change feed: live streams miss other nodes' changes while
-    // it is down.
     state.presence.check_ready().await?;
+    // On Redis, live streams miss other nodes' changes while the node's change feed is down.
+    if !state.presence.feed_ready() {
+        return Err(ApiError::BackendUnavailable);
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, JSON_UTF8))
         .body(r#"{"status":"ready"}"#))

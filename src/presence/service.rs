@@ -198,20 +198,21 @@ impl Presence {
         }
     }
 
-    /// Whether requests can be served now: always on memory; on Redis, whether it answers
-    /// and this node hears the changes other nodes make (its change feed has not been down
-    /// for more than a few seconds, see [`RedisBackend::feed_ready`]).
+    /// Whether requests can be served now: always on memory; on Redis, whether it answers.
     pub async fn check_ready(&self) -> Result<(), PresenceError> {
         match &self.backend {
             Engine::Memory(_) => Ok(()),
-            Engine::Redis(redis) => {
-                redis.ping().await?;
-                if redis.feed_ready() {
-                    Ok(())
-                } else {
-                    Err(PresenceError::Unavailable)
-                }
-            }
+            Engine::Redis(redis) => redis.ping().await,
+        }
+    }
+
+    /// Whether this node hears every change, for its live streams: always on memory; on
+    /// Redis, once its change feed is first subscribed, and unless it has been down for
+    /// more than a few seconds since (see [`RedisBackend::feed_ready`]). No Redis call.
+    pub fn feed_ready(&self) -> bool {
+        match &self.backend {
+            Engine::Memory(_) => true,
+            Engine::Redis(redis) => redis.feed_ready(),
         }
     }
 
