@@ -31,6 +31,9 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     sweeper: Sweeper,
+    /// Forgets idle rate-limit buckets and unwatched users every [`HOUSEKEEPING_EVERY`],
+    /// whatever the sweeps do (a Redis outage stops them, not this).
+    housekeeping: Periodic,
     snapshotter: Option<Periodic>,
     /// With persistence on: the exclusive hold on `persistence.path`, shared with the
     /// snapshot thread and released only after the last snapshot is written (or, for an
@@ -95,8 +98,6 @@ impl Application {
                 &state.presence,
                 state.settings.presence.sweep_interval,
                 move |report, took| {
-                    swept.limits.forget_idle();
-                    swept.presence.hub().reap();
                     swept.metrics.swept(report, took.as_secs_f64());
                     if report.expired + report.dropped > 0 {
                         tracing::debug!(
@@ -111,6 +112,7 @@ impl Application {
             )
             .context("cannot start the sweeper")?
         };
+        let housekeeping = start_housekeeping(&state)?;
         let snapshotter = match &snapshot_lock {
             Some(lock) => Some(start_snapshots(&state, lock)?),
             None => None,
@@ -119,6 +121,7 @@ impl Application {
             addr: server.addr,
             server: server.server,
             sweeper,
+            housekeeping,
             snapshotter,
             snapshot_lock,
             state,
@@ -150,9 +153,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let served = self.server.await;
         let (sweeper, snapshotter, state) = (self.sweeper, self.snapshotter, self.state);
-        let snapshot_lock = self.snapshot_lock;
+        let (housekeeping, snapshot_lock) = (self.housekeeping, self.snapshot_lock);
         sweeper.stop().await;
         tokio::task::spawn_blocking(move || {
+            housekeeping.stop();
             if let Some(snapshotter) = snapshotter {
                 snapshotter.stop();
                 let path = &state.settings.persistence.path;
@@ -230,6 +234,27 @@ fn load_snapshot(
         ),
     }
     Ok(Arc::new(lock))
+}
+
+/// How often idle rate-limit buckets and users nobody watches any more are forgotten.
+pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the thread that forgets, every [`HOUSEKEEPING_EVERY`], the rate-limit buckets
+/// that have refilled and the users nobody has watched for a while: on its own tick, so
+/// that neither waits for a sweep (on Redis, sweeps stop while Redis is unreachable).
+fn start_housekeeping(state: &web::Data<AppState>) -> anyhow::Result<Periodic> {
+    let on_restart = restarted(state, "housekeeping");
+    let state = state.clone();
+    Periodic::spawn(
+        "presence-housekeeping",
+        HOUSEKEEPING_EVERY,
+        move || {
+            state.limits.forget_idle();
+            state.presence.hub().reap();
+        },
+        on_restart,
+    )
+    .context("cannot start the housekeeping thread")
 }
 
 /// Starts the thread that writes a snapshot every `persistence.snapshot_interval`, holding
@@ -421,6 +446,47 @@ fn write_snapshot(state: &AppState, last: bool) -> std::io::Result<()> {
             state.metrics.snapshot_failed();
             tracing::error!(path = %path.display(), error = %e, "cannot write the snapshot");
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backend;
+    use crate::presence::UserId;
+    use std::time::{Duration, Instant};
+
+    /// Rate-limit buckets are forgotten on their own tick, even while every sweep fails
+    /// (here: Redis never reachable).
+    #[tokio::test]
+    async fn idle_buckets_are_forgotten_while_sweeps_fail() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut settings = Settings::default();
+        settings.server.bind = "127.0.0.1:0".parse().unwrap();
+        settings.server.workers = 1;
+        settings.persistence.enabled = false;
+        settings.store.backend = Backend::Redis;
+        settings.redis.url = format!("redis://127.0.0.1:{closed}");
+        settings.redis.timeout = Duration::from_millis(100);
+        settings.presence.sweep_interval = Duration::from_millis(100);
+        settings.rate_limit.register_per_second = 1;
+        settings.rate_limit.register_burst = 1;
+        let (clock, mock) = Clock::mock();
+        let app = Application::build_with_clock(settings, clock).unwrap();
+        let limits = &app.state.limits;
+        for n in 1..=5 {
+            assert!(limits.register(UserId::new(n).unwrap()).is_ok());
+        }
+        assert_eq!(limits.remembered(), 5);
+        mock.increment(Duration::from_secs(60));
+        let deadline = Instant::now() + HOUSEKEEPING_EVERY * 5;
+        while limits.remembered() > 0 {
+            assert!(Instant::now() < deadline, "buckets still remembered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -35,7 +35,7 @@ struct TaskLabels {
 }
 
 /// The background tasks whose restarts are counted.
-pub const BACKGROUND_TASKS: [&str; 2] = ["sweeper", "snapshot"];
+pub const BACKGROUND_TASKS: [&str; 3] = ["sweeper", "snapshot", "housekeeping"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {

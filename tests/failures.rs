@@ -84,7 +84,7 @@ async fn a_failing_snapshot_is_counted_and_its_last_success_stops_moving() {
 #[tokio::test]
 async fn background_restarts_are_exported_for_every_task() {
     let app = spawn_app().await;
-    for task in ["sweeper", "snapshot"] {
+    for task in ["sweeper", "snapshot", "housekeeping"] {
         let series = format!("presence_background_restarts_total{{task=\"{task}\"}}");
         assert_eq!(metric(&app, &series).await, 0.0);
     }

@@ -520,7 +520,7 @@ async fn lookups_never_extend_a_users_presence() {
     let ttl = Duration::from_secs(60);
     let app = spawn_app_with_clock(|s| {
         s.presence.heartbeat_ttl = ttl;
-        s.presence.sweep_interval = Duration::from_millis(20);
+        s.presence.sweep_interval = Duration::from_millis(100);
     })
     .await;
     register(&app, 50, json!({"location": "Xbox"})).await;

@@ -72,7 +72,7 @@ async fn metrics_count_requests_heartbeats_users_and_expiries() {
     let ttl = Duration::from_secs(60);
     let app = spawn_app_with_clock(|s| {
         s.presence.heartbeat_ttl = ttl;
-        s.presence.sweep_interval = Duration::from_millis(20);
+        s.presence.sweep_interval = Duration::from_millis(100);
     })
     .await;
     app.heartbeat(1, json!({"location": "Xbox"})).await;

@@ -256,3 +256,45 @@ async fn a_watcher_catches_up_after_the_subscription_drops() {
     a.heartbeat(user(1), present("After", None)).await.unwrap();
     assert_eq!(next(&sub).await[0]["lastLocation"], "After");
 }
+
+#[tokio::test]
+async fn ready_is_503_while_the_change_feed_is_down_and_200_once_it_is_back() {
+    if !r::installed_or_skip(std::path::Path::new("redis-server")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A server of this test's own: its channel permissions are taken away.
+    let server = OwnServer::standalone(dir.path());
+    let url = server.url();
+    let app = common::spawn_app_with(|s| {
+        s.store.backend = Backend::Redis;
+        s.redis.url = url;
+        s.redis.cluster = false;
+        s.redis.key_prefix = r::unique_prefix();
+        s.redis.timeout = Duration::from_secs(2);
+    })
+    .await;
+    app.until_ready(DELIVERY).await;
+    let ready = || async {
+        let res = app.client.get(app.url("/ready")).send().await.unwrap();
+        res.status().as_u16()
+    };
+
+    // Subscribing is refused (and the subscription in place is closed) while every other
+    // command, PING included, still works: the feed alone is down.
+    r::cli(server.port, &["ACL", "SETUSER", "default", "resetchannels"]);
+    assert_eq!(r::cli(server.port, &["PING"]).trim(), "PONG");
+    let started = std::time::Instant::now();
+    common::eventually(Duration::from_secs(20), || async {
+        (ready().await == 503).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "503 only after the grace: {:?}",
+        started.elapsed()
+    );
+
+    r::cli(server.port, &["ACL", "SETUSER", "default", "allchannels"]);
+    app.until_ready(Duration::from_secs(20)).await;
+}

@@ -91,7 +91,7 @@ async fn each_expiry_is_processed_once_across_nodes() {
     }
     let fast = |s: &mut presence_server::Settings| {
         s.presence.heartbeat_ttl = Duration::from_secs(1);
-        s.presence.sweep_interval = Duration::from_millis(50);
+        s.presence.sweep_interval = Duration::from_millis(100);
     };
     let a = spawn_app_with(fast).await;
     let b = another_node(&a, fast).await;
@@ -631,7 +631,7 @@ async fn offline_retention_is_carried_by_redis_key_expiry() {
     }
     let app = spawn_app_with(|s| {
         s.presence.heartbeat_ttl = Duration::from_secs(1);
-        s.presence.sweep_interval = Duration::from_millis(50);
+        s.presence.sweep_interval = Duration::from_millis(100);
         s.presence.offline_retention = Some(Duration::from_secs(2));
     })
     .await;

@@ -34,7 +34,7 @@ async fn app_with_places() -> TestApp {
 async fn app_on_a_mock_clock() -> TestApp {
     spawn_app_with_clock(|s| {
         s.presence.heartbeat_ttl = TTL;
-        s.presence.sweep_interval = Duration::from_millis(20);
+        s.presence.sweep_interval = Duration::from_millis(100);
         s.places = vec![crossroads(), annex()];
     })
     .await

@@ -26,7 +26,8 @@ pub async fn health() -> HttpResponse {
 
 /// `GET /ready`: 200 once the store is loaded and work is accepted; 503 while shutting down,
 /// while the storage backend (Redis) cannot be reached, or on Redis until the node's first
-/// subscription to other nodes' changes is in place.
+/// subscription to other nodes' changes is in place and while it has been down for more
+/// than a few seconds.
 #[utoipa::path(get, path = "/ready", responses(
     (status = 200, description = "Accepting work", content((Status = "application/json"), (Status = "text/json"))),
     (status = 503, description = "0: ServiceUnavailable (shutting down, or the storage backend cannot be reached)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -36,9 +37,8 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         return Err(ApiError::Unavailable);
     }
     state.presence.check_ready().await?;
-    // On Redis, live streams would miss other nodes' changes until the node's first
-    // subscription is in place.
-    if !state.presence.hub().is_live() {
+    // On Redis, live streams miss other nodes' changes while the node's change feed is down.
+    if !state.presence.feed_ready() {
         return Err(ApiError::BackendUnavailable);
     }
     Ok(HttpResponse::Ok()

@@ -69,7 +69,11 @@ pub(super) async fn read(
     let mut entries = Vec::with_capacity(ids.len());
     state
         .presence
-        .visit_many(ids, |view| entries.push(sub.entry(view)))
+        .visit_many(ids, |view| {
+            // On Redis, an Offline user is then checked for being forgotten by retention.
+            state.presence.watching(view);
+            entries.push(sub.entry(view));
+        })
         .await?;
     Ok(entries)
 }

@@ -214,12 +214,33 @@ impl Presence {
         }
     }
 
+    /// Whether this node hears every change, for its live streams: always on memory; on
+    /// Redis, once its change feed is first subscribed, and unless it has been down for
+    /// more than a few seconds since (see [`RedisBackend::feed_ready`]). No Redis call.
+    pub fn feed_ready(&self) -> bool {
+        match &self.backend {
+            Engine::Memory(_) => true,
+            Engine::Redis(redis) => redis.feed_ready(),
+        }
+    }
+
+    /// `view` is the entry a stream was just given as its first read of a watched user: on
+    /// Redis, an Offline user is then sent as never seen when its retention forgets it
+    /// (see [`RedisBackend::watching`]); nothing to do on memory, whose store publishes that
+    /// itself. Cheap: call it for every entry of a first read.
+    pub fn watching(&self, view: &PresenceView<'_>) {
+        match &self.backend {
+            Engine::Memory(_) => {}
+            Engine::Redis(redis) => redis.watching(view),
+        }
+    }
+
     /// One sweep, now. On memory this is CPU work that runs on the caller's thread (the
     /// sweeper gives it a thread of its own).
     pub async fn sweep(&self) -> Result<SweepReport, PresenceError> {
         match &self.backend {
             Engine::Memory(store) => Ok(store.sweep(self.clock.now())),
-            Engine::Redis(redis) => redis.sweep().await,
+            Engine::Redis(redis) => redis.sweep().await.map_err(|partial| partial.error),
         }
     }
 }

@@ -146,9 +146,18 @@ async fn run_on_redis(
                         }
                         swept(&report, started.elapsed());
                     }
-                    Ok(Err(e)) => {
+                    Ok(Err(partial)) => {
+                        // What the claims that answered did happened: it is counted.
+                        if partial.done != SweepReport::default() {
+                            swept(&partial.done, started.elapsed());
+                        }
                         if !failing {
-                            tracing::warn!(error = %e, "sweep failed; retrying every sweep_interval");
+                            tracing::warn!(
+                                error = %partial.error,
+                                expired = partial.done.expired,
+                                "sweep failed (what it did is counted); retrying every \
+                                 sweep_interval"
+                            );
                             failing = true;
                         }
                     }

@@ -224,8 +224,6 @@ pub struct Hub {
     per_address: DashMap<IpAddr, usize, Hasher>,
     per_user: DashMap<UserId, usize, Hasher>,
     resumes: Mutex<Resumes>,
-    /// Whether changes made elsewhere reach this hub yet (Redis).
-    live: AtomicBool,
 }
 
 /// What deliveries need of the hub (kept apart so that a delivery holds no topic map).
@@ -322,18 +320,7 @@ impl Hub {
             per_address: DashMap::with_hasher(Hasher::default()),
             per_user: DashMap::with_hasher(Hasher::default()),
             resumes: Mutex::new(Resumes::default()),
-            live: AtomicBool::new(true),
         })
-    }
-
-    /// Marks whether changes made elsewhere reach this hub.
-    pub fn set_live(&self, live: bool) {
-        self.live.store(live, Ordering::Release);
-    }
-
-    /// Whether changes made through other nodes reach this hub.
-    pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
     }
 
     /// The entry of `view`, encoded as a lookup writes it.

@@ -13,24 +13,40 @@
 //!   subscription that may follow a gap, the node reads the current entry of every user its
 //!   hub has a topic for and publishes it, so each watcher ends with the latest entry.
 //!
+//! - Overflow: on a cluster, pushes wait in a bounded channel ([`PUSH_CAPACITY`]); one that
+//!   does not fit is dropped and counted as a gap, caught up as above.
+//! - Health: the feed notes since when it has been down (not subscribed, or subscribed but
+//!   not yet caught up); `/ready` is 503 once that is longer than [`DOWN_GRACE`], and
+//!   until the first subscription is in place.
+//! - Retention: Redis forgets an Offline record by key expiry, which publishes nothing.
+//!   The feed keeps a schedule of the watched users it last saw Offline, due at
+//!   `lastOnline + presence.offline_retention` (Redis time), fed by the messages it
+//!   delivers and by the first reads of streams ([`super::RedisBackend::watching`]). Every
+//!   [`FORGET_CHECK_EVERY`] it reads the due users still watched, and publishes those whose
+//!   record is gone as never seen, as the memory backend does when it drops a user.
+//!
 //! A message is `<user id>|<record>`; an empty record means the user was forgotten (reads
 //! as never seen). One that cannot be read is logged and skipped. The task ends when the
 //! backend is dropped.
 
-use std::sync::{Arc, Weak};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use futures_util::StreamExt as _;
+use redis::aio::{AsyncPushSender, SendError};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::keys::{Keys, SHARDS};
 use super::{record, Inner, RedisBackend, Target};
-use crate::presence::model::{PresenceView, UserId};
+use crate::presence::model::{PresenceType, PresenceView, UserId};
 use crate::presence::watch::{Changes, Hub};
 
 /// First wait before subscribing again; doubled after each failure up to [`LAST_RETRY`].
@@ -52,19 +68,194 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT_FLOOR: Duration = Duration::from_secs(1);
 /// On a cluster, rounds of failed subscriptions after which a new connection is made.
 const FAILED_ROUNDS: u32 = 3;
+/// On a cluster, pushes (messages, subscriptions, disconnections) waiting to be handled;
+/// beyond, they are dropped and the feed catches up.
+const PUSH_CAPACITY: usize = 16_384;
+/// How long the feed may be down before `/ready` says so: a reconnection is quicker.
+pub const DOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the users due to be forgotten by retention are looked at.
+const FORGET_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A retention schedule larger than this many entries beyond twice the users watched is
+/// pruned of the users no longer watched.
+const SCHEDULE_SLACK: usize = 1024;
 
-/// Follows the changes until `stop` fires or is dropped (with the backend).
-pub(super) async fn run(backend: Weak<Inner>, hub: Arc<Hub>, stop: oneshot::Receiver<()>) {
-    let feed = Feed { backend, hub };
+/// What the feed shares with its backend: its health and its retention schedule.
+pub(super) struct Shared {
+    health: Mutex<Health>,
+    forgetting: Mutex<Forgetting>,
+    /// `presence.offline_retention` in ms, if any.
+    retention_ms: Option<i64>,
+}
+
+/// Whether the feed hears every change now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Never subscribed yet.
+    Starting,
+    /// Subscribed and caught up.
+    Up,
+    /// Down since then.
+    Down(Instant),
+}
+
+impl Shared {
+    pub(super) fn new(retention_ms: Option<i64>) -> Self {
+        Self {
+            health: Mutex::new(Health::Starting),
+            forgetting: Mutex::new(Forgetting::default()),
+            retention_ms,
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Forgetting> {
+        self.forgetting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Subscribed and caught up.
+    fn up(&self) {
+        *self.health() = Health::Up;
+    }
+
+    /// Not hearing every change (from now, unless it was already down).
+    fn down(&self) {
+        let mut health = self.health();
+        if *health == Health::Up {
+            *health = Health::Down(Instant::now());
+        }
+    }
+
+    /// Whether the feed is up, or down for less than [`DOWN_GRACE`].
+    pub(super) fn ready(&self) -> bool {
+        match *self.health() {
+            Health::Starting => false,
+            Health::Up => true,
+            Health::Down(since) => since.elapsed() < DOWN_GRACE,
+        }
+    }
+
+    /// `view` is a watched user's latest entry: schedules it to be looked at once its
+    /// retention has passed if it is Offline, or forgets about it otherwise.
+    pub(super) fn note(&self, view: &PresenceView<'_>) {
+        let Some(retention) = self.retention_ms else {
+            return;
+        };
+        let mut schedule = self.schedule();
+        match (view.kind, view.last_online) {
+            (PresenceType::Offline, Some(last_online)) => {
+                schedule.add(view.user_id, last_online.0.saturating_add(retention));
+            }
+            _ => schedule.remove(view.user_id),
+        }
+    }
+}
+
+/// Users due to be looked at, by Redis time; one entry per user.
+#[derive(Default)]
+struct Forgetting {
+    queue: BTreeSet<(i64, UserId)>,
+    due: HashMap<UserId, i64>,
+}
+
+impl Forgetting {
+    fn add(&mut self, user: UserId, at: i64) {
+        if let Some(before) = self.due.insert(user, at) {
+            self.queue.remove(&(before, user));
+        }
+        self.queue.insert((at, user));
+    }
+
+    fn remove(&mut self, user: UserId) {
+        if let Some(before) = self.due.remove(&user) {
+            self.queue.remove(&(before, user));
+        }
+    }
+
+    /// Takes the users due at `now`.
+    fn take_due(&mut self, now: i64) -> Vec<UserId> {
+        let mut users = Vec::new();
+        while let Some(&(at, user)) = self.queue.first() {
+            if at > now {
+                break;
+            }
+            self.queue.pop_first();
+            self.due.remove(&user);
+            users.push(user);
+        }
+        users
+    }
+
+    fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    fn retain(&mut self, keep: impl Fn(UserId) -> bool) {
+        self.queue.retain(|&(_, user)| keep(user));
+        self.due.retain(|&user, _| keep(user));
+    }
+}
+
+/// The cluster client's push sender: a bounded channel. A push that does not fit is dropped
+/// and `overflowed` set (a gap: the listener catches up); never blocks the connection.
+struct BoundedPushes {
+    sender: mpsc::Sender<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl BoundedPushes {
+    fn new(capacity: usize) -> (Self, mpsc::Receiver<PushInfo>, Arc<AtomicBool>) {
+        let (sender, received) = mpsc::channel(capacity);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let pushes = Self {
+            sender,
+            overflowed: Arc::clone(&overflowed),
+        };
+        (pushes, received, overflowed)
+    }
+}
+
+impl AsyncPushSender for BoundedPushes {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        match self.sender.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(SendError),
+        }
+    }
+}
+
+/// Follows the changes, and forgets watched users as retention does, until `stop` fires or
+/// is dropped (with the backend).
+pub(super) async fn run(
+    backend: Weak<Inner>,
+    shared: Arc<Shared>,
+    hub: Arc<Hub>,
+    stop: oneshot::Receiver<()>,
+) {
+    let feed = Feed {
+        backend,
+        shared,
+        hub,
+    };
     tokio::select! {
         _ = stop => {}
         () = feed.follow() => {}
+        () = feed.forget_all_due() => {}
     }
 }
 
 struct Feed {
     /// Weak, so that the task never keeps the backend alive.
     backend: Weak<Inner>,
+    shared: Arc<Shared>,
     hub: Arc<Hub>,
 }
 
@@ -137,6 +328,7 @@ impl Feed {
                     retry.reset();
                     self.listen_single(pubsub, timeout.max(PING_TIMEOUT_FLOOR))
                         .await;
+                    self.shared.down();
                     tracing::warn!(
                         "live presence: the Redis subscription dropped; subscribing again"
                     );
@@ -161,7 +353,6 @@ impl Feed {
     /// would take many minutes to notice); catches up first.
     async fn listen_single(&self, pubsub: redis::aio::PubSub, timeout: Duration) {
         let (mut sink, mut messages) = pubsub.split();
-        self.hub.set_live(true);
         let mut resync = Some(Instant::now());
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,7 +363,12 @@ impl Feed {
                     None => return,
                 },
                 () = wait_for(resync) => {
-                    resync = (!self.resync().await).then(|| Instant::now() + RESYNC_RETRY);
+                    if self.resync().await {
+                        resync = None;
+                        self.shared.up();
+                    } else {
+                        resync = Some(Instant::now() + RESYNC_RETRY);
+                    }
                 }
                 _ = ping.tick() => {
                     let answered = tokio::time::timeout(timeout, sink.ping::<Value>()).await;
@@ -197,7 +393,7 @@ impl Feed {
             }) else {
                 return;
             };
-            let (pushes, received) = mpsc::unbounded_channel();
+            let (pushes, received, overflowed) = BoundedPushes::new(PUSH_CAPACITY);
             let connected = match pubsub_client(&seeds, timeout, pushes) {
                 Ok(client) => tokio::time::timeout(timeout * 4, client.get_async_connection())
                     .await
@@ -211,10 +407,8 @@ impl Feed {
             };
             match connected {
                 Ok(connection) => {
-                    if self
-                        .listen_cluster(keys, connection, received, &mut down)
-                        .await
-                    {
+                    let listener = ClusterListener::new(self, keys, connection, &mut down);
+                    if listener.run(received, &overflowed).await {
                         retry.reset();
                     }
                 }
@@ -228,112 +422,8 @@ impl Feed {
                     }
                 }
             }
+            self.shared.down();
             sleep(retry.next()).await;
-        }
-    }
-
-    /// Subscribes `connection` to every shard's channel and hands every message to the
-    /// hub, until the connection is to be replaced; says whether every channel had been
-    /// subscribed.
-    async fn listen_cluster(
-        &self,
-        keys: &Keys,
-        connection: ClusterConnection,
-        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
-        down: &mut bool,
-    ) -> bool {
-        let mut pending: Vec<u16> = (0..SHARDS).collect();
-        let mut confirmed = vec![false; usize::from(SHARDS)];
-        let mut subscribe = Some(Instant::now());
-        let mut retry = Backoff::new();
-        let mut failed_rounds = 0;
-        let mut resync: Option<Instant> = None;
-        // A disconnection that no new subscription has followed yet.
-        let mut silent_since: Option<Instant> = None;
-        loop {
-            let rebuild = silent_since.map(|since| since + SILENT_AFTER_DISCONNECT);
-            tokio::select! {
-                push = pushes.recv() => {
-                    let Some(push) = push else {
-                        return pending.is_empty();
-                    };
-                    match push.kind {
-                        PushKind::SMessage | PushKind::Message => {
-                            if let Some(Value::BulkString(payload)) = push.data.get(1) {
-                                self.deliver(payload).await;
-                            }
-                        }
-                        PushKind::SSubscribe => {
-                            let shard = match push.data.first() {
-                                Some(Value::BulkString(channel)) => keys.shard_of_channel(channel),
-                                _ => None,
-                            };
-                            if let Some(shard) = shard {
-                                let seen = &mut confirmed[usize::from(shard)];
-                                if *seen {
-                                    // Subscribed again after a reconnection: a gap.
-                                    silent_since = None;
-                                    resync = Some(Instant::now() + SETTLE);
-                                }
-                                *seen = true;
-                            }
-                        }
-                        PushKind::Disconnection => {
-                            if !*down {
-                                tracing::warn!(
-                                    "live presence: a Redis Cluster node's subscription dropped; \
-                                     subscribing again"
-                                );
-                                *down = true;
-                            }
-                            silent_since.get_or_insert_with(Instant::now);
-                            resync = Some(Instant::now() + SETTLE);
-                        }
-                        _ => {}
-                    }
-                }
-                () = wait_for(subscribe) => {
-                    pending = subscribe_shards(keys, &connection, pending).await;
-                    if pending.is_empty() {
-                        subscribe = None;
-                        self.hub.set_live(true);
-                        resync = Some(Instant::now());
-                    } else {
-                        failed_rounds += 1;
-                        if !*down {
-                            tracing::warn!(
-                                channels = pending.len(),
-                                "live presence: cannot subscribe to some Redis Cluster shards; \
-                                 retrying"
-                            );
-                            *down = true;
-                        }
-                        if failed_rounds >= FAILED_ROUNDS {
-                            return false;
-                        }
-                        subscribe = Some(Instant::now() + retry.next());
-                    }
-                }
-                () = wait_for(resync) => {
-                    if self.resync().await {
-                        resync = None;
-                        if *down && pending.is_empty() && silent_since.is_none() {
-                            tracing::info!("live presence: subscribed to the Redis Cluster again");
-                            *down = false;
-                        }
-                    } else {
-                        resync = Some(Instant::now() + RESYNC_RETRY);
-                    }
-                }
-                () = wait_for(rebuild) => {
-                    tracing::warn!(
-                        "live presence: no new subscription after a Redis Cluster disconnection; \
-                         making a new connection"
-                    );
-                    *down = true;
-                    return pending.is_empty();
-                }
-            }
         }
     }
 
@@ -352,7 +442,9 @@ impl Feed {
             return;
         };
         if record.is_empty() {
-            self.hub.publish(&PresenceView::never_seen(user));
+            let view = PresenceView::never_seen(user);
+            self.shared.note(&view);
+            self.hub.publish(&view);
             return;
         }
         let Some(backend) = self.backend() else {
@@ -360,7 +452,10 @@ impl Feed {
         };
         let now = backend.feed_now().await;
         match record::decode(user, record, now) {
-            Ok(view) => self.hub.publish(&view),
+            Ok(view) => {
+                self.shared.note(&view);
+                self.hub.publish(&view);
+            }
             Err(e) => {
                 tracing::warn!(user = %user, error = %e, "live presence: ignoring a message");
             }
@@ -395,6 +490,249 @@ impl Feed {
         tracing::debug!(users = users.len(), "live presence: caught up after a gap");
         true
     }
+
+    /// Every [`FORGET_CHECK_EVERY`], publishes the users retention forgot (see
+    /// [`Self::forget_due`]); returns when the backend is gone.
+    async fn forget_all_due(&self) {
+        if self.shared.retention_ms.is_none() {
+            return std::future::pending().await;
+        }
+        let mut ticks = tokio::time::interval(FORGET_CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(backend) = self.backend() else {
+                return;
+            };
+            self.forget_due(&backend).await;
+        }
+    }
+
+    /// Reads the scheduled users that are due and still watched, and publishes those whose
+    /// record is gone as never seen; those still Offline are scheduled again by their
+    /// record (Redis may expire a key a little after our estimate of its clock), present
+    /// ones are dropped. Users that could not be read are tried again at the next check.
+    async fn forget_due(&self, backend: &RedisBackend) {
+        let now = backend.feed_now().await;
+        let due = self.shared.schedule().take_due(now);
+        let watched: HashSet<UserId> = if due.is_empty() {
+            HashSet::new()
+        } else {
+            self.hub.watched_users().into_iter().collect()
+        };
+        let due: Vec<UserId> = due.into_iter().filter(|u| watched.contains(u)).collect();
+        for chunk in due.chunks(RESYNC_CHUNK) {
+            let read = backend
+                .visit_many(chunk, |view| {
+                    if view.last_online.is_none() {
+                        self.hub.publish(view);
+                    } else {
+                        self.shared.note(view);
+                    }
+                })
+                .await;
+            if let Err(e) = read {
+                tracing::debug!(error = %e, "live presence: reading users due to be forgotten failed");
+                let mut schedule = self.shared.schedule();
+                for &user in chunk {
+                    schedule.add(user, now);
+                }
+            }
+        }
+        self.prune_schedule();
+    }
+
+    /// Keeps the schedule to about the users watched: past twice their number (plus
+    /// [`SCHEDULE_SLACK`]), drops the users no longer watched.
+    fn prune_schedule(&self) {
+        let bound = self.hub.topic_count().saturating_mul(2) + SCHEDULE_SLACK;
+        if self.shared.schedule().len() <= bound {
+            return;
+        }
+        let watched: HashSet<UserId> = self.hub.watched_users().into_iter().collect();
+        self.shared
+            .schedule()
+            .retain(|user| watched.contains(&user));
+    }
+}
+
+/// One cluster connection's subscription: subscribes every shard's channel, hands every
+/// message to the hub, and catches up after each gap (see the module's documentation).
+struct ClusterListener<'a> {
+    feed: &'a Feed,
+    keys: &'a Keys,
+    connection: ClusterConnection,
+    /// Whether the feed is known to be down (logged once per outage).
+    down: &'a mut bool,
+    /// Shards whose channel is not subscribed yet.
+    pending: Vec<u16>,
+    /// Shards whose subscription has been confirmed at least once.
+    confirmed: Vec<bool>,
+    /// When to subscribe the pending shards.
+    subscribe: Option<Instant>,
+    retry: Backoff,
+    failed_rounds: u32,
+    /// When to catch up.
+    resync: Option<Instant>,
+    /// A disconnection that no new subscription has followed yet.
+    silent_since: Option<Instant>,
+}
+
+/// What the listener does after handling one event.
+enum Next {
+    Listen,
+    /// Ends, saying whether every channel had been subscribed.
+    End(bool),
+}
+
+impl<'a> ClusterListener<'a> {
+    fn new(
+        feed: &'a Feed,
+        keys: &'a Keys,
+        connection: ClusterConnection,
+        down: &'a mut bool,
+    ) -> Self {
+        Self {
+            feed,
+            keys,
+            connection,
+            down,
+            pending: (0..SHARDS).collect(),
+            confirmed: vec![false; usize::from(SHARDS)],
+            subscribe: Some(Instant::now()),
+            retry: Backoff::new(),
+            failed_rounds: 0,
+            resync: None,
+            silent_since: None,
+        }
+    }
+
+    /// Listens until the connection is to be replaced; says whether every channel had been
+    /// subscribed.
+    async fn run(mut self, mut pushes: mpsc::Receiver<PushInfo>, overflowed: &AtomicBool) -> bool {
+        loop {
+            let rebuild = self
+                .silent_since
+                .map(|since| since + SILENT_AFTER_DISCONNECT);
+            let next = tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(push) => {
+                        if overflowed.swap(false, Ordering::AcqRel) {
+                            self.on_overflow();
+                        }
+                        self.on_push(push).await
+                    }
+                    None => Next::End(self.pending.is_empty()),
+                },
+                () = wait_for(self.subscribe) => self.on_subscribe().await,
+                () = wait_for(self.resync) => self.on_resync().await,
+                () = wait_for(rebuild) => self.on_silence(),
+            };
+            if let Next::End(subscribed) = next {
+                return subscribed;
+            }
+        }
+    }
+
+    async fn on_push(&mut self, push: PushInfo) -> Next {
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                    self.feed.deliver(payload).await;
+                }
+            }
+            PushKind::SSubscribe => self.on_subscribed(&push),
+            PushKind::Disconnection => self.on_disconnection(),
+            _ => {}
+        }
+        Next::Listen
+    }
+
+    /// A shard's subscription confirmed: after a reconnection, a gap.
+    fn on_subscribed(&mut self, push: &PushInfo) {
+        let shard = match push.data.first() {
+            Some(Value::BulkString(channel)) => self.keys.shard_of_channel(channel),
+            _ => None,
+        };
+        let Some(shard) = shard else {
+            return;
+        };
+        let seen = &mut self.confirmed[usize::from(shard)];
+        if *seen {
+            self.silent_since = None;
+            self.resync = Some(Instant::now() + SETTLE);
+        }
+        *seen = true;
+    }
+
+    fn on_disconnection(&mut self) {
+        if !*self.down {
+            tracing::warn!(
+                "live presence: a Redis Cluster node's subscription dropped; subscribing again"
+            );
+            *self.down = true;
+        }
+        self.feed.shared.down();
+        self.silent_since.get_or_insert_with(Instant::now);
+        self.resync = Some(Instant::now() + SETTLE);
+    }
+
+    /// Pushes were dropped: a gap like any other, whose start is unknown.
+    fn on_overflow(&mut self) {
+        tracing::warn!(
+            capacity = PUSH_CAPACITY,
+            "live presence: changes arrived faster than they were handled; catching up"
+        );
+        self.resync = Some(Instant::now() + SETTLE);
+    }
+
+    async fn on_subscribe(&mut self) -> Next {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending = subscribe_shards(self.keys, &self.connection, pending).await;
+        if self.pending.is_empty() {
+            self.subscribe = None;
+            self.resync = Some(Instant::now());
+            return Next::Listen;
+        }
+        self.failed_rounds += 1;
+        if !*self.down {
+            tracing::warn!(
+                channels = self.pending.len(),
+                "live presence: cannot subscribe to some Redis Cluster shards; retrying"
+            );
+            *self.down = true;
+        }
+        if self.failed_rounds >= FAILED_ROUNDS {
+            return Next::End(false);
+        }
+        self.subscribe = Some(Instant::now() + self.retry.next());
+        Next::Listen
+    }
+
+    async fn on_resync(&mut self) -> Next {
+        if !self.feed.resync().await {
+            self.resync = Some(Instant::now() + RESYNC_RETRY);
+            return Next::Listen;
+        }
+        self.resync = None;
+        if self.pending.is_empty() && self.silent_since.is_none() {
+            if *self.down {
+                tracing::info!("live presence: subscribed to the Redis Cluster again");
+                *self.down = false;
+            }
+            self.feed.shared.up();
+        }
+        Next::Listen
+    }
+
+    fn on_silence(&mut self) -> Next {
+        tracing::warn!(
+            "live presence: no new subscription after a Redis Cluster disconnection; \
+             making a new connection"
+        );
+        *self.down = true;
+        Next::End(self.pending.is_empty())
+    }
 }
 
 /// `<user id>|<record>`.
@@ -409,7 +747,7 @@ fn parse(payload: &[u8]) -> Option<(UserId, &[u8])> {
 fn pubsub_client(
     seeds: &[String],
     timeout: Duration,
-    pushes: mpsc::UnboundedSender<PushInfo>,
+    pushes: BoundedPushes,
 ) -> redis::RedisResult<ClusterClient> {
     ClusterClient::builder(seeds.iter().map(String::as_str))
         .use_protocol(ProtocolVersion::RESP3)
@@ -452,6 +790,41 @@ mod tests {
         for bad in [&b""[..], b"42", b"x|1", b"0|1", b"-3|1"] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_push_that_does_not_fit_is_dropped_and_marks_a_gap() {
+        let push = || PushInfo {
+            kind: PushKind::SMessage,
+            data: vec![],
+        };
+        let (pushes, mut received, overflowed) = BoundedPushes::new(2);
+        assert!(pushes.send(push()).is_ok());
+        assert!(pushes.send(push()).is_ok());
+        assert!(!overflowed.load(Ordering::Acquire));
+        // Full: dropped, never an error (which would stop the client's pushes).
+        assert!(pushes.send(push()).is_ok());
+        assert!(overflowed.load(Ordering::Acquire));
+        assert!(received.try_recv().is_ok());
+        assert!(received.try_recv().is_ok());
+        assert!(received.try_recv().is_err());
+        drop(received);
+        assert!(pushes.send(push()).is_err());
+    }
+
+    #[test]
+    fn the_retention_schedule_keeps_one_entry_per_user() {
+        let user = |n| UserId::new(n).unwrap();
+        let mut schedule = Forgetting::default();
+        schedule.add(user(1), 50);
+        schedule.add(user(2), 10);
+        schedule.add(user(1), 20);
+        assert_eq!(schedule.len(), 2);
+        assert_eq!(schedule.take_due(15), vec![user(2)]);
+        schedule.add(user(3), 5);
+        schedule.remove(user(3));
+        assert_eq!(schedule.take_due(100), vec![user(1)]);
+        assert_eq!(schedule.len(), 0);
     }
 
     #[test]

@@ -65,6 +65,24 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// Least time between two new cluster connections.
 const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
+/// A sweep that failed part way: what it did before, or beside, the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialSweep {
+    /// The expiries of the claims that answered (counted: they happened).
+    pub done: SweepReport,
+    pub error: PresenceError,
+}
+
+/// What one round of claims did.
+#[derive(Default)]
+struct ClaimRound {
+    flipped: usize,
+    /// Due users whose record could not be read.
+    unreadable: Vec<u64>,
+    /// Set when some claims failed or did not answer in time.
+    error: Option<PresenceError>,
+}
+
 /// The Redis backend: cheap to clone, every clone shares the connection.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -88,6 +106,8 @@ struct Inner {
     time: TimeSource,
     heartbeat: Script,
     claim: Script,
+    /// The change feed's health and retention schedule (see [`feed`]).
+    feed: Arc<feed::Shared>,
     /// Dropped with the backend, which ends the subscription to changes (see [`feed`]).
     _feed: oneshot::Sender<()>,
 }
@@ -357,6 +377,8 @@ impl RedisBackend {
         };
         let millis = |d: Duration| i64::try_from(duration_millis(d)).unwrap_or(i64::MAX);
         let (feed_stop, feed_stopped) = oneshot::channel();
+        let retention_ms = presence.offline_retention.map(millis);
+        let shared = Arc::new(feed::Shared::new(retention_ms));
         let inner = Arc::new(Inner {
             target,
             connection: Mutex::new(None),
@@ -364,18 +386,17 @@ impl RedisBackend {
             runtime,
             keys: Keys::new(&redis.key_prefix),
             ttl_ms: millis(presence.heartbeat_ttl),
-            retention_ms: presence.offline_retention.map(millis),
+            retention_ms,
             timeout: redis.timeout,
             time,
             heartbeat: Script::new(&scripts::heartbeat()),
             claim: Script::new(&scripts::claim()),
+            feed: Arc::clone(&shared),
             _feed: feed_stop,
         });
-        // Not live until the feed's first subscription is in place (see `/ready`).
-        hub.set_live(false);
         inner
             .runtime
-            .spawn(feed::run(Arc::downgrade(&inner), hub, feed_stopped));
+            .spawn(feed::run(Arc::downgrade(&inner), shared, hub, feed_stopped));
         Ok(Self { inner })
     }
 
@@ -584,6 +605,20 @@ impl RedisBackend {
         .await
     }
 
+    /// `view` is the entry a stream was just given for a user it watches: if it is
+    /// Offline and a retention is set, the user is scheduled to be read again once that
+    /// retention has passed, and sent to its watchers as never seen if Redis has forgotten
+    /// it by then (see [`feed`]). No Redis call.
+    pub fn watching(&self, view: &PresenceView<'_>) {
+        self.inner.feed.note(view);
+    }
+
+    /// Whether this node hears every change other nodes make: its subscription is in
+    /// place and caught up, or has been down for less than [`feed::DOWN_GRACE`].
+    pub fn feed_ready(&self) -> bool {
+        self.inner.feed.ready()
+    }
+
     /// Calls `visit` with the presence of each id, in order, from one `MGET`.
     pub async fn visit_many(
         &self,
@@ -620,69 +655,35 @@ impl RedisBackend {
 
     /// Claims the users whose deadline has passed, in every shard: their expiries are
     /// counted here only if this call flipped them (another node may claim some first).
-    pub async fn sweep(&self) -> Result<SweepReport, PresenceError> {
-        let inner = &self.inner;
+    ///
+    /// Each claim's count comes back from its script; when some claims fail or outlive
+    /// `redis.timeout`, the others still count, and the error carries what was done.
+    pub async fn sweep(&self) -> Result<SweepReport, PartialSweep> {
         let mut report = SweepReport::default();
-        let mut connection = self.bounded("connect", |c| async move { Ok(c) }).await?;
+        let failed = |report: SweepReport, error| PartialSweep {
+            done: report,
+            error,
+        };
+        let connection = self
+            .bounded("connect", |c| async move { Ok(c) })
+            .await
+            .map_err(|e| failed(report, e))?;
         let now = self
             .bounded("TIME", |mut c| async move { self.now(&mut c).await })
-            .await?;
+            .await
+            .map_err(|e| failed(report, e))?;
         let mut shards: Vec<u16> = (0..SHARDS).collect();
         for _ in 0..MAX_CLAIM_ROUNDS {
-            // Read: every shard's due users, all requests in flight at once.
             let due = self
-                .bounded_by("sweep", async {
-                    let reads = shards.iter().map(|&shard| {
-                        let mut c = connection.clone();
-                        let mut read = redis::cmd("ZRANGEBYSCORE");
-                        read.arg(inner.keys.expiry(shard))
-                            .arg("-inf")
-                            .arg(now)
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(CLAIM_BATCH);
-                        async move { read.query_async::<Vec<u64>>(&mut c).await }
-                    });
-                    join_all(reads)
-                        .await
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            // Claim: one script per shard with due users, all in flight at once.
-            let claims = shards
-                .iter()
-                .zip(&due)
-                .filter(|(_, users)| !users.is_empty())
-                .map(|(&shard, users)| {
-                    let (publish, channel) = self.publish_to(shard);
-                    let mut call = inner.claim.key(inner.keys.expiry(shard));
-                    call.key(inner.keys.counters(shard))
-                        .arg(now)
-                        .arg(inner.retention_ms.unwrap_or(-1))
-                        .arg(publish)
-                        .arg(channel);
-                    for &user in users {
-                        if let Some(id) = UserId::new(user) {
-                            call.key(inner.keys.user(id)).arg(user);
-                        }
-                    }
-                    call
-                })
-                .collect::<Vec<_>>();
-            let flipped = self
-                .bounded_by("claim", async {
-                    let calls = claims.iter().map(|call| {
-                        let mut c = connection.clone();
-                        async move { call.invoke_async::<i64>(&mut c).await }
-                    });
-                    join_all(calls)
-                        .await
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            report.expired += flipped.iter().map(|&n| n.max(0) as usize).sum::<usize>();
+                .due_users(&connection, &shards, now)
+                .await
+                .map_err(|e| failed(report, e))?;
+            let round = self.claim_due(&connection, &shards, &due, now).await;
+            report.expired += round.flipped;
+            self.log_unreadable(&round.unreadable);
+            if let Some(error) = round.error {
+                return Err(failed(report, error));
+            }
             shards = shards
                 .iter()
                 .zip(&due)
@@ -693,9 +694,116 @@ impl RedisBackend {
                 break;
             }
         }
-        // Keeps the connection named above alive until the sweep ends.
-        let _ = &mut connection;
         Ok(report)
+    }
+
+    /// The due users of each of `shards` (up to [`CLAIM_BATCH`] each), all reads in flight
+    /// at once.
+    async fn due_users(
+        &self,
+        connection: &Connection,
+        shards: &[u16],
+        now: i64,
+    ) -> Result<Vec<Vec<u64>>, PresenceError> {
+        let inner = &self.inner;
+        self.bounded_by("sweep", async {
+            let reads = shards.iter().map(|&shard| {
+                let mut c = connection.clone();
+                let mut read = redis::cmd("ZRANGEBYSCORE");
+                read.arg(inner.keys.expiry(shard))
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(CLAIM_BATCH);
+                async move { read.query_async::<Vec<u64>>(&mut c).await }
+            });
+            join_all(reads)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    }
+
+    /// The claim script call for `users`, due in `shard`.
+    fn claim_call(&self, shard: u16, users: &[u64], now: i64) -> redis::ScriptInvocation<'_> {
+        let inner = &self.inner;
+        let (publish, channel) = self.publish_to(shard);
+        let mut call = inner.claim.key(inner.keys.expiry(shard));
+        call.key(inner.keys.counters(shard))
+            .arg(now)
+            .arg(inner.retention_ms.unwrap_or(-1))
+            .arg(publish)
+            .arg(channel);
+        for &user in users {
+            if let Some(id) = UserId::new(user) {
+                call.key(inner.keys.user(id)).arg(user);
+            }
+        }
+        call
+    }
+
+    /// Runs one claim per shard of `shards` with due users, all in flight at once, each
+    /// bounded by `redis.timeout`; sums what those that answered flipped.
+    async fn claim_due(
+        &self,
+        connection: &Connection,
+        shards: &[u16],
+        due: &[Vec<u64>],
+        now: i64,
+    ) -> ClaimRound {
+        let claims: Vec<_> = shards
+            .iter()
+            .zip(due)
+            .filter(|(_, users)| !users.is_empty())
+            .map(|(&shard, users)| self.claim_call(shard, users, now))
+            .collect();
+        let timeout = self.inner.timeout;
+        let calls = claims.iter().map(|call| {
+            let mut c = connection.clone();
+            async move {
+                match tokio::time::timeout(timeout, call.invoke_async::<(i64, Vec<u64>)>(&mut c))
+                    .await
+                {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                }
+            }
+        });
+        let mut round = ClaimRound::default();
+        let mut failures = 0;
+        let mut first_failure = None;
+        for result in join_all(calls).await {
+            match result {
+                Ok((flipped, unreadable)) => {
+                    round.flipped += usize::try_from(flipped).unwrap_or(0);
+                    round.unreadable.extend(unreadable);
+                }
+                Err(e) => {
+                    failures += 1;
+                    first_failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_failure {
+            tracing::debug!(failures, error = %e, "redis claims failed");
+            self.failed();
+            round.error = Some(PresenceError::Unavailable);
+        }
+        round
+    }
+
+    /// Says which due users a claim could not read (looked at again later, see
+    /// [`scripts::UNREADABLE_RETRY`]).
+    fn log_unreadable(&self, users: &[u64]) {
+        for user in users {
+            tracing::warn!(
+                user,
+                retry_in = ?scripts::UNREADABLE_RETRY,
+                "sweep: skipping a presence record this version cannot read"
+            );
+        }
     }
 
     /// Users holding a session, by type, summed over every shard's counters (as of the last

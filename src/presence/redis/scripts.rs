@@ -18,9 +18,14 @@ const HELPERS: &str = r#"
 local function is_packed(rec)
   return not string.find(rec, '|', 1, true)
 end
-local function kind_of(rec)
-  if is_packed(rec) then return 0 end
-  return string.byte(rec, 1) - 48
+local function present_fields(rec)
+  local kind, last_online, deadline =
+    string.match(rec, '^([123])|(-?%d+)|(-?%d+)|[^|]*|[^|]*|[^|]*|[^|]*|')
+  if not kind then return nil end
+  return tonumber(kind), last_online, tonumber(deadline)
+end
+local function is_offline(rec)
+  return is_packed(rec) or string.byte(rec, 1) == 48
 end
 local function offline_record(last_online, location)
   local code = BUILTIN[location]
@@ -58,10 +63,11 @@ end
 /// deleted): the users tracked, while no retention makes Redis forget records by itself.
 ///
 /// A present heartbeat changes what watchers see when the old record is absent or Offline,
-/// or has another type, or differs from the new one anywhere after the deadline (place,
-/// universe, game, location); one that only moves the deadline (even a deadline already
-/// past that no claim has reached yet) publishes nothing. A disconnect changes it when the
-/// old record was present.
+/// or its deadline has passed (it reads as Offline already, claimed or not), or it has
+/// another type, or differs from the new one anywhere after the deadline (place, universe,
+/// game, location); one that only moves a deadline still ahead publishes nothing. A
+/// disconnect changes it when the old record was present. An old record this version
+/// cannot read (it reads as never seen) is replaced, uncounted, as a change.
 ///
 /// KEYS: the record, the shard's expiry set, the shard's counters.
 /// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new record (for
@@ -70,14 +76,22 @@ end
 const HEARTBEAT_BODY: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local old_type = 0
+local old_deadline = nil
 if old then
-  old_type = kind_of(old)
+  if not is_offline(old) then
+    local kind, _, deadline = present_fields(old)
+    if kind then
+      old_type, old_deadline = kind, deadline
+    else
+      old_type = -1
+    end
+  end
 else
   redis.call('HINCRBY', KEYS[3], 't', 1)
 end
 if ARGV[3] == 'p' then
   local new_type = string.byte(ARGV[4], 1) - 48
-  local changed = old_type <= 0 or old_type ~= new_type
+  local changed = old_type <= 0 or old_type ~= new_type or old_deadline <= tonumber(ARGV[2])
   if old_type ~= new_type then
     if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
     redis.call('HINCRBY', KEYS[3], new_type, 1)
@@ -92,15 +106,13 @@ if ARGV[3] == 'p' then
   return 1
 end
 local location = ''
-if old then location = location_of(old) end
-if old_type > 0 then
-  redis.call('HINCRBY', KEYS[3], old_type, -1)
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
+if old and old_type >= 0 then location = location_of(old) end
+if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
+if old_type ~= 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 local offline = offline_record(ARGV[2], location)
 redis.call('SET', KEYS[1], offline)
 if ARGV[6] ~= '-1' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-if old_type > 0 then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. offline) end
+if old_type ~= 0 then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. offline) end
 return 1
 "#;
 
@@ -109,8 +121,14 @@ return 1
 /// uncounted, removed from the expiry set, and given its retention expiry. A user that
 /// heartbeated since is left present; one claimed already (by another node) is skipped.
 /// Each user flipped is published with its Offline record, or, when its retention has
-/// passed already and its record is deleted, as forgotten (`<user id>|`). Returns how many
-/// this call flipped.
+/// passed already and its record is deleted, as forgotten (`<user id>|`).
+///
+/// A present record this version cannot read (written by a newer version during a rolling
+/// upgrade, or by hand) is left as it is and its expiry entry moved [`UNREADABLE_RETRY`]
+/// later: kept, so that a node that can read it (or an operator who fixes it) still claims
+/// it, but out of the way of the shard's next batches, which would otherwise start with it
+/// every sweep. Returns `{flipped, {skipped user ids}}`: how many this call flipped, and
+/// the users it could not read.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the candidates' records.
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
@@ -120,42 +138,44 @@ const CLAIM_BODY: &str = r#"
 local now = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local flipped = 0
+local skipped = {}
 for i = 3, #KEYS do
   local user = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], user)
   if score and tonumber(score) <= now then
     local rec = redis.call('GET', KEYS[i])
-    local kind = 0
-    if rec then kind = kind_of(rec) end
-    if kind <= 0 then
+    local kind, last_online, deadline = nil, nil, nil
+    if rec and not is_offline(rec) then
+      kind, last_online, deadline = present_fields(rec)
+    end
+    if not rec or is_offline(rec) then
       redis.call('ZREM', KEYS[1], user)
+    elseif not kind then
+      redis.call('ZADD', KEYS[1], now + UNREADABLE_RETRY_MS, user)
+      skipped[#skipped + 1] = user
+    elseif deadline > now then
+      redis.call('ZADD', KEYS[1], deadline, user)
     else
-      local deadline = tonumber(field(rec, 3))
-      if deadline > now then
-        redis.call('ZADD', KEYS[1], deadline, user)
-      else
-        local last_online = field(rec, 2)
-        local offline = offline_record(last_online, location_of(rec))
-        redis.call('SET', KEYS[i], offline)
-        redis.call('HINCRBY', KEYS[2], kind, -1)
-        redis.call('ZREM', KEYS[1], user)
-        if keep >= 0 then
-          local left = tonumber(last_online) + keep - now
-          if left > 0 then
-            redis.call('PEXPIRE', KEYS[i], string.format('%.0f', left))
-          else
-            redis.call('DEL', KEYS[i])
-            redis.call('HINCRBY', KEYS[2], 't', -1)
-            offline = ''
-          end
+      local offline = offline_record(last_online, location_of(rec))
+      redis.call('SET', KEYS[i], offline)
+      redis.call('HINCRBY', KEYS[2], kind, -1)
+      redis.call('ZREM', KEYS[1], user)
+      if keep >= 0 then
+        local left = tonumber(last_online) + keep - now
+        if left > 0 then
+          redis.call('PEXPIRE', KEYS[i], string.format('%.0f', left))
+        else
+          redis.call('DEL', KEYS[i])
+          redis.call('HINCRBY', KEYS[2], 't', -1)
+          offline = ''
         end
-        redis.call(ARGV[3], ARGV[4], user .. '|' .. offline)
-        flipped = flipped + 1
       end
+      redis.call(ARGV[3], ARGV[4], user .. '|' .. offline)
+      flipped = flipped + 1
     end
   end
 end
-return flipped
+return {flipped, skipped}
 "#;
 
 /// `BUILTIN` (location → code) and `BUILTIN_NAMES` (code → location), in Lua.
@@ -177,8 +197,15 @@ pub fn heartbeat() -> String {
 
 /// The claim script's source.
 pub fn claim() -> String {
-    format!("{}{HELPERS}{CLAIM_BODY}", builtin_tables())
+    format!(
+        "{}local UNREADABLE_RETRY_MS = {}\n{HELPERS}{CLAIM_BODY}",
+        builtin_tables(),
+        UNREADABLE_RETRY.as_millis()
+    )
 }
+
+/// How much later a claim looks again at a due user whose record it cannot read.
+pub const UNREADABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 use super::record::BUILTIN_LOCATIONS;
 
