@@ -558,7 +558,13 @@ async fn stalled_readers_memory() {
     let changes = 3000;
     let users = watched();
     for kind in ["sse", "ws"] {
-        let server = start_binary("", "warn");
+        let server = start_binary(
+            &format!(
+                "[auth]\njwt_secret = \"{SECRET}\"\n\
+                 [rate_limit]\nregister_per_second = 0\nlookup_per_second = 0\n"
+            ),
+            "info",
+        );
         let addr: SocketAddr = server.addr.parse().unwrap();
         let pid = server.child.id();
         // Warm up the allocator and the routes with one reader of each kind.
