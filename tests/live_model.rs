@@ -25,6 +25,8 @@ const USERS: std::ops::RangeInclusive<u64> = 101..=112;
 const SLOTS: usize = 6;
 /// How long a watcher may take, after the changes stop, to show the latest entries.
 const SETTLE: Duration = Duration::from_secs(10);
+/// Once a watcher shows the latest entries, how long it is read on for anything later.
+const AFTERWARDS: Duration = Duration::from_millis(150);
 const LONG: &str =
     "a location long enough that a few hundred changes fill a small receive buffer quickly";
 const LOCATIONS: [&str; 5] = ["Home", "Website", "Mobile", "Xbox", LONG];
@@ -240,8 +242,8 @@ impl Watcher {
         self.ids.iter().copied().collect()
     }
 
-    /// Reads until every watched user's latest received entry is `expected`'s, failing
-    /// after [`SETTLE`].
+    /// Reads until every watched user's latest received entry is `expected`'s and nothing
+    /// more comes for [`AFTERWARDS`]; fails when it does not show them after [`SETTLE`].
     async fn settle(&mut self, expected: &HashMap<u64, Value>, tag: u64) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
@@ -259,11 +261,12 @@ impl Watcher {
                     )
                 })
                 .collect();
-            if wrong.is_empty() {
-                return Ok(());
-            }
+            let matching = wrong.is_empty();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
+                if matching {
+                    return Ok(());
+                }
                 return Err(format!(
                     "{} (watching {:?}) did not end on the latest entries within {SETTLE:?}:\n  {}",
                     self.name,
@@ -271,8 +274,11 @@ impl Watcher {
                     wrong.join("\n  ")
                 ));
             }
+            // Once it shows the latest, whatever still comes must leave it there.
+            let wait = if matching { left.min(AFTERWARDS) } else { left };
             let entries = match &mut self.conn {
-                Conn::Sse(sse) => match sse.next_event(left).await {
+                Conn::Sse(sse) => match sse.next_event(wait).await {
+                    None if matching => return Ok(()),
                     None => continue,
                     Some(event) => {
                         self.events.push(Seen {
@@ -292,7 +298,8 @@ impl Watcher {
                         entries
                     }
                 },
-                Conn::Ws(ws) => match ws_next(ws, left).await {
+                Conn::Ws(ws) => match ws_next(ws, wait).await {
+                    None if matching => return Ok(()),
                     None => continue,
                     Some(frame) => {
                         if frame.get("errors").is_some() {

@@ -307,6 +307,8 @@ async fn resuming_with_a_longer_list_sends_the_added_users_even_unchanged() {
 #[tokio::test]
 async fn closed_streams_leave_bounded_resume_state_and_no_watched_users() {
     let app = spawn_live(|s| {
+        // Pings find closed connections soon, should nothing else be written to them.
+        s.stream.keep_alive = Duration::from_secs(1);
         stream_keys(
             s,
             "max_resume_users = 3000\nmax_resume_users_per_address = 1000",
