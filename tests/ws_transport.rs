@@ -390,12 +390,12 @@ async fn a_websocket_that_stops_reading_gets_the_latest_entries_coalesced() {
         .await;
     ws.next().await;
 
-    // A subscribe whose answer it does not read yet, then thousands of changes while the
-    // reader reads nothing. (The subscribe comes first: a subscribe settles, and so drops,
-    // every change pending until then, the watched users' included; see the report.)
-    ws.send_text(r#"{"subscribe":[41]}"#).await;
+    // Thousands of changes while the reader reads nothing, then a subscribe whose answer it
+    // does not read yet either: starting to watch user 41 must not drop what is pending for
+    // the users already watched.
     let changes = 3000;
     change_many(&app, &users, changes).await;
+    ws.send_text(r#"{"subscribe":[41]}"#).await;
 
     let expected = app.lookup(&users).await;
     let mut latest = std::collections::HashMap::new();
