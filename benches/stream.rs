@@ -50,7 +50,9 @@
 //! - `BENCH_AB_SECONDS`: measured seconds of each A or B heartbeat run (default 3);
 //! - `BENCH_AB_ROUNDS`: A/B pairs per variant (default 3);
 //! - `BENCH_SUBSCRIBER_THREADS`: client threads for all subscribers (default 1);
-//! - `BENCH_SERVER_BIN`: the server binary (default: the one cargo built for this bench).
+//! - `BENCH_SERVER_BIN`: the server binary (default: the one cargo built for this bench);
+//! - `BENCH_SERVER_CONFIG`: the config file to start it with (default: this package's
+//!   `config.toml`; give an older build its own).
 //!
 //! The bench raises its soft open-files limit to the hard one; N subscribers need N client
 //! sockets here and N server sockets in the child.
@@ -393,8 +395,18 @@ impl Server {
             .expect("a free port")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        let child = Command::new(bin)
+        // Another build (`BENCH_SERVER_BIN`) is given its own config file and only the keys
+        // every version knows; this package's binary also lifts the per-address stream limit
+        // (every subscriber comes from 127.0.0.1).
+        let own = std::env::var_os("BENCH_SERVER_BIN").is_none();
+        let config = std::env::var_os("BENCH_SERVER_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+        let mut command = Command::new(bin);
+        if own {
+            command.env("PRESENCE__STREAM__MAX_CONNECTIONS_PER_ADDRESS", "0");
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("serve")

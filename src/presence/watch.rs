@@ -204,6 +204,9 @@ pub enum Refused {
     UserFull,
 }
 
+/// Room for pending entries a watcher keeps between batches (more is given back).
+const PENDING_KEPT: usize = 16;
+
 /// The watchers of one process.
 pub struct Hub {
     shared: Arc<HubShared>,
@@ -251,20 +254,36 @@ pub struct Watcher {
 #[derive(Default)]
 struct WatcherState {
     slots: HashMap<UserId, Slot, Hasher>,
-    /// Users with a pending entry, in the order their entries came.
-    dirty: Vec<UserId>,
+    /// The latest entry not taken yet of each user that has one, in the order the users'
+    /// first pending entries came; each such user's slot names its place here.
+    pending: Vec<(UserId, Entry)>,
 }
 
+/// 32 bytes per watched user: what an idle stream holds per user it watches.
 #[derive(Default)]
 struct Slot {
     /// The highest version accepted: covered by the first read, or offered since.
     seen: u64,
-    /// The latest entry not taken yet.
-    pending: Option<Entry>,
     /// The digest of the last entry handed to the client (0: none yet).
     given: u64,
     /// The event that carried it (0: before this stream's first event).
     given_in: u64,
+    /// 1 + the index of this user's entry in [`WatcherState::pending`]; 0 for none.
+    pending: u32,
+}
+
+impl WatcherState {
+    /// Drops the pending entries of users that are no longer watched or whose slot gave
+    /// its entry up (`pending` set to 0), and renumbers the rest.
+    fn compact(&mut self) {
+        let Self { slots, pending } = self;
+        pending.retain(|(user, _)| slots.get(user).is_some_and(|slot| slot.pending != 0));
+        for (i, (user, _)) in pending.iter().enumerate() {
+            if let Some(slot) = slots.get_mut(user) {
+                slot.pending = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            }
+        }
+    }
 }
 
 impl Watcher {
@@ -273,19 +292,27 @@ impl Watcher {
     fn offer(&self, user: UserId, version: u64, entry: &Entry) -> bool {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let Some(slot) = state.slots.get_mut(&user) else {
+        let WatcherState { slots, pending } = state;
+        let Some(slot) = slots.get_mut(&user) else {
             return false;
         };
         if version <= slot.seen {
             return false;
         }
         slot.seen = version;
-        let holds = slot.pending.as_ref().map_or(slot.given, |e| e.digest);
+        let mine = (slot.pending as usize)
+            .checked_sub(1)
+            .and_then(|i| pending.get_mut(i));
+        let holds = mine.as_ref().map_or(slot.given, |(_, e)| e.digest);
         if holds == entry.digest {
             return false;
         }
-        if slot.pending.replace(entry.clone()).is_none() {
-            state.dirty.push(user);
+        match mine {
+            Some((_, waiting)) => *waiting = entry.clone(),
+            None => {
+                pending.push((user, entry.clone()));
+                slot.pending = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+            }
         }
         drop(guard);
         self.waker.wake();
@@ -741,23 +768,25 @@ impl Subscription {
     /// A pending change newer than the read stays pending; one equal to it is dropped.
     pub fn settle(&self, entries: &[(UserId, &Entry)], event: u64) {
         let mut state = self.watcher.state.lock();
-        let state = &mut *state;
+        let WatcherState { slots, pending } = &mut *state;
+        let mut gave_up = false;
         for &(user, entry) in entries {
-            if let Some(slot) = state.slots.get_mut(&user) {
+            if let Some(slot) = slots.get_mut(&user) {
                 slot.given = entry.digest;
                 slot.given_in = event;
-                if slot
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.digest == entry.digest)
-                {
-                    slot.pending = None;
+                let same = (slot.pending as usize)
+                    .checked_sub(1)
+                    .and_then(|i| pending.get(i))
+                    .is_some_and(|(_, waiting)| waiting.digest == entry.digest);
+                if same {
+                    slot.pending = 0;
+                    gave_up = true;
                 }
             }
         }
-        state
-            .dirty
-            .retain(|user| state.slots.get(user).is_some_and(|s| s.pending.is_some()));
+        if gave_up {
+            state.compact();
+        }
     }
 
     /// Stops watching `ids`, dropping what was pending for them.
@@ -770,8 +799,7 @@ impl Subscription {
                 .filter(|id| state.slots.remove(id).is_some())
                 .collect();
             if !gone.is_empty() {
-                let WatcherState { slots, dirty } = &mut *state;
-                dirty.retain(|user| slots.contains_key(user));
+                state.compact();
             }
             gone
         };
@@ -854,7 +882,7 @@ impl Subscription {
     /// Whether something is pending (or the hub is closing), without taking it; if not,
     /// the task is woken when there is.
     pub fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let ready = || !self.watcher.state.lock().dirty.is_empty() || self.closed();
+        let ready = || !self.watcher.state.lock().pending.is_empty() || self.closed();
         if ready() {
             return Poll::Ready(());
         }
@@ -877,26 +905,28 @@ impl Subscription {
 
     fn take(&self) -> Option<Batch> {
         let mut state = self.watcher.state.lock();
-        if state.dirty.is_empty() {
+        if state.pending.is_empty() {
             return None;
         }
         // Only this subscription's owner numbers its events: no other can come in between.
         let number = self.events.load(Ordering::Relaxed) + 1;
-        let WatcherState { slots, dirty } = &mut *state;
-        let mut entries = Vec::with_capacity(dirty.len());
-        for user in dirty.drain(..) {
+        let WatcherState { slots, pending } = &mut *state;
+        let mut entries = Vec::with_capacity(pending.len());
+        for (user, entry) in pending.drain(..) {
             let Some(slot) = slots.get_mut(&user) else {
                 continue;
             };
-            let Some(entry) = slot.pending.take() else {
-                continue;
-            };
+            slot.pending = 0;
             if entry.digest == slot.given {
                 continue;
             }
             slot.given = entry.digest;
             slot.given_in = number;
             entries.push(entry.bytes);
+        }
+        // What a burst grew is given back once it is written.
+        if pending.capacity() > PENDING_KEPT {
+            pending.shrink_to(PENDING_KEPT);
         }
         drop(state);
         if entries.is_empty() {
@@ -1032,6 +1062,11 @@ mod tests {
             .collect();
         let refs: Vec<(UserId, &Entry)> = entries.iter().map(|(u, e)| (*u, e)).collect();
         sub.settle(&refs, 0);
+    }
+
+    #[test]
+    fn a_watched_user_costs_a_watcher_thirty_two_bytes_and_its_key() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 
     #[test]
