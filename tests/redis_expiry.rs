@@ -71,24 +71,6 @@ async fn next(sub: &Subscription) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `b` hears what `a` publishes about users of `n`'s shard.
-async fn wait_subscribed(a: &Presence, b: &Presence, n: u64) {
-    let mut warm = b.hub().subscribe();
-    warm.add(&[user(n)]);
-    for i in 0.. {
-        assert!(i < 100, "node b never received a change");
-        let location = format!("warm-up {i}");
-        a.heartbeat(user(n), present(&location)).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), warm.next_batch())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 #[tokio::test]
 async fn a_heartbeat_after_the_deadline_reaches_a_stream_that_was_sent_offline() {
     if r::skip_unless_redis("a heartbeat past its deadline on Redis") {
@@ -131,7 +113,7 @@ async fn a_watched_user_forgotten_by_retention_is_sent_as_never_seen() {
     let a = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     let b = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     // Users of one shard, so that one shard channel serves them all on a cluster.
-    wait_subscribed(&a, &b, 2050).await;
+    r::wait_subscribed(&a, &b, 2050).await;
 
     // Watched while it goes Offline: the feed hears of it.
     let mut heard = b.hub().subscribe();

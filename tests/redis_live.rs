@@ -80,28 +80,6 @@ async fn looked_up(node: &Presence, settings: &Settings, n: u64) -> Vec<u8> {
     presence_entry(&view, settings.api.presence_type)
 }
 
-/// Waits until `b` is subscribed to what `a` publishes about users of `n`'s shard: heartbeats
-/// of `n` through `a` until a watcher on `b` sees one. Leaves no watcher behind.
-async fn wait_subscribed(a: &Presence, b: &Presence, n: u64) {
-    let mut warm = b.hub().subscribe();
-    warm.add(&[user(n)]);
-    for i in 0.. {
-        assert!(i < 100, "node b never received a change");
-        let location = format!("warm-up {i}");
-        a.heartbeat(user(n), present(&location, None))
-            .await
-            .unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), warm.next_batch())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
-    // Anything still in flight for it lands before the test's own watchers start.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
 #[tokio::test]
 async fn changes_through_one_node_reach_a_watcher_on_the_other() {
     if r::skip_unless_redis("live presence across nodes") {
@@ -118,7 +96,7 @@ async fn changes_through_one_node_reach_a_watcher_on_the_other() {
     // Users of one shard (id modulo 1024), so that one shard channel serves them all on a
     // cluster: 2049 warms it up.
     let (one, two) = (1, 1025);
-    wait_subscribed(&a, &b, 2049).await;
+    r::wait_subscribed(&a, &b, 2049).await;
     let mut sub = b.hub().subscribe();
     sub.add(&[user(one), user(two)]);
 
@@ -192,7 +170,7 @@ async fn a_user_forgotten_by_a_claim_reads_as_never_seen_on_the_other_node() {
     let (clock, mock) = Clock::mock();
     let a = Presence::from_settings(&settings, clock.clone(), encoder(&settings)).unwrap();
     let b = Presence::from_settings(&settings, clock, encoder(&settings)).unwrap();
-    wait_subscribed(&a, &b, 1031).await;
+    r::wait_subscribed(&a, &b, 1031).await;
     let mut sub = b.hub().subscribe();
     sub.add(&[user(7)]);
     a.heartbeat(user(7), present("Website", None))
@@ -231,7 +209,7 @@ async fn a_watcher_catches_up_after_the_subscription_drops() {
     settings.validate().unwrap();
     let a = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
     let b = Presence::from_settings(&settings, Clock::system(), encoder(&settings)).unwrap();
-    wait_subscribed(&a, &b, 99).await;
+    r::wait_subscribed(&a, &b, 99).await;
     let mut sub = b.hub().subscribe();
     sub.add(&[user(1)]);
     a.heartbeat(user(1), present("Before", None)).await.unwrap();

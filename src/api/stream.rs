@@ -79,8 +79,14 @@ pub(super) async fn read(
 }
 
 /// `{"userPresences":[...]}` of entries already written.
-pub(super) fn joined<'a>(entries: impl IntoIterator<Item = &'a Bytes>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+pub(super) fn joined<'a, I>(entries: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a Bytes>,
+    I::IntoIter: Clone,
+{
+    let entries = entries.into_iter();
+    let size = entries.clone().map(|e| e.len() + 1).sum::<usize>() + 24;
+    let mut out = Vec::with_capacity(size);
     out.extend_from_slice(b"{\"userPresences\":[");
     for (i, entry) in entries.into_iter().enumerate() {
         if i > 0 {

@@ -409,3 +409,38 @@ impl OwnCluster {
             .expect("a master")
     }
 }
+
+/// Waits until presence `b` hears what presence `a` publishes about users of `n`'s shard
+/// (on a cluster, one shard channel serves them all): heartbeats of `n` through `a` until a
+/// watcher on `b` sees one. Leaves no watcher behind.
+pub async fn wait_subscribed(
+    a: &presence_server::presence::Presence,
+    b: &presence_server::presence::Presence,
+    n: u64,
+) {
+    use presence_server::presence::model::AppReport;
+    use presence_server::presence::{Heartbeat, PlaceCatalog, UserId};
+    let user = UserId::new(n).unwrap();
+    let catalog = PlaceCatalog::new(&[]);
+    let mut warm = b.hub().subscribe();
+    warm.add(&[user]);
+    for i in 0.. {
+        assert!(i < 100, "node b never received a change");
+        let location = format!("warm-up {i}");
+        let report = AppReport {
+            location: Some(&location),
+            ..Default::default()
+        };
+        a.heartbeat(user, Heartbeat::from_report(report, &catalog))
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), warm.next_batch())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    // Anything still in flight for it lands before the test's own watchers start.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
