@@ -338,18 +338,6 @@ async fn closed_streams_leave_bounded_resume_state_and_no_watched_users() {
     .await;
 }
 
-/// The process's resident memory, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// A measurement, not a check: how resident memory (of this process, which runs the
 /// server) grows under many short streams of distinct users from one address, with the
 /// default settings. `cargo test --test live_regressions -- --ignored --nocapture`.
@@ -358,7 +346,7 @@ fn rss_kib() -> u64 {
 async fn measure_memory_under_many_short_streams_of_distinct_users() {
     let app = spawn_live(|_| {}).await;
     let streams = 2_000u64;
-    let before = rss_kib();
+    let before = common::process::rss_kib(std::process::id());
     for i in 0..streams {
         let ids: Vec<u64> = (1..=200).map(|k| 1_000_000 + i * 200 + k).collect();
         let mut sse = watch(&app, &ids, &[]).await;
@@ -370,7 +358,7 @@ async fn measure_memory_under_many_short_streams_of_distinct_users() {
                 "after {} streams ({} distinct users): RSS +{} KiB; presence_watched_users {}",
                 i + 1,
                 (i + 1) * 200,
-                rss_kib().saturating_sub(before),
+                common::process::rss_kib(std::process::id()).saturating_sub(before),
                 gauge(&metrics, "presence_watched_users"),
             );
         }
@@ -378,7 +366,7 @@ async fn measure_memory_under_many_short_streams_of_distinct_users() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "2 s after the last stream closed: RSS +{} KiB",
-        rss_kib().saturating_sub(before)
+        common::process::rss_kib(std::process::id()).saturating_sub(before)
     );
 }
 

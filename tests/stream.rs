@@ -277,17 +277,7 @@ async fn a_reader_that_stops_reading_gets_the_latest_entries_and_holds_little() 
     let changes = 3000;
     let client = app.client.clone();
     let tokens: Vec<String> = users.iter().map(|&u| app.token(u)).collect();
-    for i in 0..changes {
-        let k = i % users.len();
-        let res = client
-            .post(app.url(REGISTER))
-            .bearer_auth(&tokens[k])
-            .json(&json!({"location": format!("step {i} with a longish location text")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-    }
+    change_many(&client, app.addr, &tokens, changes).await;
 
     // Catching up: every user's latest entry arrives, and far fewer entries than changes.
     let expected = app.lookup(&users).await;

@@ -367,18 +367,7 @@ fn watched() -> Vec<u64> {
 /// Thousands of changes to `users`, in turn.
 async fn change_many(app: &TestApp, users: &[u64], changes: usize) {
     let tokens: Vec<String> = users.iter().map(|&u| app.token(u)).collect();
-    for i in 0..changes {
-        let k = i % users.len();
-        let res = app
-            .client
-            .post(app.url(REGISTER))
-            .bearer_auth(&tokens[k])
-            .json(&json!({"location": format!("step {i} with a longish location text")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-    }
+    common::live::change_many(&app.client, app.addr, &tokens, changes).await;
 }
 
 #[tokio::test]
@@ -449,18 +438,6 @@ async fn a_websocket_that_takes_nothing_is_closed_after_four_keep_alives() {
 
 // ---- The binary, for its memory and its log ----
 
-/// The resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn start_binary(extra: &str, log: &str) -> process::Running {
     let config = process::config_file(&format!("{}{extra}", process::BASE));
     let mut cmd = process::command(config.path());
@@ -480,7 +457,7 @@ async fn sending_on_after_an_oversize_header_does_not_grow_the_server() {
     let mut ws = RawWs::open(addr, None).await;
     ws.send_text(r#"{"subscribe":[1]}"#).await;
     ws.next().await;
-    let before = rss_kib(pid);
+    let before = process::rss_kib(pid);
 
     let mut ws = RawWs::open(addr, None).await;
     ws.stream
@@ -499,7 +476,7 @@ async fn sending_on_after_an_oversize_header_does_not_grow_the_server() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(20), writing).await;
-    let after = rss_kib(pid);
+    let after = process::rss_kib(pid);
     println!(
         "sent {} MiB after the header; server RSS {before} KiB -> {after} KiB",
         sent >> 20
@@ -579,7 +556,7 @@ async fn stalled_readers_memory() {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let before = rss_kib(pid);
+        let before = process::rss_kib(pid);
         let mut held_ws = Vec::new();
         let mut held_sse = Vec::new();
         for _ in 0..n {
@@ -595,7 +572,7 @@ async fn stalled_readers_memory() {
                 held_sse.push(sse);
             }
         }
-        let opened = rss_kib(pid);
+        let opened = process::rss_kib(pid);
         let client = reqwest::Client::new();
         let auth = presence_server::auth::Authenticator::new(SECRET);
         let tokens: Vec<String> = users
@@ -609,19 +586,9 @@ async fn stalled_readers_memory() {
             })
             .collect();
         let started = std::time::Instant::now();
-        for i in 0..changes {
-            let k = i % users.len();
-            let res = client
-                .post(format!("http://{addr}{REGISTER}"))
-                .bearer_auth(&tokens[k])
-                .json(&json!({"location": format!("step {i} with a longish location text")}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-        }
+        common::live::change_many(&client, addr, &tokens, changes).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_kib(pid);
+        let after = process::rss_kib(pid);
         println!(
             "{kind}: {n} stalled readers, {changes} changes in {:?}: RSS {before} KiB before, \
              {opened} KiB open (+{} KiB), {after} KiB after the changes (+{} KiB, {} KiB per reader)",

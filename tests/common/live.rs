@@ -265,3 +265,25 @@ pub async fn ws_frame(ws: &mut WsStream) -> Value {
         .await
         .expect("a frame within 10 s")
 }
+
+/// `changes` heartbeats through the server at `addr`, round-robin over `tokens`, each moving
+/// its user to a new location (`step <i> ...`): a change every time.
+pub async fn change_many(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    tokens: &[String],
+    changes: usize,
+) {
+    for i in 0..changes {
+        let res = client
+            .post(format!("http://{addr}{}", super::REGISTER))
+            .bearer_auth(&tokens[i % tokens.len()])
+            .json(
+                &serde_json::json!({"location": format!("step {i} with a longish location text")}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}

@@ -180,3 +180,15 @@ pub async fn lookup(addr: &str, id: u64) -> Value {
     let body: Value = res.json().await.unwrap();
     body["userPresences"][0].clone()
 }
+
+/// The resident set of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
