@@ -12,7 +12,7 @@ use std::alloc::System;
 use std::time::{Duration, Instant};
 
 use common::*;
-use presence_server::persistence;
+use presence_server::presence::memory::snapshot as persistence;
 use presence_server::presence::model::{PlaceInfo, Session};
 use presence_server::presence::time::Mono;
 use presence_server::presence::{Heartbeat, Location, LocationName, PresenceType, UserId};

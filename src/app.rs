@@ -22,7 +22,7 @@ use crate::config::{PersistenceSettings, Settings};
 use crate::connections::{AddressLimiter, Connection, Deadlines};
 use crate::metrics::Metrics;
 use crate::periodic::Periodic;
-use crate::persistence;
+use crate::presence::memory::snapshot as persistence;
 use crate::presence::sweeper::Sweeper;
 use crate::presence::{Clock, PlaceCatalog, Presence, Store};
 

@@ -8,13 +8,13 @@
 //!   request of a connection.
 //! - [`auth`]: JWT credentials and CSRF tokens.
 //! - [`presence`]: the domain, no HTTP: the one interface the API calls
-//!   ([`presence::service`]), ids and views ([`presence::model`]), the memory backend's
-//!   sharded map ([`presence::store`]) and expiry index ([`presence::expiry`]), the Redis
-//!   backend ([`presence::redis`]), the sweeper and its owner ([`presence::sweeper`]), the
-//!   place catalog ([`presence::places`]) and the two clocks ([`presence::time`]).
+//!   ([`presence::service`]), ids and views ([`presence::model`]), the change feed
+//!   ([`presence::watch`]), the memory backend ([`presence::memory`]: its sharded map,
+//!   expiry index, shared locations and snapshots), the Redis backend
+//!   ([`presence::redis`]), the sweeper and its owner ([`presence::sweeper`]), the place
+//!   catalog ([`presence::places`]) and the two clocks ([`presence::time`]).
 //! - [`api`]: HTTP only: routes, the body extractor, credential extractors, the error type
 //!   and the JSON shapes.
-//! - [`persistence`]: snapshots of the store, written atomically and read at start-up.
 //! - [`periodic`]: the background threads (memory sweeper, snapshot writer) and their
 //!   shutdown.
 //! - [`metrics`]: the Prometheus metrics.
@@ -27,7 +27,6 @@ pub mod config;
 pub mod connections;
 pub mod metrics;
 pub mod periodic;
-pub mod persistence;
 pub mod presence;
 pub mod tasks;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::process::*;
 use common::redis::skip_unless_memory;
 use presence_server::auth::Authenticator;
-use presence_server::persistence;
+use presence_server::presence::memory::snapshot as persistence;
 use presence_server::presence::time::{Mono, WallMillis};
 use presence_server::presence::{Heartbeat, Now, Store, UserId};
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use std::num::NonZeroI64;
 
 use uuid::Uuid;
 
-use super::location::Location;
+use super::memory::location::Location;
 use super::places::PlaceCatalog;
 use super::time::{Mono, WallMillis};
 

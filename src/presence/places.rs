@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::location::Location;
+use super::memory::location::Location;
 use crate::config::PlaceSettings;
 
 /// One known place. Names are shared by every user who is there.

@@ -8,9 +8,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::memory::store::{Store, SweepReport};
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::redis::RedisBackend;
-use super::store::{Store, SweepReport};
 use super::time::Clock;
 use super::watch::{Encoder, Hub, Limits};
 use crate::config::{Backend, Settings};

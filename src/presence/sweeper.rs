@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 
+use super::memory::store::SweepReport;
 use super::redis::{RedisBackend, CLOCK_SAMPLE_EVERY};
 use super::service::Presence;
-use super::store::SweepReport;
 use crate::periodic::Periodic;
 
 /// The running sweeper. [`Sweeper::stop`] ends it; dropping it unstopped leaves a memory

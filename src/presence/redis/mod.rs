@@ -42,9 +42,9 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::oneshot;
 
 use self::keys::{shard_of, Keys, SHARDS};
+use super::memory::store::SweepReport;
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::service::{Counts, PresenceError};
-use super::store::SweepReport;
 use super::time::{duration_millis, Clock};
 use super::watch::Hub;
 use crate::config::{PresenceSettings, RedisSettings};

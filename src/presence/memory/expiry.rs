@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::model::UserId;
-use super::time::{duration_millis, Mono};
+use crate::presence::model::UserId;
+use crate::presence::time::{duration_millis, Mono};
 
 /// Buckets keyed by `ceil(deadline / width)`: every deadline in bucket `k` is at most
 /// `k * width`, so a bucket is due, whole, once `now >= k * width`.

@@ -17,12 +17,12 @@ use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
 use super::location::{Live, Location, Locations, Record};
-use super::model::{
+use crate::presence::model::{
     Heartbeat, LocationName, Now, PresenceType, PresenceView, SavedSession, SavedUser, Session,
     UserId,
 };
-use super::time::{duration_millis, Mono, WallMillis};
-use super::watch::{Changes, Delivery};
+use crate::presence::time::{duration_millis, Mono, WallMillis};
+use crate::presence::watch::{Changes, Delivery};
 
 /// Users re-checked between two yields of the sweeper.
 const SWEEP_BATCH: usize = 256;

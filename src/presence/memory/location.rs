@@ -13,8 +13,8 @@ use std::sync::LazyLock;
 use dashmap::DashSet;
 use triomphe::Arc;
 
-use super::model::Session;
-use super::time::Mono;
+use crate::presence::model::Session;
+use crate::presence::time::Mono;
 
 /// What a map entry points at.
 ///
