@@ -86,6 +86,16 @@ pub struct PresenceSettings {
     /// `"forever"`) keeps them.
     #[serde(deserialize_with = "duration_or_forever")]
     pub offline_retention: Option<Duration>,
+    /// A game server is live until this long after its last report (CONTRACT section 10).
+    #[serde(with = "humantime_serde")]
+    pub game_server_ttl: Duration,
+    /// Game-server sessions one user may hold at once; a join beyond ends the oldest.
+    pub max_game_sessions: usize,
+    /// Whether a heartbeat's `placeId` makes an InGame session; with `false` only game
+    /// servers do.
+    pub client_reported_games: bool,
+    /// Live game servers per deployment; a new one beyond is 503.
+    pub max_game_servers: usize,
 }
 
 impl Default for PresenceSettings {
@@ -94,6 +104,10 @@ impl Default for PresenceSettings {
             heartbeat_ttl: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
             offline_retention: None,
+            game_server_ttl: Duration::from_secs(60),
+            max_game_sessions: 4,
+            client_reported_games: true,
+            max_game_servers: 100_000,
         }
     }
 }
@@ -133,6 +147,8 @@ pub struct ApiSettings {
     /// Origins whose pages may call this server (CORS); `["*"]` is any origin, without
     /// credentials; empty sends no CORS header at all.
     pub cors_origins: Vec<String>,
+    /// Players one game-server report may list (counted before de-duplication).
+    pub max_players_per_server: usize,
 }
 
 impl Default for ApiSettings {
@@ -143,6 +159,7 @@ impl Default for ApiSettings {
             require_auth_for_lookup: false,
             max_location_length: 100,
             cors_origins: Vec::new(),
+            max_players_per_server: 700,
         }
     }
 }
@@ -192,12 +209,26 @@ impl Default for StreamSettings {
 pub struct AuthSettings {
     #[serde(deserialize_with = "string_or_scalar")]
     pub jwt_secret: String,
+    /// Keys of trusted callers (game servers, the platform's back end), sent as
+    /// `x-api-key` (CONTRACT section 10).
+    pub service_keys: Vec<ServiceKeySettings>,
+}
+
+/// One service key: its name (for logs), the SHA-256 of the key in hex, and its scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceKeySettings {
+    pub name: String,
+    pub sha256: String,
+    /// `game-servers`, `privacy`, `read`.
+    pub scopes: Vec<String>,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: DEVELOPMENT_JWT_SECRET.to_owned(),
+            service_keys: Vec::new(),
         }
     }
 }
@@ -433,7 +464,31 @@ impl Settings {
                 MAX_RETENTION,
             )?;
         }
+        span(
+            "presence.game_server_ttl",
+            presence.game_server_ttl,
+            SECOND,
+            DAY,
+        )?;
+        count(
+            "presence.max_game_sessions",
+            presence.max_game_sessions,
+            1,
+            MAX_GAME_SESSIONS,
+        )?;
+        count(
+            "presence.max_game_servers",
+            presence.max_game_servers,
+            1,
+            MAX_GAME_SERVERS,
+        )?;
         count("api.max_user_ids", self.api.max_user_ids, 1, MAX_USER_IDS)?;
+        count(
+            "api.max_players_per_server",
+            self.api.max_players_per_server,
+            1,
+            MAX_PLAYERS_PER_SERVER,
+        )?;
         count(
             "api.max_location_length",
             self.api.max_location_length,
@@ -577,6 +632,9 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 /// Most users the records of closed streams may hold (about 24 bytes each).
 const MAX_RESUME_USERS: usize = 10_000_000;
 const MAX_USER_IDS: usize = 10_000;
+const MAX_PLAYERS_PER_SERVER: usize = 10_000;
+const MAX_GAME_SESSIONS: usize = 16;
+const MAX_GAME_SERVERS: usize = 10_000_000;
 const MAX_LOCATION_LENGTH: usize = 4096;
 const MAX_RATE: u32 = 10_000_000;
 

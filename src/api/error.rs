@@ -28,6 +28,13 @@ pub enum ApiError {
     Forbidden,
     #[error("no such route")]
     NotFound,
+    /// Players reported to a game server that is not live (CONTRACT section 10).
+    #[error("unknown game server")]
+    UnknownGameServer,
+    /// As many game servers are live as `presence.max_game_servers` allows; answered with
+    /// `Retry-After`.
+    #[error("game servers full")]
+    GameServersFull,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     #[error("body larger than {limit} bytes")]
@@ -56,7 +63,8 @@ pub enum ApiError {
 
 /// What a 503 for an unavailable backend tells the client to wait, in seconds.
 const BACKEND_RETRY_AFTER_SECS: &str = "1";
-/// What a 503 for live streams that are full tells the client to wait, in seconds.
+/// What a 503 for live streams, or game servers, that are full tells the client to wait,
+/// in seconds.
 const STREAMS_RETRY_AFTER_SECS: &str = "5";
 
 impl From<crate::presence::PresenceError> for ApiError {
@@ -88,14 +96,16 @@ impl ApiError {
             Self::CsrfFailed { .. } => (0, "Token Validation Failed"),
             Self::Forbidden => (0, "Forbidden"),
             Self::NotFound => (0, "NotFound"),
+            Self::UnknownGameServer => (0, "Unknown game server."),
             Self::MethodNotAllowed { .. } => (0, "MethodNotAllowed"),
             Self::PayloadTooLarge { .. } => (0, "PayloadTooLarge"),
             Self::UnsupportedMediaType => (0, "UnsupportedMediaType"),
             Self::BodyTimeout(_) => (0, "RequestTimeout"),
             Self::TooManyRequests { .. } => (0, "TooManyRequests"),
-            Self::Unavailable | Self::StreamsFull(_) | Self::BackendUnavailable => {
-                (0, "ServiceUnavailable")
-            }
+            Self::Unavailable
+            | Self::StreamsFull(_)
+            | Self::BackendUnavailable
+            | Self::GameServersFull => (0, "ServiceUnavailable"),
             Self::Internal(_) => (0, "InternalServerError"),
         }
     }
@@ -109,15 +119,16 @@ impl ResponseError for ApiError {
             }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::CsrfFailed { .. } | Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownGameServer => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::StreamsFull(_) | Self::BackendUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable
+            | Self::StreamsFull(_)
+            | Self::BackendUnavailable
+            | Self::GameServersFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -142,7 +153,7 @@ impl ResponseError for ApiError {
             Self::BackendUnavailable => {
                 response.insert_header((header::RETRY_AFTER, BACKEND_RETRY_AFTER_SECS));
             }
-            Self::StreamsFull(_) => {
+            Self::StreamsFull(_) | Self::GameServersFull => {
                 response.insert_header((header::RETRY_AFTER, STREAMS_RETRY_AFTER_SECS));
             }
             _ => {}
