@@ -175,7 +175,8 @@ impl<'a> Heartbeat<'a> {
     }
 }
 
-fn starts_with_studio(location: &str) -> bool {
+/// Whether a heartbeat's location makes it InStudio: it starts with `Studio`, in any case.
+pub(crate) fn starts_with_studio(location: &str) -> bool {
     location
         .as_bytes()
         .get(..6)

@@ -609,6 +609,40 @@ impl Store {
         changes.publish_later(&PresenceView::never_seen(user))
     }
 
+    /// See [`crate::presence::Presence::report_game_server`].
+    pub fn report_game_server(
+        &self,
+        game: uuid::Uuid,
+        place: &crate::presence::sessions::GamePlace,
+        players: &[UserId],
+        now: Now,
+    ) -> Result<(), crate::presence::service::GameServerError> {
+        let _ = (game, place, players, now);
+        Err(crate::presence::service::GameServerError::Unavailable)
+    }
+
+    /// See [`crate::presence::Presence::game_server_players`].
+    pub fn game_server_players(
+        &self,
+        game: uuid::Uuid,
+        joined: &[UserId],
+        left: &[UserId],
+        now: Now,
+    ) -> Result<(), crate::presence::service::GameServerError> {
+        let _ = (game, joined, left, now);
+        Err(crate::presence::service::GameServerError::Unavailable)
+    }
+
+    /// See [`crate::presence::Presence::end_game_server`].
+    pub fn end_game_server(&self, game: uuid::Uuid, now: Now) {
+        let _ = (game, now);
+    }
+
+    /// Live game servers, as of the last sweep.
+    pub fn game_servers(&self) -> usize {
+        0
+    }
+
     /// Users held in memory, present or not.
     pub fn len(&self) -> usize {
         self.users.len()
