@@ -4,6 +4,7 @@ pub mod body;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod game_servers;
 pub mod json;
 pub mod limits;
 pub mod middleware;

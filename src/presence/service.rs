@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::memory::store::{Store, SweepReport};
+use super::memory::store::{GameLimits, Store, SweepReport};
 use uuid::Uuid;
 
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
@@ -132,6 +132,12 @@ impl Presence {
                     presence.sweep_interval,
                     presence.offline_retention,
                 )
+                .with_games(GameLimits {
+                    server_ttl: presence.game_server_ttl,
+                    sessions_per_user: presence.max_game_sessions,
+                    servers: presence.max_game_servers,
+                    players_per_server: settings.api.max_players_per_server,
+                })
                 .with_changes(hub.clone());
                 Ok(Self::memory(Arc::new(store), clock, hub))
             }
