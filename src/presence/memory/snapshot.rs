@@ -635,6 +635,13 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn restore_user(store: &Store, saved: Saved<'_>, now: Now) -> bool {
+        match saved {
+            Saved::User(user) => store.restore(user, now),
+            Saved::Server(server) => store.restore_server(server, now),
+        }
+    }
+
     fn store() -> Store {
         Store::new(TTL, Duration::from_secs(1), None)
     }
@@ -701,7 +708,7 @@ mod tests {
         // Restored in a process whose monotonic clock started elsewhere.
         let later = at(50, 1_700_000_002_000);
         assert_eq!(
-            decode(&bytes, |u| assert!(restored.restore(u, later))),
+            decode(&bytes, |u| assert!(restore_user(&restored, u, later))),
             Ok(3)
         );
         let ids = [user(1), user(2), user(3), user(4)];
@@ -723,7 +730,7 @@ mod tests {
         let bytes = encode(&original, at(2_000, 1_700_000_001_000));
         let restored = store();
         let much_later = at(0, 1_700_000_100_000);
-        decode(&bytes, |u| assert!(restored.restore(u, much_later))).unwrap();
+        decode(&bytes, |u| assert!(restore_user(&restored, u, much_later))).unwrap();
         let v = restored.get_many(&[user(2)], Mono(0)).remove(0);
         assert_eq!(v.kind, PresenceType::Offline);
         assert_eq!(v.last_location, "Playing");

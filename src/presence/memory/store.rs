@@ -1691,6 +1691,7 @@ mod tests {
             last_online: WallMillis(last_online),
             last_location: Cow::Borrowed("Home"),
             live: None,
+            games: Vec::new(),
         }
     }
 
