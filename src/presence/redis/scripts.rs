@@ -411,7 +411,8 @@ for i = 3, #KEYS do
     end
     dirty = true
   elseif found and st.games[found].deadline > now then
-    table.remove(st.games, found)
+    -- Ended now: the location shown last when nothing else is live.
+    st.games[found].deadline = now
     dirty = true
   end
   if dirty then
