@@ -143,7 +143,8 @@ impl Presence {
             }
             Backend::Redis => {
                 let redis =
-                    RedisBackend::new(&settings.redis, &settings.presence, &clock, hub.clone())?;
+                    RedisBackend::new(&settings.redis, &settings.presence, &clock, hub.clone())?
+                        .with_max_players(settings.api.max_players_per_server);
                 Ok(Self::redis(redis, clock, hub))
             }
         }

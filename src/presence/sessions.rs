@@ -133,12 +133,13 @@ impl<'a> AppReport<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The table of cases shared with the Redis scripts' encoding of the rule: the app
     /// session's deadline, the game sessions (join order, deadline), the time, and what is
     /// shown then (`None`: Offline) and, for an Offline user, whose location it keeps.
+    #[allow(clippy::type_complexity)]
     pub(crate) const CASES: &[(Option<i64>, &[(u32, i64)], i64, Option<Pick>, Option<Pick>)] = &[
         // App only: live, then ended.
         (Some(10), &[], 5, Some(Pick::App), Some(Pick::App)),

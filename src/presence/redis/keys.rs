@@ -7,6 +7,14 @@
 //! - `<prefix>{<shard>}n`: the shard's counters, a hash of presence type (`1`, `2`, `3`) →
 //!   users holding such a session, and `t` → records (see `scripts`).
 //!
+//! Game servers (CONTRACT section 10) live under one hash tag of their own, `{gs}`, so that
+//! the bound on live servers is one atomic count:
+//!
+//! - `<prefix>{gs}s<game id, 32 hex digits>`: a server's record (see `scripts`), with a key
+//!   expiry at its deadline (Redis forgets a server that stopped reporting);
+//! - `<prefix>{gs}e`: the live servers, game id → deadline (ms), trimmed by reports and
+//!   sweeps.
+//!
 //! A user's shard is its id modulo [`SHARDS`]; 1024 shards spread over the 16384 slots
 //! and keep a sweep down to 1024 small commands.
 
@@ -18,6 +26,28 @@ pub const SHARDS: u16 = 1024;
 /// The shard of a user.
 pub fn shard_of(user: UserId) -> u16 {
     (user.get() % u64::from(SHARDS)) as u16
+}
+
+/// The Redis Cluster slot of every key of `shard`: CRC16 (XMODEM) of its hash tag, the
+/// shard's number in decimal, modulo 16384.
+pub fn slot_of_shard(shard: u16) -> u16 {
+    crc16(itoa::Buffer::new().format(shard).as_bytes()) % 16384
+}
+
+/// CRC16-CCITT (XMODEM), the hash Redis Cluster uses for slots.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// Builds keys under one prefix.
@@ -62,6 +92,21 @@ impl Keys {
         let mut key = self.tagged(shard, 1);
         key.push('n');
         key
+    }
+
+    /// The record of game server `game`.
+    pub fn game_server(&self, game: uuid::Uuid) -> String {
+        let mut hex = uuid::Uuid::encode_buffer();
+        format!(
+            "{}{{gs}}s{}",
+            self.prefix,
+            game.simple().encode_lower(&mut hex)
+        )
+    }
+
+    /// The set of live game servers, by deadline.
+    pub fn game_servers(&self) -> String {
+        format!("{}{{gs}}e", self.prefix)
     }
 
     /// The channel of changes of a standalone server.
@@ -121,6 +166,25 @@ mod tests {
         ] {
             assert_eq!(hash_tag(&key), shard.to_string());
         }
+    }
+
+    #[test]
+    fn slots_are_those_redis_cluster_computes() {
+        // CRC16/XMODEM's check value, and `CLUSTER KEYSLOT` of `{0}x` and `{1023}x`.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot_of_shard(0), 13907);
+        assert_eq!(slot_of_shard(1023), 14911);
+    }
+
+    #[test]
+    fn game_servers_share_one_hash_tag() {
+        let keys = Keys::new("p:");
+        let game = uuid::Uuid::from_u128(0x3f2504e0_4f89_11d3_9a0c_0305e82c3301);
+        assert_eq!(
+            keys.game_server(game),
+            "p:{gs}s3f2504e04f8911d39a0c0305e82c3301"
+        );
+        assert_eq!(keys.game_servers(), "p:{gs}e");
     }
 
     #[test]

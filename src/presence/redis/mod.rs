@@ -21,6 +21,8 @@
 //!   can stay on a dead master's address (see [`ClusterTarget`]).
 //! - Live presence: the scripts publish each change a watcher must see, and every node
 //!   subscribes and hands them to its [`Hub`] (see [`feed`]).
+//! - Game servers (see [`games`]): a report is one script on the server's record, then one
+//!   script per shard of its players, pipelined per Redis node.
 
 mod feed;
 mod games;
@@ -40,6 +42,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
 use tokio::sync::oneshot;
 
 use self::keys::{shard_of, Keys, SHARDS};
@@ -107,6 +110,8 @@ struct Inner {
     time: TimeSource,
     heartbeat: Script,
     claim: Script,
+    /// Game servers and their players' sessions (see [`games`]).
+    games: games::Settings,
     /// The change feed's health and retention schedule (see [`feed`]).
     feed: Arc<feed::Shared>,
     /// Dropped with the backend, which ends the subscription to changes (see [`feed`]).
@@ -392,6 +397,7 @@ impl RedisBackend {
             time,
             heartbeat: Script::new(&scripts::heartbeat()),
             claim: Script::new(&scripts::claim()),
+            games: games::Settings::new(presence),
             feed: Arc::clone(&shared),
             _feed: feed_stop,
         });
@@ -673,6 +679,9 @@ impl RedisBackend {
             .bounded("TIME", |mut c| async move { self.now(&mut c).await })
             .await
             .map_err(|e| failed(report, e))?;
+        self.bounded_by("sweep", self.forget_game_servers(&connection, now))
+            .await
+            .map_err(|e| failed(report, e))?;
         let mut shards: Vec<u16> = (0..SHARDS).collect();
         for _ in 0..MAX_CLAIM_ROUNDS {
             let due = self
@@ -830,6 +839,7 @@ impl RedisBackend {
                     *sum += n.unwrap_or(0);
                 }
             }
+            let game_servers = self.live_game_servers(&mut c.clone()).await?;
             let tracked = match inner.retention_ms {
                 None => sums[3],
                 Some(_) => {
@@ -844,7 +854,7 @@ impl RedisBackend {
                     (PresenceType::InStudio, sums[2]),
                 ],
                 tracked,
-                game_servers: 0,
+                game_servers,
             })
         })
         .await

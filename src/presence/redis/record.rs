@@ -11,8 +11,17 @@
 //!   with type `1` Online, `2` InGame, `3` InStudio; absent place fields empty, `gameId`
 //!   as 32 hex digits.
 //!
+//! - with game-server sessions (CONTRACT section 10):
+//!   `g|<lastOnline ms>|<n>|<app session: n bytes, a present record, or none>` then, per game
+//!   session, `<m>|<joined>|<deadline ms>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`
+//!   (m the bytes after `<m>|`). Only the scripts write it (see `scripts`); nodes of the
+//!   previous version cannot read it, which is fine: only users in game servers have one.
+//!
 //! Times are Redis's clock, in milliseconds since the Unix epoch. A present record whose
-//! deadline has passed reads as Offline at once, whether or not a sweeper has claimed it.
+//! deadline has passed reads as Offline at once, whether or not a sweeper has claimed it;
+//! a record with game sessions shows, at the time it is read, the session
+//! [`sessions::pick`] ranks first, or Offline at the location [`sessions::last_shown`]
+//! names.
 
 use std::borrow::Cow;
 use std::num::NonZeroI64;
@@ -20,6 +29,7 @@ use std::num::NonZeroI64;
 use uuid::Uuid;
 
 use crate::presence::model::{PlaceInfo, PresenceType, PresenceView, Session, UserId};
+use crate::presence::sessions::{self, GamePlace, Pick, Ranked};
 use crate::presence::time::WallMillis;
 
 /// The locations an Offline record can name by a two-bit code: the ones the server itself
@@ -64,6 +74,19 @@ pub fn encode_present(
     out.extend_from_slice(location.as_bytes());
 }
 
+/// A game-server session's `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`, as
+/// the scripts keep it (the fields after the deadline of a present record).
+pub fn encode_game_session(game: Uuid, place: &GamePlace) -> Vec<u8> {
+    let session = Session {
+        kind: PresenceType::InGame,
+        place: Some(place.place),
+        game_id: Some(game),
+    };
+    let mut out = Vec::new();
+    encode_present(&session, place.location.as_str(), 0, 0, &mut out);
+    out.split_off(b"2|0|0|".len())
+}
+
 /// A record that cannot be read (written by something else under our prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable presence record")]
@@ -72,49 +95,174 @@ pub struct Corrupt;
 /// The view of `user` from its record, as of Redis time `now`: Offline once the deadline is
 /// `<= now`, with its `lastOnline` and location kept.
 pub fn decode(user: UserId, record: &[u8], now: i64) -> Result<PresenceView<'_>, Corrupt> {
+    if record.starts_with(b"g|") {
+        return decode_sessions(user, record, now);
+    }
     if !record.contains(&b'|') {
         return decode_packed(user, record);
     }
     let (&kind, rest) = record.split_first().ok_or(Corrupt)?;
     let rest = rest.strip_prefix(b"|").ok_or(Corrupt)?;
-    let mut fields = rest.splitn(if kind == b'0' { 2 } else { 7 }, |&b| b == b'|');
-    let last_online = number(fields.next())?;
     let mut view = PresenceView {
         user_id: user,
         kind: PresenceType::Offline,
         last_location: Cow::Borrowed(""),
         place: None,
         game_id: None,
-        last_online: Some(WallMillis(last_online)),
+        last_online: None,
     };
-    let kind = match kind {
-        b'0' => {
-            view.last_location = text(fields.next())?;
-            return Ok(view);
-        }
-        b'1' => PresenceType::Online,
-        b'2' => PresenceType::InGame,
-        b'3' => PresenceType::InStudio,
-        _ => return Err(Corrupt),
-    };
+    if kind == b'0' {
+        let mut fields = rest.splitn(2, |&b| b == b'|');
+        view.last_online = Some(WallMillis(number(fields.next())?));
+        view.last_location = text(fields.next())?;
+        return Ok(view);
+    }
+    let kind = present_type(kind)?;
+    let mut fields = rest.splitn(3, |&b| b == b'|');
+    view.last_online = Some(WallMillis(number(fields.next())?));
     let deadline = number(fields.next())?;
+    let session = session_fields(fields.next().ok_or(Corrupt)?)?;
+    view.last_location = session.location;
+    if now < deadline {
+        view.kind = kind;
+        view.place = session.place;
+        view.game_id = session.game_id;
+    }
+    Ok(view)
+}
+
+fn present_type(kind: u8) -> Result<PresenceType, Corrupt> {
+    match kind {
+        b'1' => Ok(PresenceType::Online),
+        b'2' => Ok(PresenceType::InGame),
+        b'3' => Ok(PresenceType::InStudio),
+        _ => Err(Corrupt),
+    }
+}
+
+/// A session's fields after its deadline.
+struct SessionFields<'a> {
+    place: Option<PlaceInfo>,
+    game_id: Option<Uuid>,
+    location: Cow<'a, str>,
+}
+
+/// `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`.
+fn session_fields(rest: &[u8]) -> Result<SessionFields<'_>, Corrupt> {
+    let mut fields = rest.splitn(5, |&b| b == b'|');
     let place_id = optional(fields.next())?;
     let root_place_id = optional(fields.next())?;
     let universe_id = optional(fields.next())?;
     let game = fields.next().ok_or(Corrupt)?;
-    view.last_location = text(fields.next())?;
-    if now >= deadline {
-        return Ok(view);
-    }
-    view.kind = kind;
-    view.place = place_id.map(|place_id| PlaceInfo {
-        place_id,
-        root_place_id: root_place_id.unwrap_or(place_id),
-        universe_id: universe_id.and_then(NonZeroI64::new),
-    });
-    if !game.is_empty() {
+    let location = text(fields.next())?;
+    let game_id = if game.is_empty() {
+        None
+    } else {
         let game = std::str::from_utf8(game).map_err(|_| Corrupt)?;
-        view.game_id = Some(Uuid::try_parse(game).map_err(|_| Corrupt)?);
+        Some(Uuid::try_parse(game).map_err(|_| Corrupt)?)
+    };
+    Ok(SessionFields {
+        place: place_id.map(|place_id| PlaceInfo {
+            place_id,
+            root_place_id: root_place_id.unwrap_or(place_id),
+            universe_id: universe_id.and_then(NonZeroI64::new),
+        }),
+        game_id,
+        location,
+    })
+}
+
+/// One session of a record with game sessions: its rank, deadline and fields.
+struct Held<'a> {
+    joined: u32,
+    deadline: i64,
+    kind: PresenceType,
+    rest: &'a [u8],
+}
+
+impl Ranked<i64> for Held<'_> {
+    fn joined(&self) -> u32 {
+        self.joined
+    }
+    fn deadline(&self) -> i64 {
+        self.deadline
+    }
+}
+
+/// Splits `<digits>|` off the front of `bytes`.
+fn leading_number(bytes: &[u8]) -> Result<(i64, &[u8]), Corrupt> {
+    let bar = bytes.iter().position(|&b| b == b'|').ok_or(Corrupt)?;
+    Ok((number(Some(&bytes[..bar]))?, &bytes[bar + 1..]))
+}
+
+/// `n` bytes off the front of `bytes`.
+fn take(bytes: &[u8], n: i64) -> Result<(&[u8], &[u8]), Corrupt> {
+    let n = usize::try_from(n).map_err(|_| Corrupt)?;
+    (n <= bytes.len()).then(|| bytes.split_at(n)).ok_or(Corrupt)
+}
+
+/// A record with game sessions (see the module's documentation).
+fn decode_sessions(user: UserId, record: &[u8], now: i64) -> Result<PresenceView<'_>, Corrupt> {
+    let (last_online, rest) = leading_number(&record[2..])?;
+    let (app_len, rest) = leading_number(rest)?;
+    let (app, mut rest) = take(rest, app_len)?;
+    let app = if app.is_empty() {
+        None
+    } else {
+        let (&kind, fields) = app.split_first().ok_or(Corrupt)?;
+        let kind = present_type(kind)?;
+        let fields = fields.strip_prefix(b"|").ok_or(Corrupt)?;
+        let (_, fields) = leading_number(fields)?;
+        let (deadline, fields) = leading_number(fields)?;
+        Some(Held {
+            joined: 0,
+            deadline,
+            kind,
+            rest: fields,
+        })
+    };
+    let mut games = Vec::new();
+    while !rest.is_empty() {
+        let (len, after) = leading_number(rest)?;
+        let (game, after) = take(after, len)?;
+        rest = after;
+        let (joined, game) = leading_number(game)?;
+        let (deadline, game) = leading_number(game)?;
+        games.push(Held {
+            joined: u32::try_from(joined).map_err(|_| Corrupt)?,
+            deadline,
+            kind: PresenceType::InGame,
+            rest: game,
+        });
+    }
+    if games.is_empty() {
+        return Err(Corrupt);
+    }
+    let app_deadline = app.as_ref().map(|a| a.deadline);
+    let (held, present) = match sessions::pick(app_deadline, &games, now) {
+        Some(pick) => (pick, true),
+        None => (
+            sessions::last_shown(app_deadline, &games).ok_or(Corrupt)?,
+            false,
+        ),
+    };
+    let held = match held {
+        Pick::Game(i) => &games[i],
+        Pick::App => app.as_ref().ok_or(Corrupt)?,
+    };
+    let session = session_fields(held.rest)?;
+    let mut view = PresenceView {
+        user_id: user,
+        kind: PresenceType::Offline,
+        last_location: session.location,
+        place: None,
+        game_id: None,
+        last_online: Some(WallMillis(last_online)),
+    };
+    if present {
+        view.kind = held.kind;
+        view.place = session.place;
+        view.game_id = session.game_id;
     }
     Ok(view)
 }
@@ -241,6 +389,72 @@ mod tests {
         }
     }
 
+    /// A record with game sessions, as the scripts write it.
+    fn with_games(last_online: i64, app: &[u8], games: &[(u32, i64, &str)]) -> Vec<u8> {
+        let mut out = format!("g|{last_online}|{}|", app.len()).into_bytes();
+        out.extend_from_slice(app);
+        for &(joined, deadline, rest) in games {
+            let body = format!("{joined}|{deadline}|{rest}");
+            out.extend_from_slice(format!("{}|{body}", body.len()).as_bytes());
+        }
+        out
+    }
+
+    const GAME_A: &str = "1818|1800|13058|3f2504e04f8911d39a0c0305e82c3301|Crossroads | A";
+    const GAME_B: &str = "77|77||00000000000000000000000000000002|Playing";
+
+    #[test]
+    fn a_record_with_game_sessions_shows_the_latest_joined_live_one() {
+        let mut app = Vec::new();
+        let online = Session {
+            kind: PresenceType::Online,
+            place: None,
+            game_id: None,
+        };
+        encode_present(&online, "Website", 5, 300, &mut app);
+        let rec = with_games(7, &app, &[(3, 100, GAME_A), (1, 200, GAME_B)]);
+        let v = decode(user(), &rec, 50).unwrap();
+        assert_eq!(v.kind, PresenceType::InGame);
+        assert_eq!(v.last_location, "Crossroads | A");
+        assert_eq!(v.game_id, in_game().game_id);
+        assert_eq!(v.place, in_game().place);
+        assert_eq!(v.last_online, Some(WallMillis(7)));
+        let v = decode(user(), &rec, 150).unwrap();
+        assert_eq!(
+            (v.kind, v.last_location.as_ref()),
+            (PresenceType::InGame, "Playing")
+        );
+        assert_eq!(
+            v.place.map(|p| (p.place_id, p.universe_id)),
+            Some((77, None))
+        );
+        let v = decode(user(), &rec, 250).unwrap();
+        assert_eq!(
+            (v.kind, v.last_location.as_ref(), v.place, v.game_id),
+            (PresenceType::Online, "Website", None, None)
+        );
+        let v = decode(user(), &rec, 300).unwrap();
+        assert_eq!(
+            (v.kind, v.last_location.as_ref()),
+            (PresenceType::Offline, "Website")
+        );
+        let rec = with_games(7, b"", &[(0, 100, GAME_A)]);
+        let v = decode(user(), &rec, 100).unwrap();
+        assert_eq!(
+            (v.kind, v.last_location.as_ref(), v.place, v.game_id),
+            (PresenceType::Offline, "Crossroads | A", None, None)
+        );
+        assert_eq!(v.last_online, Some(WallMillis(7)));
+    }
+
+    #[test]
+    fn a_game_session_is_encoded_as_the_fields_after_a_deadline() {
+        let catalog = crate::presence::places::PlaceCatalog::new(&[]);
+        let place = GamePlace::new(77, None, &catalog).unwrap();
+        let rest = encode_game_session(Uuid::from_u128(2), &place);
+        assert_eq!(rest, GAME_B.as_bytes());
+    }
+
     #[test]
     fn records_not_written_by_a_heartbeat_are_refused() {
         for bad in [
@@ -252,6 +466,10 @@ mod tests {
             b"1|x|2||||a",
             b"0|1",
             b"2|1|2|3|4|5|nothex|a",
+            b"g|1|0|",
+            b"g|1|5|1|2|",
+            b"g|1|0|99|1|2|x",
+            b"g|x|0|5|1|2|3",
         ] {
             assert_eq!(decode(user(), bad, 0), Err(Corrupt), "{bad:?}");
         }

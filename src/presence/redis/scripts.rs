@@ -57,78 +57,271 @@ local function location_of(rec)
 end
 "#;
 
-/// A heartbeat or a disconnect of one user.
+/// A user's sessions (CONTRACT section 10), as every user script reads and writes them.
 ///
-/// The counters' field `t` counts the records a heartbeat created (less those a claim
-/// deleted): the users tracked, while no retention makes Redis forget records by itself.
+/// A record is one of today's (see `record`): Offline, or one app session, written exactly
+/// as a heartbeat always wrote it, so that nodes of the previous version still read every
+/// user that holds no game session. A user holding a game session has a record of its own:
 ///
-/// A present heartbeat changes what watchers see when the old record is absent or Offline,
-/// or its deadline has passed (it reads as Offline already, claimed or not), or it has
-/// another type, or differs from the new one anywhere after the deadline (place, universe,
-/// game, location); one that only moves a deadline still ahead publishes nothing. A
-/// disconnect changes it when the old record was present. An old record this version
-/// cannot read (it reads as never seen) is replaced, uncounted, as a change.
+/// `g|<lastOnline>|<n>|<app session: n bytes, a present record, or nothing>` followed, for
+/// each game session, by `<m>|<m bytes: <joined>|<deadline>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>>`
 ///
-/// KEYS: the record, the shard's expiry set, the shard's counters.
-/// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new record (for
-/// `p`), the deadline (for `p`), the retention in ms or `-1` for none (for `d`), the
-/// publish command, the channel.
-const HEARTBEAT_BODY: &str = r#"
-local old = redis.call('GET', KEYS[1])
-local old_type = 0
-local old_deadline = nil
-if old then
-  if not is_offline(old) then
-    local kind, _, deadline = present_fields(old)
-    if kind then
-      old_type, old_deadline = kind, deadline
+/// (lengths in bytes, so that locations may hold any byte). Nodes of the previous version
+/// read it as unreadable (never seen, and skipped by their sweeps for a while): game servers
+/// only report once every node is upgraded.
+///
+/// Every write keeps only the sessions still live, and a record with a game session holds
+/// one at least; a record with no live session left is written Offline at the location of
+/// the session that ended last. So what a record shows as of its last write (what watchers
+/// were last sent, and what the shard's counters count) is its highest-ranked session,
+/// deadlines aside: the latest-joined game session, else the app session, else Offline.
+///
+/// The ranking rule is `sessions::pick` and `sessions::last_shown`, encoded again here
+/// (`pick`, `last_shown`); the table of cases of `sessions` checks both.
+const SESSIONS: &str = r#"
+local function num(n)
+  return string.format('%.0f', n)
+end
+-- sessions::pick: the live game session joined last (its index), else 0 for a live app
+-- session, else nil. `app` is the app session's deadline, if any.
+local function pick(app, games, now)
+  local best = nil
+  for i, g in ipairs(games) do
+    if now < g.deadline and (not best or g.joined >= games[best].joined) then best = i end
+  end
+  if best then return best end
+  if app and now < app then return 0 end
+  return nil
+end
+-- sessions::last_shown: the session that ended last, ranked as pick ranks on a tie.
+local function last_shown(app, games)
+  local last = app
+  for _, g in ipairs(games) do
+    if not last or g.deadline > last then last = g.deadline end
+  end
+  if not last then return nil end
+  local best = nil
+  for i, g in ipairs(games) do
+    if g.deadline == last and (not best or g.joined >= games[best].joined) then best = i end
+  end
+  return best or 0
+end
+local function rest_location(rest)
+  return string.sub(rest, field_start(rest, 5))
+end
+local function rest_game(rest)
+  return string.match(rest, '^[^|]*|[^|]*|[^|]*|([^|]*)|')
+end
+local function load_games(st, rec)
+  local lo, alen, at = string.match(rec, '^g|(%d+)|(%d+)|()')
+  if not lo then return false end
+  st.lo = tonumber(lo)
+  alen = tonumber(alen)
+  if alen > 0 then
+    local app = string.sub(rec, at, at + alen - 1)
+    local kind, _, deadline = present_fields(app)
+    if not kind then return false end
+    st.app = {kind = kind, deadline = deadline, rest = string.sub(app, field_start(app, 4))}
+  end
+  at = at + alen
+  while at <= #rec do
+    local glen, body = string.match(rec, '^(%d+)|()', at)
+    if not glen then return false end
+    local stop = body + tonumber(glen) - 1
+    local g = string.sub(rec, body, stop)
+    local joined, deadline, rest = string.match(g, '^(%d+)|(%d+)|()')
+    if not joined then return false end
+    rest = string.sub(g, rest)
+    local game = rest_game(rest)
+    if not game then return false end
+    st.games[#st.games + 1] = {joined = tonumber(joined), deadline = tonumber(deadline), rest = rest, id = game}
+    at = stop + 1
+  end
+  return #st.games > 0
+end
+-- A user's state from its record (false: none).
+local function load(rec)
+  local st = {exists = rec and true or false, games = {}, counted = 0, lo = 0}
+  if not rec then return st end
+  if is_packed(rec) then
+    local n = tonumber(rec)
+    if not n or n < 0 then st.bad = true return st end
+    st.lo = math.floor(n / 4)
+    st.off = BUILTIN_NAMES[n % 4]
+    return st
+  end
+  local first = string.byte(rec, 1)
+  if first == 48 then
+    local lo = string.match(rec, '^0|(%-?%d+)|')
+    if not lo then st.bad = true return st end
+    st.lo = tonumber(lo)
+    st.off = string.sub(rec, field_start(rec, 3))
+    return st
+  end
+  if first == 103 then
+    if load_games(st, rec) then
+      st.counted = 2
     else
-      old_type = -1
+      st.bad, st.app, st.games = true, nil, {}
+    end
+    return st
+  end
+  local kind, lo, deadline = present_fields(rec)
+  if not kind then st.bad = true return st end
+  st.lo = tonumber(lo)
+  st.app = {kind = kind, deadline = deadline, rest = string.sub(rec, field_start(rec, 4))}
+  st.counted = kind
+  return st
+end
+local function app_deadline(st)
+  return st.app and st.app.deadline
+end
+local function offline_location(st)
+  local last = last_shown(app_deadline(st), st.games)
+  if last == 0 then return rest_location(st.app.rest) end
+  if last then return rest_location(st.games[last].rest) end
+  return st.off or ''
+end
+-- What `st` shows at `now` (lastOnline aside), and its type.
+local function shown(st, now)
+  if st.bad then return 'X', 0 end
+  local p = pick(app_deadline(st), st.games, now)
+  if p == 0 then return st.app.kind .. '|' .. st.app.rest, st.app.kind end
+  if p then return '2|' .. st.games[p].rest, 2 end
+  return '0|' .. offline_location(st), 0
+end
+-- The earliest deadline of a session of `st`, if it has one.
+local function earliest(st)
+  local at = app_deadline(st)
+  for _, g in ipairs(st.games) do
+    if not at or g.deadline < at then at = g.deadline end
+  end
+  return at
+end
+-- What must be known of a record before it changes: what it showed as of its last write
+-- (what watchers were sent), what it shows now, and what the counters count of it.
+local function before(st, now)
+  return {
+    written = shown(st, -1e300),
+    now = shown(st, now),
+    counted = st.counted,
+    exists = st.exists,
+  }
+end
+-- Writes `st` as of `now` to `key`: keeps the live sessions; files the user in the expiry
+-- set at its earliest deadline (or takes it out); moves the counters; gives an Offline
+-- record its retention; publishes when what it shows differs from what it showed as of
+-- its last write or shows at `now`. Returns the type written (0: Offline).
+local function save(ctx, key, user, st, old, now)
+  local live, at = {}, nil
+  for _, g in ipairs(st.games) do
+    if g.deadline > now then
+      live[#live + 1] = g
+      if not at or g.deadline < at then at = g.deadline end
     end
   end
-else
-  redis.call('HINCRBY', KEYS[3], 't', 1)
-end
-if ARGV[3] == 'p' then
-  local new_type = string.byte(ARGV[4], 1) - 48
-  local changed = old_type <= 0 or old_type ~= new_type or old_deadline <= tonumber(ARGV[2])
-  if old_type ~= new_type then
-    if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
-    redis.call('HINCRBY', KEYS[3], new_type, 1)
+  local app = st.app
+  if app and app.deadline <= now then app = nil end
+  local rec, kind, sig
+  local app_rec = ''
+  if app then
+    app_rec = app.kind .. '|' .. num(st.lo) .. '|' .. num(app.deadline) .. '|' .. app.rest
   end
-  if not changed then
-    changed = string.sub(old, field_start(old, 4)) ~= string.sub(ARGV[4], field_start(ARGV[4], 4))
+  if #live > 0 then
+    if app and app.deadline < at then at = app.deadline end
+    local parts = {'g|' .. num(st.lo) .. '|' .. #app_rec .. '|' .. app_rec}
+    local top = nil
+    for _, g in ipairs(live) do
+      local body = num(g.joined) .. '|' .. num(g.deadline) .. '|' .. g.rest
+      parts[#parts + 1] = #body .. '|' .. body
+      if not top or g.joined >= top.joined then top = g end
+    end
+    rec, kind, sig = table.concat(parts), 2, '2|' .. top.rest
+  elseif app then
+    rec, kind, sig, at = app_rec, app.kind, app.kind .. '|' .. app.rest, app.deadline
+  else
+    local location = offline_location(st)
+    rec, kind, sig = offline_record(num(st.lo), location), 0, '0|' .. location
+  end
+  local changed = sig ~= old.written or sig ~= old.now
+  if not old.exists then redis.call('HINCRBY', ctx.counters, 't', 1) end
+  if old.counted ~= kind then
+    if old.counted > 0 then redis.call('HINCRBY', ctx.counters, old.counted, -1) end
+    if kind > 0 then redis.call('HINCRBY', ctx.counters, kind, 1) end
   end
   -- SET drops any retention expiry the record had while Offline.
-  redis.call('SET', KEYS[1], ARGV[4])
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-  if changed then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. ARGV[4]) end
-  return 1
+  redis.call('SET', key, rec)
+  if at then
+    redis.call('ZADD', ctx.expiry, num(at), user)
+  else
+    redis.call('ZREM', ctx.expiry, user)
+  end
+  if kind == 0 and ctx.keep >= 0 then
+    local left = st.lo + ctx.keep - now
+    if left > 0 then
+      redis.call('PEXPIRE', key, num(left))
+    else
+      redis.call('DEL', key)
+      redis.call('HINCRBY', ctx.counters, 't', -1)
+      rec, changed = '', true
+    end
+  end
+  if changed then redis.call(ctx.publish, ctx.channel, user .. '|' .. rec) end
+  return kind
 end
-local location = ''
-if old and old_type >= 0 then location = location_of(old) end
-if old_type > 0 then redis.call('HINCRBY', KEYS[3], old_type, -1) end
-if old_type ~= 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
-local offline = offline_record(ARGV[2], location)
-redis.call('SET', KEYS[1], offline)
-if ARGV[6] ~= '-1' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-if old_type ~= 0 then redis.call(ARGV[7], ARGV[8], ARGV[1] .. '|' .. offline) end
+"#;
+
+/// A heartbeat or a disconnect of one user: its app session replaced, or ended now; its
+/// game sessions kept.
+///
+/// The counters' field `t` counts the records a write created (less those a claim
+/// deleted): the users tracked, while no retention makes Redis forget records by itself.
+///
+/// A present heartbeat changes what watchers see when the old record showed something else
+/// as of its last write or shows something else now (absent, Offline, past its deadline,
+/// another type, another place, universe, game or location, a game session ranking
+/// first); one that only moves a deadline still ahead publishes nothing. An old record
+/// this version cannot read (it reads as never seen) is replaced, uncounted, as a change.
+///
+/// KEYS: the record, the shard's expiry set, the shard's counters.
+/// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new app record (for
+/// `p`), its deadline (for `p`), the retention in ms or `-1` for none, the publish
+/// command, the channel.
+const HEARTBEAT_BODY: &str = r#"
+local now = tonumber(ARGV[2])
+local ctx = {expiry = KEYS[2], counters = KEYS[3], keep = tonumber(ARGV[6]), publish = ARGV[7], channel = ARGV[8]}
+local st = load(redis.call('GET', KEYS[1]))
+local old = before(st, now)
+if st.bad then
+  st = load(false)
+  st.exists = true
+end
+st.lo = now
+if ARGV[3] == 'p' then
+  local kind, _, deadline = present_fields(ARGV[4])
+  st.app = {kind = kind, deadline = deadline, rest = string.sub(ARGV[4], field_start(ARGV[4], 4))}
+elseif st.app and st.app.deadline > now then
+  st.app.deadline = now
+end
+save(ctx, KEYS[1], ARGV[1], st, old, now)
 return 1
 "#;
 
-/// Claims the due users of one shard: each whose expiry entry is still due and whose
-/// record's deadline has passed is flipped Offline (keeping `lastOnline` and the location),
-/// uncounted, removed from the expiry set, and given its retention expiry. A user that
-/// heartbeated since is left present; one claimed already (by another node) is skipped.
-/// Each user flipped is published with its Offline record, or, when its retention has
-/// passed already and its record is deleted, as forgotten (`<user id>|`).
+/// Claims the due users of one shard: each whose expiry entry is still due and one of whose
+/// sessions has ended is written again as of now (see `save`): the sessions ended dropped,
+/// published if what it shows changed, filed again at its next deadline or, with none
+/// left, flipped Offline (keeping `lastOnline` and the location shown last), uncounted and
+/// given its retention expiry. A user whose sessions were all extended since is filed at
+/// its new earliest deadline; one claimed already (by another node) is skipped. A user
+/// flipped Offline after its retention has passed is deleted and published as forgotten
+/// (`<user id>|`).
 ///
 /// A present record this version cannot read (written by a newer version during a rolling
 /// upgrade, or by hand) is left as it is and its expiry entry moved [`UNREADABLE_RETRY`]
 /// later: kept, so that a node that can read it (or an operator who fixes it) still claims
 /// it, but out of the way of the shard's next batches, which would otherwise start with it
-/// every sweep. Returns `{flipped, {skipped user ids}}`: how many this call flipped, and
-/// the users it could not read.
+/// every sweep. Returns `{flipped, {skipped user ids}}`: how many this call flipped
+/// Offline, and the users it could not read.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the candidates' records.
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
@@ -136,46 +329,243 @@ return 1
 /// from 3 on).
 const CLAIM_BODY: &str = r#"
 local now = tonumber(ARGV[1])
-local keep = tonumber(ARGV[2])
+local ctx = {expiry = KEYS[1], counters = KEYS[2], keep = tonumber(ARGV[2]), publish = ARGV[3], channel = ARGV[4]}
 local flipped = 0
 local skipped = {}
 for i = 3, #KEYS do
   local user = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], user)
   if score and tonumber(score) <= now then
-    local rec = redis.call('GET', KEYS[i])
-    local kind, last_online, deadline = nil, nil, nil
-    if rec and not is_offline(rec) then
-      kind, last_online, deadline = present_fields(rec)
-    end
-    if not rec or is_offline(rec) then
-      redis.call('ZREM', KEYS[1], user)
-    elseif not kind then
-      redis.call('ZADD', KEYS[1], now + UNREADABLE_RETRY_MS, user)
+    local st = load(redis.call('GET', KEYS[i]))
+    local at = earliest(st)
+    if st.bad then
+      redis.call('ZADD', KEYS[1], num(now + UNREADABLE_RETRY_MS), user)
       skipped[#skipped + 1] = user
-    elseif deadline > now then
-      redis.call('ZADD', KEYS[1], deadline, user)
-    else
-      local offline = offline_record(last_online, location_of(rec))
-      redis.call('SET', KEYS[i], offline)
-      redis.call('HINCRBY', KEYS[2], kind, -1)
+    elseif not at then
       redis.call('ZREM', KEYS[1], user)
-      if keep >= 0 then
-        local left = tonumber(last_online) + keep - now
-        if left > 0 then
-          redis.call('PEXPIRE', KEYS[i], string.format('%.0f', left))
-        else
-          redis.call('DEL', KEYS[i])
-          redis.call('HINCRBY', KEYS[2], 't', -1)
-          offline = ''
-        end
-      end
-      redis.call(ARGV[3], ARGV[4], user .. '|' .. offline)
+    elseif at > now then
+      redis.call('ZADD', KEYS[1], num(at), user)
+    elseif save(ctx, KEYS[i], user, st, before(st, now), now) == 0 then
       flipped = flipped + 1
     end
   end
 end
 return {flipped, skipped}
+"#;
+
+/// Game-server sessions of users of one shard, for one server: joins (or refreshes) and
+/// leaves, each user's change atomic with its publication.
+///
+/// - `j`: the user is in the server until the deadline given, `lastOnline` now: its live
+///   session of this server keeps its join order and takes the new deadline and place; else
+///   (none, or one ended) a new session joins above every one held, ending the
+///   oldest-joined when `max` are held already.
+/// - `l`: the user's live session of this server ends now (`lastOnline` now); nothing when
+///   it holds none (left already, moved on, or ended by expiry, which keeps its
+///   `lastOnline`). Repeating a leave changes nothing.
+///
+/// KEYS: the shard's expiry set, the shard's counters, then the users' records.
+/// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, `max`
+/// sessions per user, the game id (32 hex digits), the deadline, the session's
+/// `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`, then per record its user id
+/// and `j` or `l` (ARGV[2i + 3] and ARGV[2i + 4] for KEYS[i], from 3 on).
+const GAME_USERS_BODY: &str = r#"
+local now = tonumber(ARGV[1])
+local ctx = {expiry = KEYS[1], counters = KEYS[2], keep = tonumber(ARGV[2]), publish = ARGV[3], channel = ARGV[4]}
+local max = math.max(tonumber(ARGV[5]), 1)
+local game, deadline, rest = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+for i = 3, #KEYS do
+  local user, op = ARGV[2 * i + 3], ARGV[2 * i + 4]
+  local st = load(redis.call('GET', KEYS[i]))
+  local old = before(st, now)
+  local found = nil
+  for j, g in ipairs(st.games) do
+    if g.id == game then found = j end
+  end
+  local dirty = false
+  if op == 'j' then
+    if st.bad then
+      st = load(false)
+      st.exists, found = true, nil
+    end
+    if found and st.games[found].deadline > now then
+      st.games[found].deadline, st.games[found].rest = deadline, rest
+    else
+      local held = {}
+      for j, g in ipairs(st.games) do
+        if j ~= found and g.deadline > now then held[#held + 1] = g end
+      end
+      if #held >= max then
+        local oldest = 1
+        for j, g in ipairs(held) do
+          if g.joined < held[oldest].joined then oldest = j end
+        end
+        table.remove(held, oldest)
+      end
+      local next_join = 0
+      for _, g in ipairs(held) do
+        if g.joined + 1 > next_join then next_join = g.joined + 1 end
+      end
+      held[#held + 1] = {joined = next_join, deadline = deadline, rest = rest, id = game}
+      st.games = held
+    end
+    dirty = true
+  elseif found and st.games[found].deadline > now then
+    -- Ended now: the location shown last when nothing else is live.
+    st.games[found].deadline = now
+    dirty = true
+  end
+  if dirty then
+    st.lo = now
+    save(ctx, KEYS[i], user, st, old, now)
+  end
+end
+return 1
+"#;
+
+/// A game server's record: `<state>|<deadline>|<players>|<leaving>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`,
+/// state `l` (reported) or `e` (ended by a `DELETE`, kept only to repeat its leaves);
+/// players comma-separated; leaving `<user id>@<until>` comma-separated: the players who
+/// left in the last reports, whose leaves every later report (or `DELETE`) sends again
+/// until their session in this server would have ended anyway, so that a report cut short
+/// after this script still ends everyone when it is repeated. The key expires with the
+/// server's deadline.
+const SERVER_HELPERS: &str = r#"
+local function num(n)
+  return string.format('%.0f', n)
+end
+local function read_server(rec)
+  if not rec then return nil end
+  local state, deadline, players, leaving, rest = string.match(rec, '^([le])|(%d+)|([%d,]*)|([%d,@]*)|()')
+  if not state then return nil end
+  return {state = state, deadline = tonumber(deadline), players = players, leaving = leaving, rest = string.sub(rec, rest)}
+end
+"#;
+
+/// The whole state of a game server (`PUT`). A server not live (never reported, expired or
+/// ended) is new: refused with `{0}` when `max` servers are live already. Otherwise it is
+/// live until now + ttl with the players given, and the players of its last report not
+/// listed, with the leaving ones not listed whose session may still be live, are leaving.
+/// Returns `{1, deadline, {leaving user ids}}`.
+///
+/// KEYS: the server's record, the live servers. ARGV: now (ms), ttl (ms), `max` servers,
+/// the game id, the session's `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`,
+/// the players (comma-separated).
+const SERVER_REPORT_BODY: &str = r#"
+local now = tonumber(ARGV[1])
+local old = read_server(redis.call('GET', KEYS[1]))
+if not (old and old.state == 'l' and old.deadline > now) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {0} end
+end
+local deadline = now + tonumber(ARGV[2])
+local listed = {}
+for id in string.gmatch(ARGV[6], '%d+') do listed[id] = true end
+local sent, leaving, seen = {}, {}, {}
+local function leave(id, until_)
+  if not listed[id] and not seen[id] and until_ > now then
+    seen[id] = true
+    sent[#sent + 1] = id
+    leaving[#leaving + 1] = id .. '@' .. num(until_)
+  end
+end
+if old then
+  for id, until_ in string.gmatch(old.leaving, '(%d+)@(%d+)') do leave(id, tonumber(until_)) end
+  if old.state == 'l' then
+    for id in string.gmatch(old.players, '%d+') do leave(id, old.deadline) end
+  end
+end
+redis.call('SET', KEYS[1], 'l|' .. num(deadline) .. '|' .. ARGV[6] .. '|' .. table.concat(leaving, ',') .. '|' .. ARGV[5], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], num(deadline), ARGV[4])
+return {1, num(deadline), sent}
+"#;
+
+/// Players who joined or left a live server since its last report (`POST`): `{0}` when it
+/// is not live, `{-1}` when it would hold more than `max` players (nothing changed), else
+/// `{1, deadline, <the session's place fields and location>}`. Its deadline and key expiry
+/// stay; those who left are leaving, those who joined no longer are.
+///
+/// KEYS: the server's record. ARGV: now (ms), `max` players, joined and left
+/// (comma-separated).
+const SERVER_PLAYERS_BODY: &str = r#"
+local now = tonumber(ARGV[1])
+local old = read_server(redis.call('GET', KEYS[1]))
+if not (old and old.state == 'l' and old.deadline > now) then return {0} end
+local gone = {}
+for id in string.gmatch(ARGV[4], '%d+') do gone[id] = true end
+local list, have = {}, {}
+for id in string.gmatch(old.players, '%d+') do
+  if not gone[id] and not have[id] then
+    have[id] = true
+    list[#list + 1] = id
+  end
+end
+for id in string.gmatch(ARGV[3], '%d+') do
+  if not have[id] then
+    have[id] = true
+    list[#list + 1] = id
+  end
+end
+if #list > tonumber(ARGV[2]) then return {-1} end
+local leaving, seen = {}, {}
+for id, until_ in string.gmatch(old.leaving, '(%d+)@(%d+)') do
+  if not have[id] and not gone[id] then leaving[#leaving + 1] = id .. '@' .. until_ end
+end
+for id in string.gmatch(ARGV[4], '%d+') do
+  if not seen[id] then
+    seen[id] = true
+    leaving[#leaving + 1] = id .. '@' .. num(old.deadline)
+  end
+end
+redis.call('SET', KEYS[1], 'l|' .. num(old.deadline) .. '|' .. table.concat(list, ',') .. '|' .. table.concat(leaving, ',') .. '|' .. old.rest, 'KEEPTTL')
+return {1, num(old.deadline), old.rest}
+"#;
+
+/// A server stopped (`DELETE`): no longer live; its players, and the leaving ones whose
+/// session may still be live, leave. The record stays, ended, until their sessions would
+/// have ended anyway, so that a `DELETE` cut short ends everyone when it is repeated.
+/// Returns the user ids leaving.
+///
+/// KEYS: the server's record, the live servers. ARGV: now (ms), the game id.
+const SERVER_END_BODY: &str = r#"
+local now = tonumber(ARGV[1])
+local old = read_server(redis.call('GET', KEYS[1]))
+redis.call('ZREM', KEYS[2], ARGV[2])
+if not old then return {} end
+local sent, leaving, seen = {}, {}, {}
+local function leave(id, until_)
+  if not seen[id] and until_ > now then
+    seen[id] = true
+    sent[#sent + 1] = id
+    leaving[#leaving + 1] = id .. '@' .. num(until_)
+  end
+end
+for id, until_ in string.gmatch(old.leaving, '(%d+)@(%d+)') do leave(id, tonumber(until_)) end
+if old.state == 'l' then
+  for id in string.gmatch(old.players, '%d+') do leave(id, old.deadline) end
+end
+local left = old.deadline - now
+if #leaving > 0 and left > 0 then
+  redis.call('SET', KEYS[1], 'e|' .. num(old.deadline) .. '||' .. table.concat(leaving, ',') .. '|' .. old.rest, 'PX', num(left))
+else
+  redis.call('DEL', KEYS[1])
+end
+return sent
+"#;
+
+/// The ranking rule alone, for the tests that hold it to `sessions`' table.
+/// ARGV: now, the app session's deadline or empty, then each game session's join order and
+/// deadline. Returns `{shown, last shown}`: 0 the app, `i` the i-th game, -1 none.
+#[cfg(test)]
+const RANKING_BODY: &str = r#"
+local app = tonumber(ARGV[2])
+local games = {}
+for i = 3, #ARGV, 2 do
+  games[#games + 1] = {joined = tonumber(ARGV[i]), deadline = tonumber(ARGV[i + 1])}
+end
+local shown = pick(app, games, tonumber(ARGV[1]))
+local last = last_shown(app, games)
+return {shown or -1, last or -1}
 "#;
 
 /// `BUILTIN` (location → code) and `BUILTIN_NAMES` (code → location), in Lua.
@@ -190,18 +580,42 @@ fn builtin_tables() -> String {
     format!("{codes}}}\n{names}}}\n")
 }
 
+fn user_script(body: &str) -> String {
+    format!(
+        "{}local UNREADABLE_RETRY_MS = {}\n{HELPERS}{SESSIONS}{body}",
+        builtin_tables(),
+        UNREADABLE_RETRY.as_millis()
+    )
+}
+
 /// The heartbeat script's source.
 pub fn heartbeat() -> String {
-    format!("{}{HELPERS}{HEARTBEAT_BODY}", builtin_tables())
+    user_script(HEARTBEAT_BODY)
 }
 
 /// The claim script's source.
 pub fn claim() -> String {
-    format!(
-        "{}local UNREADABLE_RETRY_MS = {}\n{HELPERS}{CLAIM_BODY}",
-        builtin_tables(),
-        UNREADABLE_RETRY.as_millis()
-    )
+    user_script(CLAIM_BODY)
+}
+
+/// The source of the script of one shard's game sessions.
+pub fn game_users() -> String {
+    user_script(GAME_USERS_BODY)
+}
+
+/// The source of a game server's report script.
+pub fn server_report() -> String {
+    format!("{SERVER_HELPERS}{SERVER_REPORT_BODY}")
+}
+
+/// The source of a game server's players script.
+pub fn server_players() -> String {
+    format!("{SERVER_HELPERS}{SERVER_PLAYERS_BODY}")
+}
+
+/// The source of a game server's end script.
+pub fn server_end() -> String {
+    format!("{SERVER_HELPERS}{SERVER_END_BODY}")
 }
 
 /// How much later a claim looks again at a due user whose record it cannot read.
@@ -220,5 +634,39 @@ mod tests {
             assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' '));
         }
         assert!(heartbeat().starts_with("local BUILTIN = {[\"\"] = 0, [\"Website\"] = 1,"));
+    }
+
+    /// The Redis of the test run, if one is set (`PRESENCE_TEST_REDIS_URL`, see
+    /// `bash .ci/redis start`).
+    fn test_redis() -> Option<redis::Connection> {
+        let url = std::env::var("PRESENCE_TEST_REDIS_URL").ok()?;
+        let client = redis::Client::open(url.as_str()).ok()?;
+        client.get_connection().ok()
+    }
+
+    #[test]
+    fn the_scripts_rank_sessions_as_the_domain_does() {
+        use crate::presence::sessions::tests::CASES;
+        use crate::presence::sessions::Pick;
+        let Some(mut redis) = test_redis() else {
+            eprintln!("skipped: needs PRESENCE_TEST_REDIS_URL (bash .ci/redis start)");
+            return;
+        };
+        let source = format!("{}{HELPERS}{SESSIONS}{RANKING_BODY}", builtin_tables());
+        let code = |pick: Option<Pick>| match pick {
+            None => -1,
+            Some(Pick::App) => 0,
+            Some(Pick::Game(i)) => i as i64 + 1,
+        };
+        for (i, &(app, games, now, shown, last)) in CASES.iter().enumerate() {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(&source).arg(0).arg(now);
+            eval.arg(app.map(|a| a.to_string()).unwrap_or_default());
+            for &(joined, deadline) in games {
+                eval.arg(joined).arg(deadline);
+            }
+            let got: (i64, i64) = eval.query(&mut redis).unwrap();
+            assert_eq!(got, (code(shown), code(last)), "case {i}");
+        }
     }
 }
