@@ -17,7 +17,7 @@ use anyhow::Context as _;
 
 use crate::api::limits::RateLimits;
 use crate::api::{self, AppState};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, ServiceKeys};
 use crate::config::{PersistenceSettings, Settings};
 use crate::connections::{AddressLimiter, Connection, Deadlines};
 use crate::metrics::Metrics;
@@ -77,6 +77,9 @@ impl Application {
         let state = web::Data::new(AppState {
             catalog: PlaceCatalog::new(&settings.places),
             auth: Authenticator::with_clock(&settings.auth.jwt_secret, clock.clone()),
+            service_keys: Arc::new(
+                ServiceKeys::new(&settings.auth.service_keys).map_err(anyhow::Error::msg)?,
+            ),
             presence,
             clock: clock.clone(),
             limits: RateLimits::with_clock(&settings.rate_limit, clock.clone()),

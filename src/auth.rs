@@ -1,4 +1,4 @@
-//! Credentials and CSRF tokens.
+//! Credentials and CSRF tokens; service keys in [`service`].
 //!
 //! A credential is an HS256 JWT whose `sub` is the user id and whose `exp` is required. The
 //! algorithm is fixed here, never read from the token's header. A CSRF token is an HMAC of
@@ -29,6 +29,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::presence::time::WallMillis;
 use crate::presence::{Clock, UserId};
+
+pub mod service;
+
+pub use service::{sha256_hex, Scope, ServiceKey, ServiceKeys, UnknownScope};
 
 /// The only algorithm credentials are signed and verified with.
 const ALGORITHM: Algorithm = Algorithm::HS256;

@@ -377,12 +377,16 @@ impl Settings {
             path: path.to_owned(),
             message,
         };
-        let settings: Settings = Figment::new()
+        let mut settings: Settings = Figment::new()
             .merge(Toml::file(path))
             .merge(env)
             .extract()
             .map_err(|e| invalid(describe_figment_errors(e)))?;
         settings.validate().map_err(invalid)?;
+        // Digests are accepted in either case and kept in one.
+        for key in &mut settings.auth.service_keys {
+            key.sha256.make_ascii_lowercase();
+        }
         Ok(settings)
     }
 
@@ -592,6 +596,7 @@ impl Settings {
         if self.auth.jwt_secret.is_empty() {
             return Err("auth.jwt_secret must not be empty".into());
         }
+        check_service_keys(&self.auth.service_keys)?;
         let mut seen = std::collections::HashSet::new();
         for place in &self.places {
             if place.id <= 0 || place.universe_id <= 0 || place.root_place_id <= 0 {
@@ -637,6 +642,70 @@ const MAX_GAME_SESSIONS: usize = 16;
 const MAX_GAME_SERVERS: usize = 10_000_000;
 const MAX_LOCATION_LENGTH: usize = 4096;
 const MAX_RATE: u32 = 10_000_000;
+
+/// The longest name of a service key, in characters.
+pub const MAX_SERVICE_KEY_NAME: usize = 64;
+
+/// `auth.service_keys`: each entry by [`check_service_key`], and no name or digest twice.
+/// The message names the key and the entry.
+pub fn check_service_keys(keys: &[ServiceKeySettings]) -> Result<(), String> {
+    let mut names = std::collections::HashMap::new();
+    let mut digests = std::collections::HashMap::new();
+    for (index, key) in keys.iter().enumerate() {
+        let at = || {
+            format!(
+                "auth.service_keys: entry {} (name {:?})",
+                index + 1,
+                key.name
+            )
+        };
+        check_service_key(key).map_err(|problem| format!("{}: {problem}", at()))?;
+        if let Some(first) = names.insert(key.name.as_str(), index + 1) {
+            return Err(format!("{}: the name of entry {first} too", at()));
+        }
+        if let Some(first) = digests.insert(key.sha256.to_ascii_lowercase(), index + 1) {
+            return Err(format!("{}: the same sha256 as entry {first}", at()));
+        }
+    }
+    Ok(())
+}
+
+/// One service key, alone: a name of 1 to 64 characters, not blank and without control
+/// characters; `sha256` exactly 64 hex digits (either case); at least one scope, each of
+/// `game-servers`, `privacy`, `read`. The message names the field, not the key (the
+/// caller says which entry, or which command-line option).
+pub fn check_service_key(key: &ServiceKeySettings) -> Result<(), String> {
+    let name = &key.name;
+    if name.trim().is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if name.chars().count() > MAX_SERVICE_KEY_NAME {
+        return Err(format!(
+            "name must be at most {MAX_SERVICE_KEY_NAME} characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".into());
+    }
+    if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(
+            "sha256 must be exactly 64 hex digits (the SHA-256 of the key, as \
+             `presence-server service-key` prints it)"
+                .into(),
+        );
+    }
+    if key.scopes.is_empty() {
+        return Err(
+            "scopes must name at least one of \"game-servers\", \"privacy\", \"read\"".into(),
+        );
+    }
+    for scope in &key.scopes {
+        scope
+            .parse::<crate::auth::Scope>()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
 
 /// An entry of `api.cors_origins`: `*` alone, or an origin as browsers send it in `Origin`
 /// (`scheme://host` or `scheme://host:port`, no path, no trailing slash).
@@ -987,5 +1056,86 @@ mod tests {
         let s = Settings::load_with_env(f.path(), no_env()).unwrap();
         assert_eq!(s.server.workers, 1024);
         assert_eq!(s.api.max_location_length, 1);
+    }
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn service_key(name: &str, sha256: &str, scopes: &str) -> String {
+        format!("[[auth.service_keys]]\nname = {name:?}\nsha256 = {sha256:?}\nscopes = {scopes}\n")
+    }
+
+    #[test]
+    fn service_keys_are_read_with_their_digest_in_lower_case() {
+        let other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let f = write_config(&format!(
+            "{}{}",
+            service_key("eu", &DIGEST.to_uppercase(), "[\"game-servers\"]"),
+            service_key("back-end", other, "[\"privacy\", \"read\"]"),
+        ));
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        let keys = &s.auth.service_keys;
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].name, "eu");
+        assert_eq!(keys[0].sha256, DIGEST);
+        assert_eq!(keys[0].scopes, ["game-servers"]);
+        assert_eq!(keys[1].scopes, ["privacy", "read"]);
+    }
+
+    #[test]
+    fn a_bad_service_key_is_refused_naming_the_key_and_the_entry() {
+        let good = service_key("good", DIGEST, "[\"read\"]");
+        let other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let long = "n".repeat(65);
+        for (entry, says) in [
+            (service_key("", other, "[\"read\"]"), "name"),
+            (service_key("  ", other, "[\"read\"]"), "name"),
+            (service_key(&long, other, "[\"read\"]"), "64"),
+            (service_key("tab\there", other, "[\"read\"]"), "control"),
+            (service_key("good", other, "[\"read\"]"), "name of entry 1"),
+            (service_key("short", &other[1..], "[\"read\"]"), "64 hex"),
+            (
+                service_key("long", &format!("{other}0"), "[\"read\"]"),
+                "64 hex",
+            ),
+            (
+                service_key("not-hex", &format!("{}g", &other[1..]), "[\"read\"]"),
+                "64 hex",
+            ),
+            (
+                service_key("same", &DIGEST.to_uppercase(), "[\"read\"]"),
+                "sha256 as entry 1",
+            ),
+            (service_key("none", other, "[]"), "at least one"),
+            (service_key("admin", other, "[\"admin\"]"), "\"admin\""),
+            (service_key("case", other, "[\"Read\"]"), "\"Read\""),
+        ] {
+            let f = write_config(&format!("{good}{entry}"));
+            let err = Settings::load_with_env(f.path(), no_env())
+                .expect_err(&entry)
+                .to_string();
+            assert!(err.contains("auth.service_keys"), "{entry}: {err}");
+            assert!(err.contains("entry 2"), "{entry}: {err}");
+            assert!(err.contains(says), "{entry}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_service_key_name_may_be_64_characters_of_any_script() {
+        let name = "é".repeat(64);
+        let f = write_config(&service_key(&name, DIGEST, "[\"game-servers\"]"));
+        let s = Settings::load_with_env(f.path(), no_env()).unwrap();
+        assert_eq!(s.auth.service_keys[0].name, name);
+    }
+
+    #[test]
+    fn a_service_key_entry_needs_every_field() {
+        let f = write_config(&format!(
+            "[[auth.service_keys]]\nname = \"eu\"\nsha256 = {DIGEST:?}\n"
+        ));
+        let err = Settings::load_with_env(f.path(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.service_keys"), "{err}");
+        assert!(err.contains("scopes"), "{err}");
     }
 }

@@ -6,7 +6,7 @@
 //! - [`app`]: builds the HTTP server and the sweeper from settings, and shuts them down.
 //! - [`connections`]: per-address connection limit, and head and idle deadlines on every
 //!   request of a connection.
-//! - [`auth`]: JWT credentials and CSRF tokens.
+//! - [`auth`]: JWT credentials and CSRF tokens; service keys ([`auth::service`]).
 //! - [`presence`]: the domain, no HTTP: the one interface the API calls
 //!   ([`presence::service`]), ids and views ([`presence::model`]), the change feed
 //!   ([`presence::watch`]), the memory backend ([`presence::memory`]: its sharded map,

@@ -1,12 +1,15 @@
-//! The `presence-server` binary: `serve` (the default) and `token`.
+//! The `presence-server` binary: `serve` (the default), `token` and `service-key`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
-use presence_server::auth::Authenticator;
+use presence_server::auth::{sha256_hex, Authenticator};
+use presence_server::config::{check_service_key, ServiceKeySettings};
 use presence_server::presence::UserId;
 use presence_server::{telemetry, Application, Settings};
 
@@ -41,19 +44,41 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Make a new random service key (for `x-api-key`) and print it, once, with its
+    /// `[[auth.service_keys]]` block. Reads no configuration.
+    ServiceKey {
+        /// The key's name, shown in logs: 1 to 64 characters.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// What the key may do: `game-servers`, `privacy` or `read`; repeat for several.
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+    },
 }
+
+/// Random bytes in a service key: 256 bits.
+const SERVICE_KEY_BYTES: usize = 32;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = Settings::load(&cli.config)
-        .map_err(anyhow::Error::from)
-        .and_then(|settings| {
-            telemetry::init(settings.logging.format);
-            match cli.command.unwrap_or(Command::Serve) {
-                Command::Serve => serve(settings, &cli.config),
-                Command::Token { user_id, ttl } => token(&settings, user_id, ttl),
-            }
-        });
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => load(&cli.config).and_then(|settings| serve(settings, &cli.config)),
+        Command::Token { user_id, ttl } => {
+            load(&cli.config).and_then(|settings| token(&settings, user_id, ttl))
+        }
+        Command::ServiceKey { name, scopes } => service_key(&name, &scopes),
+    };
+    exit(result)
+}
+
+/// The settings, validated, and logging set up by them.
+fn load(config: &std::path::Path) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config)?;
+    telemetry::init(settings.logging.format);
+    Ok(settings)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,6 +92,51 @@ fn token(settings: &Settings, user_id: u64, ttl: Duration) -> anyhow::Result<()>
     let user = UserId::new(user_id).context("--user-id must be a positive int64")?;
     let jwt = Authenticator::new(&settings.auth.jwt_secret).mint(user, ttl)?;
     println!("{jwt}");
+    Ok(())
+}
+
+/// A new key of [`SERVICE_KEY_BYTES`] from the OS's generator, URL-safe base64 without
+/// padding, printed once with the configuration block that holds only its SHA-256.
+fn service_key(name: &str, scopes: &[String]) -> anyhow::Result<()> {
+    let mut scopes_once: Vec<String> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if !scopes_once.contains(scope) {
+            scopes_once.push(scope.clone());
+        }
+    }
+    let mut bytes = [0u8; SERVICE_KEY_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the OS's random generator failed: {e}"))?;
+    let key = URL_SAFE_NO_PAD.encode(bytes);
+    let entry = ServiceKeySettings {
+        name: name.to_owned(),
+        sha256: sha256_hex(&key),
+        scopes: scopes_once,
+    };
+    // The rules of the configuration file, so that the block printed is accepted there.
+    check_service_key(&entry).map_err(|problem| anyhow::anyhow!("service-key: {problem}"))?;
+    // A JSON string is a TOML basic string as long as it has no control characters, which
+    // the name may not have.
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let scopes = entry
+        .scopes
+        .iter()
+        .map(|scope| quote(scope))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "The new key for {}, shown only this once (only its SHA-256 is kept); send it as the \
+         x-api-key header:",
+        quote(&entry.name)
+    );
+    println!("{key}");
+    println!();
+    println!("Add this to the configuration file:");
+    println!();
+    println!("[[auth.service_keys]]");
+    println!("name = {}", quote(&entry.name));
+    println!("sha256 = \"{}\"", entry.sha256);
+    println!("scopes = [{scopes}]");
     Ok(())
 }
 

@@ -51,6 +51,7 @@ pub struct Metrics {
     in_flight: Gauge,
     users: Family<TypeLabels, Gauge>,
     tracked: Gauge,
+    game_servers: Gauge,
     heartbeats: Counter,
     expired: Counter,
     sweeps: Histogram,
@@ -110,6 +111,12 @@ impl Metrics {
             "presence_tracked_users",
             "Users held, present or Offline (on Redis: keys in its database, see the README)",
             tracked.clone(),
+        );
+        let game_servers = Gauge::default();
+        registry.register(
+            "presence_game_servers",
+            "Live game servers, as of the last sweep",
+            game_servers.clone(),
         );
         let heartbeats = Counter::default();
         registry.register(
@@ -192,6 +199,7 @@ impl Metrics {
             in_flight,
             users,
             tracked,
+            game_servers,
             heartbeats,
             expired,
             sweeps,
@@ -281,6 +289,7 @@ impl Metrics {
                     .set(count);
             }
             self.tracked.set(counts.tracked);
+            self.game_servers.set(counts.game_servers);
         }
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.

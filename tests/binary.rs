@@ -1,5 +1,5 @@
 //! The real binary: configuration from files and the environment, start-up errors, the
-//! `token` subcommand, and graceful shutdown on signals.
+//! `token` and `service-key` subcommands, and graceful shutdown on signals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,8 +8,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::process::*;
-use presence_server::auth::Authenticator;
+use presence_server::auth::{sha256_hex, Authenticator, Scope, ServiceKeys};
 use presence_server::presence::UserId;
+use presence_server::Settings;
 
 #[test]
 fn an_unknown_key_stops_start_up_naming_it() {
@@ -111,6 +112,97 @@ fn the_token_subcommand_mints_a_credential_signed_with_the_configured_secret() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// `service-key` with `args`, reading no configuration (the file named does not exist):
+/// (success, stdout, stderr).
+fn service_key(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["--config", "/no/such/presence.toml", "service-key"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The key and the configuration block that `service-key` printed.
+fn key_and_block(stdout: &str) -> (String, String) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("only this once"), "{stdout}");
+    let key = lines[1].to_owned();
+    let start = stdout.find("[[auth.service_keys]]").expect(stdout);
+    (key, stdout[start..].to_owned())
+}
+
+#[test]
+fn the_service_key_subcommand_prints_a_new_key_once_and_only_its_digest_to_configure() {
+    let (ok, stdout, stderr) = service_key(&[
+        "--name",
+        "game-servers-eu",
+        "--scope",
+        "game-servers",
+        "--scope",
+        "read",
+    ]);
+    assert!(ok, "{stderr}");
+    let (key, block) = key_and_block(&stdout);
+    // 32 bytes, URL-safe base64 without padding.
+    assert!(key.len() >= 43, "{key}");
+    assert!(
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{key}"
+    );
+    assert_eq!(stdout.matches(key.as_str()).count(), 1, "{stdout}");
+    let digest = sha256_hex(&key);
+    assert_eq!(
+        block,
+        format!(
+            "[[auth.service_keys]]\nname = \"game-servers-eu\"\nsha256 = \"{digest}\"\n\
+             scopes = [\"game-servers\", \"read\"]\n"
+        )
+    );
+
+    // The block is a valid configuration, and the printed key is the one it accepts.
+    use figment::providers::{Format as _, Toml};
+    let settings: Settings = figment::Figment::from(Toml::string(&block))
+        .extract()
+        .unwrap();
+    settings.validate().unwrap();
+    let keys = ServiceKeys::new(&settings.auth.service_keys).unwrap();
+    let found = keys.verify(key.as_bytes()).unwrap();
+    assert_eq!(&**found.name(), "game-servers-eu");
+    assert!(found.allows(Scope::GameServers) && found.allows(Scope::Read));
+    assert!(!found.allows(Scope::Privacy));
+    assert!(keys.verify(format!("{key}=").as_bytes()).is_none());
+
+    // Every run draws a new key.
+    let (ok, again, _) = service_key(&["--name", "game-servers-eu", "--scope", "game-servers"]);
+    assert!(ok);
+    let (other, _) = key_and_block(&again);
+    assert_ne!(key, other);
+}
+
+#[test]
+fn the_service_key_subcommand_refuses_what_the_configuration_would() {
+    let (ok, stdout, stderr) = service_key(&["--name", "eu", "--scope", "admin"]);
+    assert!(!ok);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("\"admin\""), "{stderr}");
+    for args in [
+        &["--name", "eu"][..],
+        &["--name", "", "--scope", "read"],
+        &["--name", &"n".repeat(65), "--scope", "read"],
+        &["--scope", "read"],
+    ] {
+        let (ok, stdout, _) = service_key(args);
+        assert!(!ok, "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ use crate::config::Settings;
 
 /// The request headers a page may send: the body's type, a Bearer credential, a CSRF token.
 const ALLOW_HEADERS: HeaderValue =
-    HeaderValue::from_static("content-type, authorization, x-csrf-token");
+    HeaderValue::from_static("content-type, authorization, x-csrf-token, x-api-key");
 /// The response header a page may read beside the safelisted ones: the CSRF token of a 403.
 const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static(CSRF_HEADER);
 /// How long a browser may cache a preflight's answer, in seconds.

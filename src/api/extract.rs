@@ -1,8 +1,11 @@
 //! Credential extractors: who is calling, checked before the body is read.
 //!
 //! Authentication comes before CSRF, so a bad credential is 401 even without a CSRF token.
+//! Trusted callers send a service key instead ([`ServiceCaller`]): no CSRF token, no rate
+//! limit, and a user's credential is never one.
 
 use std::future::{ready, Ready};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -10,7 +13,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Scope, ServiceKeys};
 use crate::presence::time::WallMillis;
 use crate::presence::UserId;
 
@@ -19,6 +22,9 @@ pub const SESSION_COOKIE: &str = ".ROBLOSECURITY";
 
 /// The header that carries a CSRF token, both ways.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The header that carries a service key (CONTRACT section 10).
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// How a credential arrived: only cookie-borne calls need CSRF tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,4 +123,186 @@ impl FromRequest for Reader {
 pub fn stream_caller(req: &HttpRequest, state: &AppState) -> Option<(UserId, WallMillis)> {
     let credential = Credential::of(req).ok()?;
     state.auth.verify_until(credential.jwt()).ok()
+}
+
+/// A trusted caller, by the configured name of the service key it sent in `x-api-key`.
+/// The key itself is never kept, logged or shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCaller {
+    pub name: Arc<str>,
+}
+
+impl ServiceCaller {
+    /// The caller of `req` if it sent a configured service key that has `scope`: without
+    /// `x-api-key` (a user's credential does not count), or with an unknown one, 401; with a
+    /// known key without `scope`, 403 `Forbidden`.
+    pub fn require(req: &HttpRequest, scope: Scope) -> Result<ServiceCaller, ApiError> {
+        let state = state(req)?;
+        Self::check(req, &state.service_keys, scope)
+    }
+
+    /// [`Self::require`] against `keys`.
+    fn check(req: &HttpRequest, keys: &ServiceKeys, scope: Scope) -> Result<Self, ApiError> {
+        let mut sent = req.headers().get_all(API_KEY_HEADER);
+        let value = sent.next().ok_or(AuthError::Missing)?;
+        if sent.next().is_some() {
+            // Two keys: which one a proxy in between would pass on is not ours to guess.
+            return Err(AuthError::Malformed.into());
+        }
+        let presented = value.as_bytes();
+        if presented.is_empty() {
+            return Err(AuthError::Missing.into());
+        }
+        if !presented.iter().all(u8::is_ascii_graphic) {
+            return Err(AuthError::Malformed.into());
+        }
+        let key = keys
+            .verify(presented)
+            .ok_or_else(|| AuthError::Invalid("unknown service key".into()))?;
+        if !key.allows(scope) {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self {
+            name: key.name().clone(),
+        })
+    }
+}
+
+/// A caller of the `/v1/game-servers` routes: a service key with the `game-servers` scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GameServerCaller(pub ServiceCaller);
+
+impl FromRequest for GameServerCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(ServiceCaller::require(req, Scope::GameServers).map(GameServerCaller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::sha256_hex;
+    use crate::config::ServiceKeySettings;
+    use actix_web::http::StatusCode;
+    use actix_web::test::TestRequest;
+    use actix_web::ResponseError as _;
+
+    const GAME_KEY: &str = "game-server-key-0123456789";
+    const READ_KEY: &str = "read-key-0123456789";
+
+    fn keys() -> ServiceKeys {
+        let entry = |name: &str, key: &str, scope: &str| ServiceKeySettings {
+            name: name.into(),
+            sha256: sha256_hex(key),
+            scopes: vec![scope.into()],
+        };
+        ServiceKeys::new(&[
+            entry("games", GAME_KEY, "game-servers"),
+            entry("reader", READ_KEY, "read"),
+        ])
+        .unwrap()
+    }
+
+    fn check(req: TestRequest, scope: Scope) -> Result<ServiceCaller, ApiError> {
+        ServiceCaller::check(&req.to_http_request(), &keys(), scope)
+    }
+
+    fn with_key(key: &str) -> TestRequest {
+        TestRequest::default().insert_header((API_KEY_HEADER, key))
+    }
+
+    fn status(result: Result<ServiceCaller, ApiError>) -> StatusCode {
+        result.map_or_else(|e| e.status_code(), |_| StatusCode::OK)
+    }
+
+    #[test]
+    fn a_key_with_the_scope_names_its_caller() {
+        let caller = check(with_key(GAME_KEY), Scope::GameServers).unwrap();
+        assert_eq!(&*caller.name, "games");
+        let caller = check(with_key(READ_KEY), Scope::Read).unwrap();
+        assert_eq!(&*caller.name, "reader");
+    }
+
+    #[test]
+    fn no_key_is_401() {
+        let result = check(TestRequest::default(), Scope::GameServers);
+        assert!(matches!(
+            result,
+            Err(ApiError::Unauthorized(AuthError::Missing))
+        ));
+        let result = check(with_key(""), Scope::GameServers);
+        assert!(matches!(
+            result,
+            Err(ApiError::Unauthorized(AuthError::Missing))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_or_malformed_key_is_401() {
+        for key in [
+            "not-a-key",
+            "game-server-key-012345678",
+            &sha256_hex(GAME_KEY),
+        ] {
+            assert_eq!(
+                status(check(with_key(key), Scope::GameServers)),
+                StatusCode::UNAUTHORIZED,
+                "{key}"
+            );
+        }
+        let inner_space = with_key("game-server key");
+        assert!(matches!(
+            check(inner_space, Scope::GameServers),
+            Err(ApiError::Unauthorized(AuthError::Malformed))
+        ));
+        let not_ascii = TestRequest::default().insert_header((
+            API_KEY_HEADER,
+            actix_web::http::header::HeaderValue::from_bytes(b"key\xff").unwrap(),
+        ));
+        assert!(matches!(
+            check(not_ascii, Scope::GameServers),
+            Err(ApiError::Unauthorized(AuthError::Malformed))
+        ));
+        let twice = with_key(GAME_KEY).append_header((API_KEY_HEADER, GAME_KEY));
+        assert!(matches!(
+            check(twice, Scope::GameServers),
+            Err(ApiError::Unauthorized(AuthError::Malformed))
+        ));
+    }
+
+    #[test]
+    fn a_known_key_without_the_scope_is_403() {
+        let result = check(with_key(READ_KEY), Scope::GameServers);
+        assert!(matches!(result, Err(ApiError::Forbidden)), "{result:?}");
+        let result = check(with_key(GAME_KEY), Scope::Privacy);
+        assert!(matches!(result, Err(ApiError::Forbidden)), "{result:?}");
+    }
+
+    #[test]
+    fn a_users_credential_is_never_a_service_key() {
+        let jwt = crate::auth::Authenticator::new("s")
+            .mint(UserId::new(1).unwrap(), std::time::Duration::from_secs(60))
+            .unwrap();
+        let bearer =
+            TestRequest::default().insert_header((header::AUTHORIZATION, format!("Bearer {jwt}")));
+        assert!(matches!(
+            check(bearer, Scope::GameServers),
+            Err(ApiError::Unauthorized(AuthError::Missing))
+        ));
+        let cookie = TestRequest::default()
+            .cookie(actix_web::cookie::Cookie::new(SESSION_COOKIE, jwt.clone()));
+        assert_eq!(
+            status(check(cookie, Scope::GameServers)),
+            StatusCode::UNAUTHORIZED
+        );
+        // Nor a user's credential sent as the key, or beside a wrong one.
+        let as_key = with_key(&jwt);
+        assert_eq!(
+            status(check(as_key, Scope::GameServers)),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }

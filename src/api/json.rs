@@ -20,7 +20,7 @@ use crate::presence::{AppReport, PresenceView, UserId};
 /// `lastOnline` of a user never seen.
 pub const NEVER_SEEN_LAST_ONLINE: &str = "0001-01-01T00:00:00.000Z";
 
-fn bad_request(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad_request(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
 
@@ -78,7 +78,7 @@ fn whole_int64(v: f64) -> Option<i64> {
 
 /// An optional int64, from a JSON integer, a whole JSON number written as a float, or a
 /// form's decimal text; anything else is refused.
-fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     struct Int64;
     impl<'de> Visitor<'de> for Int64 {
         type Value = Option<i64>;
@@ -204,7 +204,7 @@ pub struct LookupRequest {
     pub user_ids: Vec<IdItem>,
 }
 
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IdItem>, D::Error> {
+pub(crate) fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IdItem>, D::Error> {
     Ok(Option::<Vec<IdItem>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -228,7 +228,12 @@ impl FromBody<'_> for LookupRequest {
 }
 
 pub fn is_user_ids_key(key: &str) -> bool {
-    match key.strip_prefix("userIds") {
+    is_list_key(key, "userIds")
+}
+
+/// Whether a form key names the list `name`: `name`, `name[]` or `name[<index>]`.
+pub fn is_list_key(key: &str, name: &str) -> bool {
+    match key.strip_prefix(name) {
         Some("") => true,
         Some(rest) => rest
             .strip_prefix('[')

@@ -4,6 +4,7 @@ pub mod body;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod game_servers;
 pub mod json;
 pub mod limits;
 pub mod middleware;
@@ -15,8 +16,9 @@ pub mod stream;
 pub mod ws;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, ServiceKeys};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::presence::{Clock, PlaceCatalog, Presence};
@@ -31,6 +33,8 @@ pub struct AppState {
     pub presence: Presence,
     pub catalog: PlaceCatalog,
     pub auth: Authenticator,
+    /// The keys of trusted callers, `auth.service_keys` (CONTRACT section 10).
+    pub service_keys: Arc<ServiceKeys>,
     pub clock: Clock,
     pub limits: limits::RateLimits,
     pub metrics: Metrics,

@@ -24,17 +24,29 @@ use crate::config::{PresenceTypeFormat, Settings};
     paths(
         super::routes::register_app_presence,
         super::routes::users,
+        super::game_servers::report,
+        super::game_servers::players,
+        super::game_servers::end,
         super::ops::health,
         super::ops::ready,
         super::ops::metrics,
         super::ops::openapi,
     ),
-    components(schemas(UserPresencesResponse, UserPresence, ErrorBody, ErrorItem, Empty, Status)),
+    components(schemas(
+        UserPresencesResponse,
+        UserPresence,
+        ErrorBody,
+        ErrorItem,
+        Empty,
+        Status,
+        super::game_servers::GameServerReport,
+        super::game_servers::PlayersChange
+    )),
     modifiers(&Credentials)
 )]
 struct ApiDoc;
 
-/// The two ways to send a credential.
+/// The two ways to send a user's credential, and the service key of trusted callers.
 struct Credentials;
 
 impl Modify for Credentials {
@@ -53,6 +65,13 @@ impl Modify for Credentials {
             "cookie",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
                 super::extract::SESSION_COOKIE,
+            ))),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "A service key (auth.service_keys) with the route's scope",
             ))),
         );
     }

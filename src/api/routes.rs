@@ -11,7 +11,7 @@ use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
 use super::page;
 use super::AppState;
-use super::{stream, ws};
+use super::{game_servers, stream, ws};
 use crate::presence::Heartbeat;
 
 pub const REGISTER_APP_PRESENCE: &str = "/v1/presence/register-app-presence";
@@ -35,8 +35,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ))
         .service(only(Method::POST, USERS, users))
         .service(only(Method::GET, STREAM, stream::sse))
-        .service(only(Method::GET, WS, ws::ws));
+        .service(only(Method::GET, WS, ws::ws))
+        .service(
+            web::resource(game_servers::GAME_SERVER)
+                .route(web::put().to(game_servers::report))
+                .route(web::delete().to(game_servers::end))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                        allow: GAME_SERVER_METHODS,
+                    })
+                })),
+        )
+        .service(only(
+            Method::POST,
+            game_servers::GAME_SERVER_PLAYERS,
+            game_servers::players,
+        ));
 }
+
+/// What `/v1/game-servers/{gameId}` answers.
+const GAME_SERVER_METHODS: &str = "PUT, DELETE";
 
 /// `path` answered by `handler` for `method`, and 405 with `Allow` for any other method.
 fn only<F, Args>(method: Method, path: &'static str, handler: F) -> actix_web::Resource
@@ -97,7 +115,11 @@ pub async fn register_app_presence(
     if let Some(location) = &request.location {
         check_location_length(location, state.settings.api.max_location_length)?;
     }
-    let heartbeat = Heartbeat::from_report(request.report(), &state.catalog);
+    let mut report = request.report();
+    if !state.settings.presence.client_reported_games {
+        report = report.without_games();
+    }
+    let heartbeat = Heartbeat::from_report(report, &state.catalog);
     state.presence.heartbeat(user.0, heartbeat).await?;
     state.metrics.heartbeat();
     Ok(HttpResponse::Ok()
@@ -167,6 +189,9 @@ pub async fn users(
 /// The fixed name of a request's route, for metrics: unknown paths share one name, so an
 /// attacker cannot create series.
 pub fn route_name(path: &str) -> &'static str {
+    if let Some(route) = game_server_route(path) {
+        return route;
+    }
     ROUTES
         .iter()
         .copied()
@@ -174,8 +199,23 @@ pub fn route_name(path: &str) -> &'static str {
         .unwrap_or(UNMATCHED)
 }
 
+/// The game-server route a path is, whatever its `{gameId}` segment.
+fn game_server_route(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v1/game-servers/")?;
+    match rest.split_once('/') {
+        None if !rest.is_empty() => Some(game_servers::GAME_SERVER),
+        Some((id, "players")) if !id.is_empty() => Some(game_servers::GAME_SERVER_PLAYERS),
+        _ => None,
+    }
+}
+
 /// The method a route answers (its `Allow`), `None` for a path that is no route.
 pub fn method_of(path: &str) -> Option<&'static str> {
+    match game_server_route(path) {
+        Some(game_servers::GAME_SERVER) => return Some(GAME_SERVER_METHODS),
+        Some(_) => return Some("POST"),
+        None => {}
+    }
     match path {
         REGISTER_APP_PRESENCE | USERS => Some("POST"),
         STREAM | WS | PAGE | ops::HEALTH | ops::READY | ops::METRICS | ops::OPENAPI => Some("GET"),
@@ -184,7 +224,9 @@ pub fn method_of(path: &str) -> Option<&'static str> {
 }
 
 /// Every route's name, as metrics label it.
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 11] = [
+    game_servers::GAME_SERVER,
+    game_servers::GAME_SERVER_PLAYERS,
     REGISTER_APP_PRESENCE,
     USERS,
     STREAM,

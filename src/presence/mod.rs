@@ -5,6 +5,7 @@ pub mod model;
 pub mod places;
 pub mod redis;
 pub mod service;
+pub mod sessions;
 pub mod sweeper;
 pub mod time;
 pub mod watch;

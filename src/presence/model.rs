@@ -175,7 +175,8 @@ impl<'a> Heartbeat<'a> {
     }
 }
 
-fn starts_with_studio(location: &str) -> bool {
+/// Whether a heartbeat's location makes it InStudio: it starts with `Studio`, in any case.
+pub(crate) fn starts_with_studio(location: &str) -> bool {
     location
         .as_bytes()
         .get(..6)
@@ -222,8 +223,32 @@ pub struct SavedUser<'a> {
     pub user_id: UserId,
     pub last_online: WallMillis,
     pub last_location: Cow<'a, str>,
-    /// `None` for an Offline user.
+    /// The app session; `None` when it has none live (an Offline user, or one only in games).
     pub live: Option<SavedSession>,
+    /// Its live game-server sessions (CONTRACT section 10); empty for most users.
+    pub games: Vec<SavedGame<'a>>,
+}
+
+/// A live game-server session as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedGame<'a> {
+    pub game: Uuid,
+    pub place: PlaceInfo,
+    pub location: Cow<'a, str>,
+    pub joined: u32,
+    /// Live until this wall-clock time.
+    pub deadline: WallMillis,
+}
+
+/// A live game server as a snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedServer<'a> {
+    pub game: Uuid,
+    pub place: PlaceInfo,
+    pub location: Cow<'a, str>,
+    /// Live until this wall-clock time.
+    pub deadline: WallMillis,
+    pub players: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::memory::store::{Store, SweepReport};
+use super::memory::store::{GameLimits, Store, SweepReport};
+use uuid::Uuid;
+
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
 use super::redis::RedisBackend;
+use super::sessions::GamePlace;
 use super::time::Clock;
 use super::watch::{Encoder, Hub, Limits};
 use crate::config::{Backend, Settings};
@@ -24,6 +27,32 @@ pub enum PresenceError {
     Unavailable,
 }
 
+/// Why a game server's report, or its players' changes, were refused. Nothing was applied,
+/// except for `Unavailable` on Redis, where a report may have been applied in part and
+/// repeating it converges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GameServerError {
+    #[error("the presence backend is unavailable")]
+    Unavailable,
+    /// Players changed on a server that is not live.
+    #[error("unknown game server")]
+    Unknown,
+    /// A new server beyond `presence.max_game_servers`.
+    #[error("as many game servers are live as allowed")]
+    Full,
+    /// The server would hold more than `api.max_players_per_server` players.
+    #[error("too many players")]
+    TooManyPlayers,
+}
+
+impl From<PresenceError> for GameServerError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::Unavailable => Self::Unavailable,
+        }
+    }
+}
+
 /// What `/metrics` reports about presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -32,6 +61,8 @@ pub struct Counts {
     /// Users held, present or Offline: exact on memory; on Redis, the keys of the database
     /// (see the README).
     pub tracked: i64,
+    /// Live game servers, as of the last sweep.
+    pub game_servers: i64,
 }
 
 impl Counts {
@@ -40,6 +71,7 @@ impl Counts {
         Self {
             sessions: store.sessions_by_type(),
             tracked: i64::try_from(store.len()).unwrap_or(i64::MAX),
+            game_servers: i64::try_from(store.game_servers()).unwrap_or(i64::MAX),
         }
     }
 }
@@ -100,6 +132,12 @@ impl Presence {
                     presence.sweep_interval,
                     presence.offline_retention,
                 )
+                .with_games(GameLimits {
+                    server_ttl: presence.game_server_ttl,
+                    sessions_per_user: presence.max_game_sessions,
+                    servers: presence.max_game_servers,
+                    players_per_server: settings.api.max_players_per_server,
+                })
                 .with_changes(hub.clone());
                 Ok(Self::memory(Arc::new(store), clock, hub))
             }
@@ -168,6 +206,52 @@ impl Presence {
                 Ok(())
             }
             Engine::Redis(redis) => redis.heartbeat(user, &heartbeat).await,
+        }
+    }
+
+    /// The whole state of game server `game` (CONTRACT section 10): live until now +
+    /// `presence.game_server_ttl`, each of `players` (distinct, at most
+    /// `api.max_players_per_server`) in it at `place`, everyone of its previous report not
+    /// listed gone now.
+    pub async fn report_game_server(
+        &self,
+        game: Uuid,
+        place: &GamePlace,
+        players: &[UserId],
+    ) -> Result<(), GameServerError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.report_game_server(game, place, players, self.clock.now())
+            }
+            Engine::Redis(redis) => redis.report_game_server(game, place, players).await,
+        }
+    }
+
+    /// Players who joined or left live game server `game` since its last report, applied
+    /// now; the server's deadline stays. `joined` and `left` are distinct and disjoint.
+    pub async fn game_server_players(
+        &self,
+        game: Uuid,
+        joined: &[UserId],
+        left: &[UserId],
+    ) -> Result<(), GameServerError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.game_server_players(game, joined, left, self.clock.now())
+            }
+            Engine::Redis(redis) => redis.game_server_players(game, joined, left).await,
+        }
+    }
+
+    /// Game server `game` stopped: every player in it leaves now. Nothing to do for a server
+    /// that is not live.
+    pub async fn end_game_server(&self, game: Uuid) -> Result<(), GameServerError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.end_game_server(game, self.clock.now());
+                Ok(())
+            }
+            Engine::Redis(redis) => redis.end_game_server(game).await,
         }
     }
 

@@ -17,13 +17,15 @@ use crate::presence::time::{duration_millis, Mono};
 /// Buckets keyed by `ceil(deadline / width)`: every deadline in bucket `k` is at most
 /// `k * width`, so a bucket is due, whole, once `now >= k * width`.
 #[derive(Debug)]
-pub struct ExpiryIndex {
+///
+/// Keyed by user by default; game servers use one keyed by their id.
+pub struct ExpiryIndex<K = UserId> {
     width_ms: u64,
     // Held only to push or pop a bucket, never while a map shard is locked.
-    buckets: Mutex<BTreeMap<u64, Vec<UserId>>>,
+    buckets: Mutex<BTreeMap<u64, Vec<K>>>,
 }
 
-impl ExpiryIndex {
+impl<K> ExpiryIndex<K> {
     pub fn new(bucket_width: Duration) -> Self {
         Self {
             width_ms: duration_millis(bucket_width).max(1),
@@ -36,12 +38,12 @@ impl ExpiryIndex {
         deadline.0.div_ceil(self.width_ms)
     }
 
-    pub fn schedule(&self, user: UserId, deadline: Mono) {
+    pub fn schedule(&self, user: K, deadline: Mono) {
         let key = self.bucket_of(deadline);
         self.buckets.lock().entry(key).or_default().push(user);
     }
 
-    pub fn schedule_many(&self, users: impl IntoIterator<Item = (UserId, Mono)>) {
+    pub fn schedule_many(&self, users: impl IntoIterator<Item = (K, Mono)>) {
         let mut buckets = self.buckets.lock();
         for (user, deadline) in users {
             buckets
@@ -54,7 +56,7 @@ impl ExpiryIndex {
     /// Removes and returns the earliest bucket, with its key, if some of its deadlines may be
     /// `<= now` (its span has begun): the caller re-checks each user, and refiles those not
     /// due yet only after it has taken every such bucket.
-    pub fn take_started(&self, now: Mono) -> Option<(u64, Vec<UserId>)> {
+    pub fn take_started(&self, now: Mono) -> Option<(u64, Vec<K>)> {
         let mut buckets = self.buckets.lock();
         let (&key, _) = buckets.first_key_value()?;
         if key.saturating_sub(1).saturating_mul(self.width_ms) >= now.0 {
@@ -65,7 +67,7 @@ impl ExpiryIndex {
 
     /// Removes and returns the earliest bucket, with its key, if all of its deadlines are
     /// `<= now`.
-    pub fn take_due(&self, now: Mono) -> Option<(u64, Vec<UserId>)> {
+    pub fn take_due(&self, now: Mono) -> Option<(u64, Vec<K>)> {
         let mut buckets = self.buckets.lock();
         let (&key, _) = buckets.first_key_value()?;
         if key.saturating_mul(self.width_ms) > now.0 {

@@ -13,7 +13,10 @@ use std::sync::LazyLock;
 use dashmap::DashSet;
 use triomphe::Arc;
 
-use crate::presence::model::Session;
+use uuid::Uuid;
+
+use crate::presence::model::{PresenceType, Session};
+use crate::presence::sessions::{self, GamePlace, Pick, Ranked};
 use crate::presence::time::Mono;
 
 /// What a map entry points at.
@@ -28,24 +31,106 @@ pub(crate) enum Record {
     Live(Live),
 }
 
-/// A present user's session. Lives only while the user is present (or, after its deadline
-/// or a disconnect, until the sweeper reaches its slot).
+/// A present user's sessions (CONTRACT section 10): its app session (the fields below up to
+/// `session`) and its game-server sessions. Lives only while the user is present (or,
+/// after every deadline or a disconnect, until the sweeper reaches its slot).
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
+    /// The app session's location.
     pub location: Location,
-    /// Present while `now < deadline`.
+    /// The app session is live while `now < deadline` (and not `left`).
     pub deadline: Mono,
-    /// The deadline this user's expiry-index slot was filed under.
+    /// The deadline this user's expiry-index slot was filed under: the earliest deadline
+    /// of its sessions when filed.
     pub scheduled: Mono,
     /// With `presence.offline_retention` on: the retention slot filed when this user was
     /// last Offline has not come due yet, so going Offline again files none.
     pub retention_pending: bool,
-    /// The user disconnected: Offline since `deadline` (set to that moment), and no longer
-    /// counted as a session. The record is kept, with its expiry slot, until the sweeper
-    /// reaches that slot, so that a user who comes back before then reuses both: no
-    /// sequence of connects and disconnects files more than one expiry slot.
+    /// The app session ended by a disconnect (`deadline` set to that moment), or the user
+    /// never had one (`deadline` 0). A record whose sessions have all ended is kept, with
+    /// its expiry slot, until the sweeper reaches that slot, so that a user who comes back
+    /// before then reuses both: no sequence of connects and disconnects files more than
+    /// one expiry slot.
     pub left: bool,
     pub session: Session,
+    /// Game-server sessions, at most `presence.max_game_sessions`; empty for most users
+    /// (16 bytes, no allocation).
+    pub games: Box<[GameSession]>,
+}
+
+/// A user's session in one game server.
+#[derive(Debug, Clone)]
+pub(crate) struct GameSession {
+    /// The server and its place, shared by all its players.
+    pub server: Arc<ServerPlace>,
+    /// Join order among this user's sessions (higher joined later).
+    pub joined: u32,
+    /// The server's deadline when it last listed this user (or when the user joined).
+    pub deadline: Mono,
+}
+
+impl Ranked<Mono> for GameSession {
+    fn joined(&self) -> u32 {
+        self.joined
+    }
+    fn deadline(&self) -> Mono {
+        self.deadline
+    }
+}
+
+/// A game server's id and place, shared by its record and its players' sessions.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerPlace {
+    pub game: Uuid,
+    pub place: GamePlace,
+}
+
+impl Live {
+    /// The app session's deadline, when it has not ended by a disconnect.
+    pub fn app_deadline(&self) -> Option<Mono> {
+        (!self.left).then_some(self.deadline)
+    }
+
+    /// The session shown at `now`, if any is live.
+    pub fn pick(&self, now: Mono) -> Option<Pick> {
+        sessions::pick(self.app_deadline(), &self.games, now)
+    }
+
+    /// The location this user shows once Offline: that of the session that ended last.
+    pub fn offline_location(&self) -> &Location {
+        match sessions::last_shown(Some(self.deadline), &self.games) {
+            Some(Pick::Game(i)) => &self.games[i].server.place.location,
+            _ => &self.location,
+        }
+    }
+
+    /// The type this user is counted under in `presence_users` (as of the last sweep: a
+    /// session past its deadline counts until the sweeper reaches it).
+    pub fn counted(&self) -> Option<PresenceType> {
+        if !self.games.is_empty() {
+            Some(PresenceType::InGame)
+        } else if !self.left {
+            Some(self.session.kind)
+        } else {
+            None
+        }
+    }
+
+    /// The earliest deadline after `now` among its sessions: when what it shows may next
+    /// change by itself. `None` when nothing is live.
+    pub fn next_deadline(&self, now: Mono) -> Option<Mono> {
+        self.games
+            .iter()
+            .map(|g| g.deadline)
+            .chain(self.app_deadline())
+            .filter(|&d| now < d)
+            .min()
+    }
+
+    /// The index of its session in server `game`, if any.
+    pub fn game_index(&self, game: Uuid) -> Option<usize> {
+        self.games.iter().position(|g| g.server.game == game)
+    }
 }
 
 /// A shared location: a handle to a [`Record::Location`]. Clones share one allocation.

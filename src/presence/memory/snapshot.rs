@@ -1,15 +1,23 @@
 //! Snapshots: the whole store written to one file, atomically, and read back at start-up.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian; version 1 files are read too)
 //!
 //! ```text
 //! header   b"PRESNAP\n", version: u32, written_at: i64 (Unix ms)
 //! user     1u8, user_id: u64, last_online: i64, location_len: u32, location (UTF-8),
-//!          kind: u8 (0 Offline, 1 Online, 2 InGame, 3 InStudio), and unless Offline:
+//!          kind: u8 (0 no app session, 1 Online, 2 InGame, 3 InStudio), and unless 0:
 //!          deadline: i64 (Unix ms), has_place: u8 [place_id: i64, root_place_id: i64,
-//!          universe_id: i64 (0 = none)], has_game: u8 [game_id: 16 bytes]
+//!          universe_id: i64 (0 = none)], has_game: u8 [game_id: 16 bytes];
+//!          then (version 2) games: u8, each: game_id: 16 bytes, place_id: i64,
+//!          root_place_id: i64, universe_id: i64, location_len: u32, location,
+//!          joined: u32, deadline: i64 (Unix ms)
+//! server   2u8 (version 2), game_id: 16 bytes, place_id: i64, root_place_id: i64,
+//!          universe_id: i64, location_len: u32, location, deadline: i64 (Unix ms),
+//!          players: u32, each user_id: u64
 //! end      0u8, users: u64, crc32: u32 (of every byte before it)
 //! ```
+//!
+//! Version 1 (written before game servers) is version 2 without games and servers.
 //!
 //! A file is written beside its final path, fsynced, renamed over it, and the folder is
 //! fsynced: a crash leaves the previous snapshot or the new one, never a torn file. A
@@ -29,13 +37,16 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::presence::model::{PlaceInfo, SavedSession, SavedUser, Session};
+use crate::presence::model::{PlaceInfo, SavedGame, SavedServer, SavedSession, SavedUser, Session};
 use crate::presence::time::WallMillis;
 use crate::presence::{Now, PresenceType, Store, UserId};
 
 const MAGIC: &[u8; 8] = b"PRESNAP\n";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version this build still reads.
+const FIRST_VERSION: u32 = 1;
 const USER_TAG: u8 = 1;
+const SERVER_TAG: u8 = 2;
 const END_TAG: u8 = 0;
 /// Users read from the store per batch while writing: each is one short read lock.
 const WRITE_BATCH: usize = 1024;
@@ -260,6 +271,7 @@ fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)>
             return Err(e);
         }
     }
+    store.save_servers(now, |server| encode_server(&mut out, server));
     out.put(&[END_TAG]);
     out.put(&users.to_le_bytes());
     let crc = out.crc.clone().finalize();
@@ -300,10 +312,40 @@ fn encode_user<W: Write>(out: &mut Encoder<W>, user: &SavedUser<'_>) {
     let location = user.last_location.as_bytes();
     out.put(&(location.len() as u32).to_le_bytes());
     out.put(location);
-    let Some(live) = &user.live else {
-        out.put(&[PresenceType::Offline.as_int()]);
-        return;
-    };
+    match &user.live {
+        Some(live) => encode_session(out, live),
+        None => out.put(&[PresenceType::Offline.as_int()]),
+    }
+    // At most `presence.max_game_sessions` (16 at most).
+    out.put(&[user.games.len().min(usize::from(u8::MAX)) as u8]);
+    for game in user.games.iter().take(usize::from(u8::MAX)) {
+        out.put(game.game.as_bytes());
+        encode_place(out, &game.place, &game.location);
+        out.put(&game.joined.to_le_bytes());
+        out.put(&game.deadline.0.to_le_bytes());
+    }
+}
+
+fn encode_place<W: Write>(out: &mut Encoder<W>, place: &PlaceInfo, location: &str) {
+    out.put(&place.place_id.to_le_bytes());
+    out.put(&place.root_place_id.to_le_bytes());
+    out.put(&place.universe_id.map_or(0, NonZeroI64::get).to_le_bytes());
+    out.put(&(location.len() as u32).to_le_bytes());
+    out.put(location.as_bytes());
+}
+
+fn encode_server<W: Write>(out: &mut Encoder<W>, server: &SavedServer<'_>) {
+    out.put(&[SERVER_TAG]);
+    out.put(server.game.as_bytes());
+    encode_place(out, &server.place, &server.location);
+    out.put(&server.deadline.0.to_le_bytes());
+    out.put(&(server.players.len() as u32).to_le_bytes());
+    for player in &server.players {
+        out.put(&player.get().to_le_bytes());
+    }
+}
+
+fn encode_session<W: Write>(out: &mut Encoder<W>, live: &SavedSession) {
     out.put(&[live.session.kind.as_int()]);
     out.put(&live.deadline.0.to_le_bytes());
     match live.session.place {
@@ -354,8 +396,11 @@ pub fn load(store: &Store, path: &Path, now: Now) -> Result<Option<SnapshotStats
     let mut bytes = Vec::with_capacity(capacity);
     file.take(len).read_to_end(&mut bytes).map_err(io_error)?;
     let mut restored = 0u64;
-    let users = decode(&bytes, |user| {
-        restored += u64::from(store.restore(user, now))
+    let users = decode(&bytes, |saved| match saved {
+        Saved::User(user) => restored += u64::from(store.restore(user, now)),
+        Saved::Server(server) => {
+            store.restore_server(server, now);
+        }
     })
     .map_err(invalid)?;
     Ok(Some(SnapshotStats {
@@ -368,14 +413,21 @@ pub fn load(store: &Store, path: &Path, now: Now) -> Result<Option<SnapshotStats
 
 /// Checks the whole file first (magic, version, checksum), then hands each user to
 /// `restore`. Returns how many users it held.
-fn decode(bytes: &[u8], mut restore: impl FnMut(SavedUser<'_>)) -> Result<u64, String> {
+/// One record of a snapshot.
+enum Saved<'a> {
+    User(SavedUser<'a>),
+    Server(SavedServer<'a>),
+}
+
+fn decode(bytes: &[u8], mut restore: impl FnMut(Saved<'_>)) -> Result<u64, String> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
         return Err("it is not a presence snapshot (wrong magic bytes)".into());
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != VERSION {
+    if !(FIRST_VERSION..=VERSION).contains(&version) {
         return Err(format!(
-            "it has format version {version}, and this build reads version {VERSION}"
+            "it has format version {version}, and this build reads versions \
+             {FIRST_VERSION} to {VERSION}"
         ));
     }
     let Some(body_len) = bytes.len().checked_sub(4) else {
@@ -394,9 +446,10 @@ fn decode(bytes: &[u8], mut restore: impl FnMut(SavedUser<'_>)) -> Result<u64, S
     loop {
         match r.u8()? {
             USER_TAG => {
-                restore(decode_user(&mut r)?);
+                restore(Saved::User(decode_user(&mut r, version)?));
                 users += 1;
             }
+            SERVER_TAG if version >= 2 => restore(Saved::Server(decode_server(&mut r)?)),
             END_TAG => break,
             tag => return Err(format!("unknown record tag {tag} at byte {}", r.at - 1)),
         }
@@ -408,7 +461,46 @@ fn decode(bytes: &[u8], mut restore: impl FnMut(SavedUser<'_>)) -> Result<u64, S
     Ok(users)
 }
 
-fn decode_user<'a>(r: &mut Reader<'a>) -> Result<SavedUser<'a>, String> {
+fn decode_place<'a>(r: &mut Reader<'a>) -> Result<(PlaceInfo, &'a str), String> {
+    let place = PlaceInfo {
+        place_id: r.i64()?,
+        root_place_id: r.i64()?,
+        universe_id: NonZeroI64::new(r.i64()?),
+    };
+    let len = r.u32()? as usize;
+    let location =
+        std::str::from_utf8(r.take(len)?).map_err(|_| "a location that is not UTF-8".to_owned())?;
+    Ok((place, location))
+}
+
+fn decode_uuid(r: &mut Reader<'_>) -> Result<Uuid, String> {
+    Uuid::from_slice(r.take(16)?).map_err(|e| e.to_string())
+}
+
+fn decode_server<'a>(r: &mut Reader<'a>) -> Result<SavedServer<'a>, String> {
+    let game = decode_uuid(r)?;
+    let (place, location) = decode_place(r)?;
+    let deadline = WallMillis(r.i64()?);
+    let count = r.u32()? as usize;
+    // Each player is 8 bytes: a count past the end is refused before any allocation.
+    if count.saturating_mul(8) > r.bytes.len().saturating_sub(r.at) {
+        return Err(format!("game server {game} declares more players than the file holds"));
+    }
+    let mut players = Vec::with_capacity(count);
+    for _ in 0..count {
+        let raw = r.u64()?;
+        players.push(UserId::new(raw).ok_or_else(|| format!("invalid user id {raw}"))?);
+    }
+    Ok(SavedServer {
+        game,
+        place,
+        location: location.into(),
+        deadline,
+        players,
+    })
+}
+
+fn decode_user<'a>(r: &mut Reader<'a>, version: u32) -> Result<SavedUser<'a>, String> {
     let raw_id = r.u64()?;
     let user_id = UserId::new(raw_id).ok_or_else(|| format!("invalid user id {raw_id}"))?;
     let last_online = WallMillis(r.i64()?);
@@ -448,11 +540,26 @@ fn decode_user<'a>(r: &mut Reader<'a>) -> Result<SavedUser<'a>, String> {
             })
         }
     };
+    let mut games = Vec::new();
+    if version >= 2 {
+        for _ in 0..r.u8()? {
+            let game = decode_uuid(r)?;
+            let (place, location) = decode_place(r)?;
+            games.push(SavedGame {
+                game,
+                place,
+                location: location.into(),
+                joined: r.u32()?,
+                deadline: WallMillis(r.i64()?),
+            });
+        }
+    }
     Ok(SavedUser {
         user_id,
         last_online,
         last_location: location.into(),
         live,
+        games,
     })
 }
 
@@ -528,6 +635,13 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(60);
 
+    fn restore_user(store: &Store, saved: Saved<'_>, now: Now) -> bool {
+        match saved {
+            Saved::User(user) => store.restore(user, now),
+            Saved::Server(server) => store.restore_server(server, now),
+        }
+    }
+
     fn store() -> Store {
         Store::new(TTL, Duration::from_secs(1), None)
     }
@@ -594,7 +708,7 @@ mod tests {
         // Restored in a process whose monotonic clock started elsewhere.
         let later = at(50, 1_700_000_002_000);
         assert_eq!(
-            decode(&bytes, |u| assert!(restored.restore(u, later))),
+            decode(&bytes, |u| assert!(restore_user(&restored, u, later))),
             Ok(3)
         );
         let ids = [user(1), user(2), user(3), user(4)];
@@ -616,7 +730,7 @@ mod tests {
         let bytes = encode(&original, at(2_000, 1_700_000_001_000));
         let restored = store();
         let much_later = at(0, 1_700_000_100_000);
-        decode(&bytes, |u| assert!(restored.restore(u, much_later))).unwrap();
+        decode(&bytes, |u| assert!(restore_user(&restored, u, much_later))).unwrap();
         let v = restored.get_many(&[user(2)], Mono(0)).remove(0);
         assert_eq!(v.kind, PresenceType::Offline);
         assert_eq!(v.last_location, "Playing");

@@ -8,7 +8,7 @@
 //! (see `location`), so an Offline user costs only its map slot.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -16,13 +16,16 @@ use dashmap::DashMap;
 use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
-use super::location::{Live, Location, Locations, Record};
+use super::location::{GameSession, Live, Location, Locations, Record, ServerPlace};
 use crate::presence::model::{
-    Heartbeat, LocationName, Now, PresenceType, PresenceView, SavedSession, SavedUser, Session,
-    UserId,
+    Heartbeat, LocationName, Now, PlaceInfo, PresenceType, PresenceView, SavedGame, SavedServer,
+    SavedSession, SavedUser, Session, UserId,
 };
 use crate::presence::time::{duration_millis, Mono, WallMillis};
+use crate::presence::service::GameServerError;
+use crate::presence::sessions::{self, GamePlace, Pick};
 use crate::presence::watch::{Changes, Delivery};
+use uuid::Uuid;
 
 /// Users re-checked between two yields of the sweeper.
 const SWEEP_BATCH: usize = 256;
@@ -40,21 +43,80 @@ struct Entry {
 
 impl Entry {
     fn view(&self, user_id: UserId, now: Mono) -> PresenceView<'_> {
-        let (kind, live) = match &*self.record {
-            Record::Live(live) if now < live.deadline => (live.session.kind, Some(live)),
-            _ => (PresenceType::Offline, None),
+        let live = match &*self.record {
+            Record::Live(live) => live,
+            Record::Location(text) => return offline(user_id, text, self.last_online),
         };
-        let last_location = match &*self.record {
-            Record::Live(live) => live.location.as_str(),
-            Record::Location(text) => text,
-        };
-        PresenceView {
-            user_id,
-            kind,
-            last_location: Cow::Borrowed(last_location),
-            place: live.and_then(|l| l.session.place),
-            game_id: live.and_then(|l| l.session.game_id),
-            last_online: Some(self.last_online),
+        match live.pick(now) {
+            Some(Pick::App) => PresenceView {
+                user_id,
+                kind: live.session.kind,
+                last_location: Cow::Borrowed(live.location.as_str()),
+                place: live.session.place,
+                game_id: live.session.game_id,
+                last_online: Some(self.last_online),
+            },
+            Some(Pick::Game(i)) => {
+                let server = &live.games[i].server;
+                PresenceView {
+                    user_id,
+                    kind: PresenceType::InGame,
+                    last_location: Cow::Borrowed(server.place.location.as_str()),
+                    place: Some(server.place.place),
+                    game_id: Some(server.game),
+                    last_online: Some(self.last_online),
+                }
+            }
+            None => offline(user_id, live.offline_location().as_str(), self.last_online),
+        }
+    }
+}
+
+fn offline(user_id: UserId, location: &str, last_online: WallMillis) -> PresenceView<'_> {
+    PresenceView {
+        user_id,
+        kind: PresenceType::Offline,
+        last_location: Cow::Borrowed(location),
+        place: None,
+        game_id: None,
+        last_online: Some(last_online),
+    }
+}
+
+/// What a user shows, `lastOnline` aside, to tell whether a change changed it. Holds a
+/// location handle, not a borrow, so that it outlives the change.
+#[derive(Debug, PartialEq, Eq)]
+struct Shown {
+    kind: PresenceType,
+    location: Location,
+    place: Option<PlaceInfo>,
+    game_id: Option<Uuid>,
+}
+
+impl Shown {
+    fn of(live: &Live, now: Mono) -> Self {
+        match live.pick(now) {
+            Some(Pick::App) => Self {
+                kind: live.session.kind,
+                location: live.location.clone(),
+                place: live.session.place,
+                game_id: live.session.game_id,
+            },
+            Some(Pick::Game(i)) => {
+                let server = &live.games[i].server;
+                Self {
+                    kind: PresenceType::InGame,
+                    location: server.place.location.clone(),
+                    place: Some(server.place.place),
+                    game_id: Some(server.game),
+                }
+            }
+            None => Self {
+                kind: PresenceType::Offline,
+                location: live.offline_location().clone(),
+                place: None,
+                game_id: None,
+            },
         }
     }
 }
@@ -104,6 +166,48 @@ pub struct Store {
     sessions: [AtomicI64; 3],
     /// Who is told of changes (live streams); `None` when nobody can watch.
     changes: Option<std::sync::Arc<dyn Changes>>,
+    games: GameLimits,
+    /// Live game servers (and those past their deadline that no sweep has reclaimed yet).
+    servers: DashMap<Uuid, Server, Hasher>,
+    /// Each server's one slot, at the deadline it was filed under.
+    server_expiry: ExpiryIndex<Uuid>,
+    /// `servers.len()`, kept beside the map: `DashMap::len` locks every shard, which a
+    /// report holding one of them must not do.
+    server_count: AtomicUsize,
+}
+
+/// The bounds and lifetime of game servers (CONTRACT section 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GameLimits {
+    /// `presence.game_server_ttl`.
+    pub server_ttl: Duration,
+    /// `presence.max_game_sessions`.
+    pub sessions_per_user: usize,
+    /// `presence.max_game_servers`.
+    pub servers: usize,
+    /// `api.max_players_per_server`.
+    pub players_per_server: usize,
+}
+
+impl Default for GameLimits {
+    fn default() -> Self {
+        Self {
+            server_ttl: Duration::from_secs(60),
+            sessions_per_user: 4,
+            servers: 100_000,
+            players_per_server: 700,
+        }
+    }
+}
+
+/// A live game server: its place, its deadline and its players (sorted: 8 bytes each).
+#[derive(Debug)]
+struct Server {
+    place: Arc<ServerPlace>,
+    deadline: Mono,
+    /// The deadline its expiry slot was filed under.
+    scheduled: Mono,
+    players: Vec<UserId>,
 }
 
 impl Store {
@@ -122,7 +226,17 @@ impl Store {
             sweeps: AtomicU64::new(0),
             sessions: Default::default(),
             changes: None,
+            games: GameLimits::default(),
+            servers: DashMap::with_hasher(Hasher::default()),
+            server_expiry: ExpiryIndex::new(bucket_width),
+            server_count: AtomicUsize::new(0),
         }
+    }
+
+    /// This store, with these bounds on game servers.
+    pub fn with_games(mut self, games: GameLimits) -> Self {
+        self.games = games;
+        self
     }
 
     /// This store, telling `changes` of every change (see [`Changes`]).
@@ -209,12 +323,13 @@ impl Store {
     }
 
     /// Applies a heartbeat to a known user's entry; says which index needs a new slot, and
-    /// whether the entry changed in anything but `lastOnline`.
+    /// whether what the user shows changed (anything but `lastOnline`).
     ///
     /// "Changed" compares what a read shows before and after, at `now`: a session past its
     /// deadline reads Offline (whether or not the sweeper has reached it), so a heartbeat
     /// that renews it is a change even when the session is the same: a watcher may have
-    /// been given that Offline entry.
+    /// been given that Offline entry. A heartbeat of a user shown in a game changes nothing
+    /// shown until the game ends.
     fn apply(
         &self,
         entry: &mut Entry,
@@ -223,59 +338,80 @@ impl Store {
         deadline: Mono,
     ) -> (Filed, bool) {
         entry.last_online = now.wall;
-        match heartbeat {
+        let Some(live) = live_mut(&mut entry.record) else {
+            return match heartbeat {
+                // Offline already: its one retention slot is filed.
+                Heartbeat::Disconnect => (Filed::Nothing, false),
+                Heartbeat::Present { location, session } => {
+                    // Offline until now: with retention on, its slot stays filed and pending.
+                    let pending = self.retention.is_some();
+                    entry.record =
+                        self.new_live(self.resolve(location), session, deadline, pending);
+                    (Filed::Expiry(deadline), true)
+                }
+            };
+        };
+        let before = Shown::of(live, now.mono);
+        let counted = live.counted();
+        let filed = match heartbeat {
             Heartbeat::Disconnect => {
-                let Some(live) = live_mut(&mut entry.record) else {
-                    // Offline already: its one retention slot is filed.
+                if live.left {
                     return (Filed::Nothing, false);
-                };
-                let changed = !live.left;
-                // Offline from now on, but the record and its expiry slot stay until the
-                // sweeper reaches that slot (see `Live::left`).
-                self.uncount(live);
+                }
+                // The app session ends now, but the record and its expiry slot stay until
+                // the sweeper reaches that slot (see `Live::left`).
                 live.left = true;
                 live.deadline = live.deadline.min(now.mono);
-                let filed = match self.retention_due(now.mono) {
-                    Some(due) if !live.retention_pending => {
+                match self.retention_due(now.mono) {
+                    Some(due) if !live.retention_pending && live.pick(now.mono).is_none() => {
                         live.retention_pending = true;
                         Filed::Retention(due)
                     }
                     _ => Filed::Nothing,
-                };
-                (filed, changed)
+                }
             }
             Heartbeat::Present { location, session } => {
-                if let Some(live) = live_mut(&mut entry.record) {
-                    let lapsed = now.mono >= live.deadline;
-                    let mut changed = lapsed || live.left || live.session != session;
-                    if live.left {
-                        live.left = false;
-                        self.count_session(session.kind, 1);
-                    } else if live.session.kind != session.kind {
-                        self.count_session(live.session.kind, -1);
-                        self.count_session(session.kind, 1);
-                    }
-                    live.deadline = deadline;
-                    live.session = session;
-                    if live.location.as_str() != location.as_str() {
-                        live.location = self.resolve(location);
-                        changed = true;
-                    }
-                    return (Filed::Nothing, changed);
+                live.left = false;
+                live.deadline = deadline;
+                live.session = session;
+                if live.location.as_str() != location.as_str() {
+                    live.location = self.resolve(location);
                 }
-                // Offline until now: with retention on, its slot stays filed and pending.
-                let pending = self.retention.is_some();
-                entry.record = self.new_live(self.resolve(location), session, deadline, pending);
-                (Filed::Expiry(deadline), true)
+                self.refile(live, now.mono)
+            }
+        };
+        self.recount(counted, live.counted());
+        let changed = Shown::of(live, now.mono) != before;
+        (filed, changed)
+    }
+
+    /// Moves a user's counted type in `presence_users` from `before` to `after`.
+    fn recount(&self, before: Option<PresenceType>, after: Option<PresenceType>) {
+        if before != after {
+            if let Some(kind) = before {
+                self.count_session(kind, -1);
+            }
+            if let Some(kind) = after {
+                self.count_session(kind, 1);
             }
         }
     }
 
-    /// Stops counting a session whose record is replaced or left.
-    fn uncount(&self, live: &Live) {
-        if !live.left {
-            self.count_session(live.session.kind, -1);
+    /// The slot a present user needs when a change made one of its sessions end before the
+    /// slot it holds: filed earlier, the old one is found stale when its bucket comes due.
+    fn refile(&self, live: &mut Live, now: Mono) -> Filed {
+        match live.next_deadline(now) {
+            Some(next) if self.expiry.bucket_of(next) < self.expiry.bucket_of(live.scheduled) => {
+                live.scheduled = next;
+                Filed::Expiry(next)
+            }
+            _ => Filed::Nothing,
         }
+    }
+
+    /// Stops counting a record that is replaced.
+    fn uncount(&self, live: &Live) {
+        self.recount(live.counted(), None);
     }
 
     /// A present user's own record, its session counted.
@@ -294,6 +430,7 @@ impl Store {
             retention_pending,
             left: false,
             session,
+            games: Box::default(),
         }))
     }
 
@@ -359,34 +496,114 @@ impl Store {
     /// heartbeats to a shard. Callers keep `ids` to a bounded batch.
     pub fn save_many(&self, ids: &[UserId], now: Now, mut save: impl FnMut(&SavedUser<'_>)) {
         let mut copied = Vec::with_capacity(ids.len());
+        // Wall-clock time of a deadline still ahead.
+        let wall = |deadline: Mono| {
+            let left = deadline.0.saturating_sub(now.mono.0);
+            (left > 0).then(|| WallMillis(now.wall.0.saturating_add(left as i64)))
+        };
         for &id in ids {
             let Some(entry) = self.users.get(&id) else {
                 continue;
             };
-            let (location, live) = match &*entry.record {
+            let (location, live, games) = match &*entry.record {
                 Record::Live(live) => {
-                    let left = live.deadline.0.saturating_sub(now.mono.0);
-                    let saved = (left > 0).then(|| SavedSession {
-                        deadline: WallMillis(now.wall.0.saturating_add(left as i64)),
-                        session: live.session.clone(),
-                    });
-                    (live.location.clone(), saved)
+                    let app = live
+                        .app_deadline()
+                        .and_then(wall)
+                        .map(|deadline| SavedSession {
+                            deadline,
+                            session: live.session.clone(),
+                        });
+                    let games: Vec<_> = live
+                        .games
+                        .iter()
+                        .filter_map(|g| wall(g.deadline).map(|deadline| (g.clone(), deadline)))
+                        .collect();
+                    let location = if app.is_none() && games.is_empty() {
+                        live.offline_location().clone()
+                    } else {
+                        live.location.clone()
+                    };
+                    (location, app, games)
                 }
                 Record::Location(_) => match Location::of_record(&entry.record) {
-                    Some(location) => (location, None),
+                    Some(location) => (location, None, Vec::new()),
                     None => continue,
                 },
             };
-            copied.push((id, entry.last_online, location, live));
+            copied.push((id, entry.last_online, location, live, games));
         }
-        for (user_id, last_online, location, live) in copied {
+        for (user_id, last_online, location, live, games) in copied {
             save(&SavedUser {
                 user_id,
                 last_online,
                 last_location: Cow::Borrowed(location.as_str()),
                 live,
+                games: games
+                    .iter()
+                    .map(|(g, deadline)| SavedGame {
+                        game: g.server.game,
+                        place: g.server.place.place,
+                        location: Cow::Borrowed(g.server.place.location.as_str()),
+                        joined: g.joined,
+                        deadline: *deadline,
+                    })
+                    .collect(),
             });
         }
+    }
+
+    /// Calls `save` with every live game server as of `now`, copied first (one shard's read
+    /// lock at a time) so that `save` runs with no lock held.
+    pub fn save_servers(&self, now: Now, mut save: impl FnMut(&SavedServer<'_>)) {
+        let mut copied = Vec::new();
+        for server in self.servers.iter() {
+            let left = server.deadline.0.saturating_sub(now.mono.0);
+            if left > 0 {
+                let deadline = WallMillis(now.wall.0.saturating_add(left as i64));
+                copied.push((server.place.clone(), deadline, server.players.clone()));
+            }
+        }
+        for (place, deadline, players) in copied {
+            save(&SavedServer {
+                game: place.game,
+                place: place.place.place,
+                location: Cow::Borrowed(place.place.location.as_str()),
+                deadline,
+                players,
+            });
+        }
+    }
+
+    /// Puts back a saved game server as of `now`, if its deadline is still ahead by the
+    /// wall clock; its players' sessions come back with the players (see `restore`).
+    pub fn restore_server(&self, saved: SavedServer<'_>, now: Now) -> bool {
+        let left = saved.deadline.0.saturating_sub(now.wall.0);
+        if left <= 0 {
+            return false;
+        }
+        let deadline = Mono(now.mono.0.saturating_add(left as u64));
+        let place = Arc::new(ServerPlace {
+            game: saved.game,
+            place: GamePlace {
+                place: saved.place,
+                location: self.locations.get(&saved.location),
+            },
+        });
+        let mut players = saved.players;
+        players.sort_unstable();
+        players.dedup();
+        let server = Server {
+            place,
+            deadline,
+            scheduled: deadline,
+            players,
+        };
+        if self.servers.insert(saved.game, server).is_none() {
+            self.server_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.server_expiry.schedule(saved.game, deadline);
+        true
     }
 
     /// Puts back a saved user as of `now`: present until its deadline if that is still
@@ -401,6 +618,24 @@ impl Store {
             .as_ref()
             .map_or(0, |live| live.deadline.0.saturating_sub(now.wall.0));
         let live = saved.live.filter(|_| left > 0);
+        let games: Box<[GameSession]> = saved
+            .games
+            .iter()
+            .filter_map(|g| {
+                let left = g.deadline.0.saturating_sub(now.wall.0);
+                (left > 0).then(|| GameSession {
+                    server: Arc::new(ServerPlace {
+                        game: g.game,
+                        place: GamePlace {
+                            place: g.place,
+                            location: self.locations.get(&g.location),
+                        },
+                    }),
+                    joined: g.joined,
+                    deadline: Mono(now.mono.0.saturating_add(left as u64)),
+                })
+            })
+            .collect();
         // With retention: when an Offline user is due, or `None` when it is past due now.
         let offline_due = self.retention.as_ref().map(|retention| {
             let age = now.wall.0.saturating_sub(saved.last_online.0).max(0) as u64;
@@ -409,10 +644,41 @@ impl Store {
                 .filter(|&left| left > 0)
                 .map(|left| Mono(now.mono.0.saturating_add(left)))
         });
-        let forget = live.is_none() && matches!(offline_due, Some(None));
+        let forget = live.is_none() && games.is_empty() && matches!(offline_due, Some(None));
         let new_entry = |had_slot: bool| {
             let location = self.locations.get(&saved.last_location);
             let (record, filed) = match &live {
+                _ if !games.is_empty() => {
+                    let (deadline, session, left) = match &live {
+                        Some(live) => (
+                            Mono(now.mono.0.saturating_add(left as u64)),
+                            live.session.clone(),
+                            false,
+                        ),
+                        None => (
+                            Mono(0),
+                            Session {
+                                kind: PresenceType::Online,
+                                place: None,
+                                game_id: None,
+                            },
+                            true,
+                        ),
+                    };
+                    let mut record = Live {
+                        location,
+                        deadline,
+                        scheduled: deadline,
+                        retention_pending: had_slot,
+                        left,
+                        session,
+                        games: games.clone(),
+                    };
+                    record.scheduled = record.next_deadline(now.mono).unwrap_or(deadline);
+                    self.recount(None, record.counted());
+                    let filed = Filed::Expiry(record.scheduled);
+                    (Arc::new(Record::Live(record)), filed)
+                }
                 Some(live) => {
                     let deadline = Mono(now.mono.0.saturating_add(left as u64));
                     let record = self.new_live(location, live.session.clone(), deadline, had_slot);
@@ -503,6 +769,7 @@ impl Store {
             }
         }
         self.expiry.schedule_many(later);
+        self.reclaim_servers(now.mono);
         if let Some(retention) = &self.retention {
             report.dropped = self.forget_retired(retention, now);
         }
@@ -516,8 +783,11 @@ impl Store {
         report
     }
 
-    /// Re-checks one expiry slot under the entry's lock: a heartbeat that landed first wins.
-    /// The change, if any, is delivered by the caller once the lock is released.
+    /// Re-checks one expiry slot under the entry's lock: a heartbeat or report that landed
+    /// first wins. A user with a session still live loses the sessions that ended (its
+    /// watchers are told what it shows now: the hub drops what they hold already) and is
+    /// filed at its next deadline; a user with none is flipped Offline at the location it
+    /// showed last. The change, if any, is delivered by the caller once the lock is released.
     fn expire_one(&self, user: UserId, bucket: u64, now: Mono) -> (Slot, Option<Delivery>) {
         let Some(mut entry) = self.users.get_mut(&user) else {
             return (Slot::Stale, None);
@@ -531,23 +801,72 @@ impl Store {
             // A later session of the same user has its own slot.
             return (Slot::Stale, None);
         }
-        if now < live.deadline {
-            live.scheduled = live.deadline;
-            return (Slot::Fresh(live.deadline), None);
+        if let Some(next) = live.next_deadline(now) {
+            live.scheduled = next;
+            let counted = live.counted();
+            let mut ended = false;
+            if live.games.iter().any(|g| g.deadline <= now) {
+                live.games = live.games.iter().filter(|g| now < g.deadline).cloned().collect();
+                ended = true;
+            }
+            if !live.left && live.deadline <= now {
+                // The app session ended while a game is shown.
+                live.left = true;
+                ended = true;
+            }
+            self.recount(counted, live.counted());
+            let delivery = ended.then(|| self.tell(user, entry, now)).flatten();
+            return (Slot::Fresh(next), delivery);
         }
-        if live.left {
+        if live.left && live.games.is_empty() {
             // Disconnected: its retention slot was filed then, and it was uncounted.
             entry.record = live.location.record();
             return (Slot::Left, None);
         }
-        let last_heartbeat = Mono(live.deadline.0.saturating_sub(duration_millis(self.ttl)));
-        self.count_session(live.session.kind, -1);
+        // When it was last reported, at the earliest: a retention slot filed early is
+        // refiled at its exact time (see `forget_retired`).
+        let app_seen = live.deadline.0.saturating_sub(duration_millis(self.ttl));
+        let game_seen = live.games.iter().map(|g| {
+            g.deadline
+                .0
+                .saturating_sub(duration_millis(self.games.server_ttl))
+        });
+        let last_seen = Mono(game_seen.chain([app_seen]).max().unwrap_or(app_seen));
+        self.uncount(live);
         let retire = self
-            .retention_due(last_heartbeat)
+            .retention_due(last_seen)
             .filter(|_| !live.retention_pending);
-        let offline = live.location.record();
+        let offline = live.offline_location().record();
         entry.record = offline;
         (Slot::Expired(retire), self.tell(user, entry, now))
+    }
+
+    /// Forgets the game servers past their deadline. Their players' sessions ended at that
+    /// deadline by themselves (each holds it), and their own slots flip them.
+    fn reclaim_servers(&self, now: Mono) {
+        let mut later = Vec::new();
+        while let Some((bucket, due)) = self.server_expiry.take_started(now) {
+            for game in due {
+                let mut fresh = None;
+                let removed = self.servers.remove_if_mut(&game, |_, server| {
+                    if self.server_expiry.bucket_of(server.scheduled) != bucket {
+                        return false;
+                    }
+                    if now < server.deadline {
+                        server.scheduled = server.deadline;
+                        fresh = Some(server.deadline);
+                        return false;
+                    }
+                    true
+                });
+                if removed.is_some() {
+                    self.server_count.fetch_sub(1, Ordering::Relaxed);
+                } else if let Some(deadline) = fresh {
+                    later.push((game, deadline));
+                }
+            }
+        }
+        self.server_expiry.schedule_many(later);
     }
 
     /// Re-checks the users whose retention slot came due: an Offline user whose
@@ -609,6 +928,260 @@ impl Store {
         changes.publish_later(&PresenceView::never_seen(user))
     }
 
+    /// See [`crate::presence::Presence::report_game_server`]. The server's lock is held while
+    /// its players are changed, one user's lock at a time (servers before users, always),
+    /// so that two calls for one server apply whole, one after the other.
+    pub fn report_game_server(
+        &self,
+        game: Uuid,
+        place: &GamePlace,
+        players: &[UserId],
+        now: Now,
+    ) -> Result<(), GameServerError> {
+        let deadline = now.mono.saturating_add(self.games.server_ttl);
+        let mut listed = players.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        let mut server = match self.servers.entry(game) {
+            MapEntry::Occupied(occupied) => occupied.into_ref(),
+            MapEntry::Vacant(vacant) => {
+                if self.server_count.load(Ordering::Relaxed) >= self.games.servers {
+                    return Err(GameServerError::Full);
+                }
+                self.server_count.fetch_add(1, Ordering::Relaxed);
+                self.server_expiry.schedule(game, deadline);
+                vacant.insert(Server {
+                    place: Arc::new(ServerPlace {
+                        game,
+                        place: place.clone(),
+                    }),
+                    deadline,
+                    scheduled: deadline,
+                    players: Vec::new(),
+                })
+            }
+        };
+        let server = &mut *server;
+        if server.place.place != *place {
+            server.place = Arc::new(ServerPlace {
+                game,
+                place: place.clone(),
+            });
+        }
+        // A server past its deadline had ended every session in it: listing a player again
+        // is a new join (see `join`).
+        server.deadline = deadline;
+        let gone = sorted_difference(&server.players, &listed);
+        server.players = listed;
+        for &user in &server.players {
+            self.join(user, &server.place, deadline, now);
+        }
+        for user in gone {
+            self.leave(user, game, now);
+        }
+        Ok(())
+    }
+
+    /// See [`crate::presence::Presence::game_server_players`].
+    pub fn game_server_players(
+        &self,
+        game: Uuid,
+        joined: &[UserId],
+        left: &[UserId],
+        now: Now,
+    ) -> Result<(), GameServerError> {
+        let Some(mut server) = self.servers.get_mut(&game) else {
+            return Err(GameServerError::Unknown);
+        };
+        let server = &mut *server;
+        if server.deadline <= now.mono {
+            return Err(GameServerError::Unknown);
+        }
+        let mut added = joined.to_vec();
+        added.sort_unstable();
+        added.dedup();
+        let added = sorted_difference(&added, &server.players);
+        let mut removed = left.to_vec();
+        removed.sort_unstable();
+        removed.dedup();
+        let staying = server.players.len() - sorted_intersection_len(&server.players, &removed);
+        if staying + added.len() > self.games.players_per_server {
+            return Err(GameServerError::TooManyPlayers);
+        }
+        server.players = sorted_difference(&server.players, &removed);
+        server.players.extend_from_slice(&added);
+        server.players.sort_unstable();
+        for &user in joined {
+            self.join(user, &server.place, server.deadline, now);
+        }
+        for &user in &removed {
+            self.leave(user, game, now);
+        }
+        Ok(())
+    }
+
+    /// See [`crate::presence::Presence::end_game_server`].
+    pub fn end_game_server(&self, game: Uuid, now: Now) {
+        let Some((_, server)) = self.servers.remove(&game) else {
+            return;
+        };
+        self.server_count.fetch_sub(1, Ordering::Relaxed);
+        if now.mono < server.deadline {
+            for &user in &server.players {
+                self.leave(user, game, now);
+            }
+        }
+    }
+
+    /// Live game servers, as of the last sweep.
+    pub fn game_servers(&self) -> usize {
+        self.server_count.load(Ordering::Relaxed)
+    }
+
+    /// `user` is in `server` until `deadline`: a new session (joined above every one it
+    /// holds, the oldest ended when it holds the most allowed), or the same one renewed.
+    fn join(&self, user: UserId, server: &Arc<ServerPlace>, deadline: Mono, now: Now) {
+        let session = |joined| GameSession {
+            server: server.clone(),
+            joined,
+            deadline,
+        };
+        let (filed, delivery) = match self.users.entry(user) {
+            MapEntry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
+                entry.last_online = now.wall;
+                let (filed, changed) = match live_mut(&mut entry.record) {
+                    None => {
+                        let pending = self.retention.is_some();
+                        entry.record = self.new_player(server, session(0), pending);
+                        (Filed::Expiry(deadline), true)
+                    }
+                    Some(live) => {
+                        let before = Shown::of(live, now.mono);
+                        let counted = live.counted();
+                        // Ended sessions go: something is live from now on, so none of
+                        // them is the one an Offline user would show.
+                        if live.games.iter().any(|g| g.deadline <= now.mono) {
+                            live.games = live
+                                .games
+                                .iter()
+                                .filter(|g| now.mono < g.deadline)
+                                .cloned()
+                                .collect();
+                        }
+                        let mut games = std::mem::take(&mut live.games).into_vec();
+                        match games.iter_mut().find(|g| g.server.game == server.game) {
+                            Some(held) => {
+                                held.deadline = deadline;
+                                held.server = server.clone();
+                            }
+                            None => {
+                                let joined = sessions::next_join(&games);
+                                if let Some(oldest) =
+                                    sessions::evicted_by_join(&games, self.games.sessions_per_user)
+                                {
+                                    games.remove(oldest);
+                                }
+                                games.push(session(joined));
+                            }
+                        }
+                        live.games = games.into_boxed_slice();
+                        let filed = self.refile(live, now.mono);
+                        self.recount(counted, live.counted());
+                        (filed, Shown::of(live, now.mono) != before)
+                    }
+                };
+                let delivery = changed
+                    .then(|| self.tell(user, occupied.get(), now.mono))
+                    .flatten();
+                (filed, delivery)
+            }
+            MapEntry::Vacant(vacant) => {
+                let record = self.new_player(server, session(0), false);
+                let entry = vacant.insert(Entry {
+                    last_online: now.wall,
+                    record,
+                });
+                (
+                    Filed::Expiry(deadline),
+                    self.tell(user, &entry, now.mono),
+                )
+            }
+        };
+        if let Some(delivery) = delivery {
+            delivery.deliver();
+        }
+        self.file(user, filed);
+    }
+
+    /// The record of a user whose only session is `session`, counted.
+    fn new_player(
+        &self,
+        server: &Arc<ServerPlace>,
+        session: GameSession,
+        retention_pending: bool,
+    ) -> Arc<Record> {
+        self.count_session(PresenceType::InGame, 1);
+        Arc::new(Record::Live(Live {
+            location: server.place.location.clone(),
+            deadline: Mono(0),
+            scheduled: session.deadline,
+            retention_pending,
+            left: true,
+            session: Session {
+                kind: PresenceType::Online,
+                place: None,
+                game_id: None,
+            },
+            games: Box::new([session]),
+        }))
+    }
+
+    /// `user`'s session in server `game` ends now, if it is live; nothing else of the user
+    /// is touched. A user left with no live session is Offline from now on, at the location
+    /// of the session just ended.
+    fn leave(&self, user: UserId, game: Uuid, now: Now) {
+        let Some(mut guard) = self.users.get_mut(&user) else {
+            return;
+        };
+        let entry = &mut *guard;
+        let Some(live) = live_mut(&mut entry.record) else {
+            return;
+        };
+        let Some(i) = live.game_index(game).filter(|&i| now.mono < live.games[i].deadline)
+        else {
+            return;
+        };
+        entry.last_online = now.wall;
+        let before = Shown::of(live, now.mono);
+        let counted = live.counted();
+        let mut filed = Filed::Nothing;
+        live.games[i].deadline = now.mono;
+        if live.pick(now.mono).is_none() {
+            // Nothing live any more: Offline now, keeping what it showed last.
+            self.recount(counted, None);
+            if let (Some(due), false) = (self.retention_due(now.mono), live.retention_pending) {
+                filed = Filed::Retention(due);
+            }
+            entry.record = live.offline_location().record();
+        } else {
+            let mut games = std::mem::take(&mut live.games).into_vec();
+            games.remove(i);
+            live.games = games.into_boxed_slice();
+            self.recount(counted, live.counted());
+        }
+        let delivery = match &*entry.record {
+            Record::Live(live) if Shown::of(live, now.mono) == before => None,
+            Record::Location(_) if before.kind == PresenceType::Offline => None,
+            _ => self.tell(user, entry, now.mono),
+        };
+        drop(guard);
+        if let Some(delivery) = delivery {
+            delivery.deliver();
+        }
+        self.file(user, filed);
+    }
+
     /// Users held in memory, present or not.
     pub fn len(&self) -> usize {
         self.users.len()
@@ -627,6 +1200,26 @@ impl Store {
     pub fn retention_scheduled(&self) -> usize {
         self.retention.as_ref().map_or(0, |r| r.index.len())
     }
+}
+
+/// The ids of sorted `a` that are not in sorted `b`.
+fn sorted_difference(a: &[UserId], b: &[UserId]) -> Vec<UserId> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &id in a {
+        while j < b.len() && b[j] < id {
+            j += 1;
+        }
+        if b.get(j) != Some(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// How many ids sorted `a` and sorted `b` share.
+fn sorted_intersection_len(a: &[UserId], b: &[UserId]) -> usize {
+    a.len() - sorted_difference(a, b).len()
 }
 
 /// A present user's own session, to change in place; `None` for an Offline user.
@@ -1098,6 +1691,7 @@ mod tests {
             last_online: WallMillis(last_online),
             last_location: Cow::Borrowed("Home"),
             live: None,
+            games: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@
 //!   subscribes and hands them to its [`Hub`] (see [`feed`]).
 
 mod feed;
+mod games;
 pub mod keys;
 pub mod record;
 pub mod scripts;
@@ -843,6 +844,7 @@ impl RedisBackend {
                     (PresenceType::InStudio, sums[2]),
                 ],
                 tracked,
+                game_servers: 0,
             })
         })
         .await
