@@ -5,7 +5,9 @@
 use presence_server::config::ServiceKeySettings;
 use presence_server::Settings;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
+
+/// Lowercase hex SHA-256 of a key, as `auth.service_keys[].sha256` holds it.
+pub use presence_server::auth::sha256_hex;
 
 use super::TestApp;
 
@@ -28,14 +30,6 @@ pub const SERVERS: [&str; 5] = [
 
 /// A place that is not in the catalog.
 pub const UNKNOWN_PLACE: i64 = 555;
-
-/// Lowercase hex SHA-256 of `key`, as `auth.service_keys[].sha256` holds it.
-pub fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Adds a service key with `scopes` to `settings`.
 pub fn add_key(settings: &mut Settings, name: &str, key: &str, scopes: &[&str]) {
