@@ -21,6 +21,7 @@ const QUIET: Duration = Duration::from_millis(700);
 const TTL: Duration = Duration::from_secs(2);
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
+const HALF: Duration = Duration::from_millis(500);
 
 /// The real server on a mock clock, with the game-servers key, the catalog place 1818, a
 /// `game_server_ttl` of 2 s and a sweeper every 100 ms of real time; once ready.
@@ -419,9 +420,9 @@ async fn a_refused_change_of_players_is_400_and_applies_nothing() {
 async fn delete_ends_every_session_in_the_server_now_and_is_200_for_any_server() {
     let app = spawn(|_| {}).await;
     app.report(SERVER_A, 1818, &[1, 2]).await;
-    app.advance(SECOND);
+    app.advance(HALF);
     app.join_leave(SERVER_A, &[3], &[]).await;
-    app.advance(SECOND);
+    app.advance(HALF);
     ok_empty(app.delete_server(SERVER_A).await, "DELETE a live server").await;
     let t = app.stamp();
     for u in [1, 2, 3] {
@@ -571,9 +572,9 @@ async fn a_game_shows_over_the_app_and_the_app_again_once_the_game_ends() {
     .await;
     app.heartbeat(5, json!({"location": "Studio", "placeId": 1818}))
         .await;
-    app.advance(SECOND);
+    app.advance(HALF);
     app.report(SERVER_A, 1818, &[2, 3, 4, 5, 6]).await;
-    app.advance(SECOND);
+    app.advance(HALF);
     app.heartbeat(6, json!({})).await;
     let t1 = app.stamp();
     for u in [3, 4, 5, 6] {
@@ -582,7 +583,7 @@ async fn a_game_shows_over_the_app_and_the_app_again_once_the_game_ends() {
     }
     expect(&app, 6, &in_game(6, SERVER_A, 1818, None), &t1).await;
     // The game ends: the app session shows again, lastOnline at the leave.
-    app.advance(SECOND);
+    app.advance(HALF);
     app.report(SERVER_A, 1818, &[2]).await;
     let t2 = app.stamp();
     expect(&app, 3, &online(3, "Home"), &t2).await;
@@ -617,7 +618,8 @@ async fn disconnect_in_a_game_ends_only_the_app_session() {
     app.advance(SECOND);
     app.heartbeat(1, json!({"disconnect": true})).await;
     expect(&app, 1, &in_game(1, SERVER_A, 1818, None), &app.stamp()).await;
-    app.advance(SECOND);
+    // Within A's deadline (t0 + 2 s), the app session again, and again a disconnect.
+    app.advance(HALF);
     app.heartbeat(1, json!({"location": "Home"})).await;
     app.advance(MS);
     app.heartbeat(1, json!({"disconnect": true})).await;
@@ -737,8 +739,8 @@ async fn a_join_beyond_max_game_sessions_ends_the_oldest() {
     let app = spawn(|_| {}).await;
     assert_eq!(app.settings.presence.max_game_sessions, 4);
     for server in SERVERS {
-        app.report(server, 1818, &[1]).await;
         app.advance(MS);
+        app.report(server, 1818, &[1]).await;
     }
     for i in (1..SERVERS.len()).rev() {
         expect(&app, 1, &in_game(1, SERVERS[i], 1818, None), &app.stamp()).await;
@@ -944,6 +946,59 @@ async fn a_watcher_sees_every_change_of_the_entry_shown_and_nothing_for_a_repeat
     sees_change(&app, &mut sse, &mut known, &ids, "expiry").await;
     assert_eq!(known[&3]["userPresenceType"], "Offline");
     assert_eq!(known[&2]["lastLocation"], "Home");
+}
+
+/// A change by expiry is owed to watchers even when, before the sweeper reaches it, a
+/// write lands that leaves what a read shows as it was (the read already showed the
+/// expiry). `disconnect`: an app session expires, then a disconnect; else game server A
+/// expires, falling back to B, then B reports again.
+async fn expiry_then_a_write_before_the_sweep(disconnect: bool) {
+    // A sweeper slow enough for the write to land first.
+    let app = spawn(|s| {
+        s.presence.heartbeat_ttl = TTL;
+        s.presence.sweep_interval = Duration::from_millis(500);
+    })
+    .await;
+    if disconnect {
+        app.heartbeat(1, json!({"location": "Home"})).await;
+    } else {
+        app.report(SERVER_B, UNKNOWN_PLACE, &[1]).await;
+        app.advance(MS);
+        app.report(SERVER_A, 1818, &[1]).await;
+        app.advance(SECOND);
+        app.report(SERVER_B, UNKNOWN_PLACE, &[1]).await;
+        app.advance(SECOND - MS);
+    }
+    let mut sse = Sse::open(app.addr, "userIds=1", &[], None).await;
+    assert_eq!(sse.status, 200, "{}", sse.body);
+    let mut known = HashMap::new();
+    for e in sse.event().await.entries() {
+        known.insert(e["userId"].as_u64().unwrap(), e);
+    }
+    // Onto the app session's deadline, or A's; then the write.
+    if disconnect {
+        app.advance(TTL);
+        app.heartbeat(1, json!({"disconnect": true})).await;
+    } else {
+        app.advance(MS);
+        app.report(SERVER_B, UNKNOWN_PLACE, &[1]).await;
+    }
+    let what = if disconnect {
+        "expired app session, then a disconnect"
+    } else {
+        "A expired (B shown), then B reported again"
+    };
+    sees_change(&app, &mut sse, &mut known, &[1], what).await;
+}
+
+#[tokio::test]
+async fn an_app_expiry_reaches_watchers_when_a_disconnect_comes_before_the_sweep() {
+    expiry_then_a_write_before_the_sweep(true).await;
+}
+
+#[tokio::test]
+async fn a_server_expiry_reaches_watchers_when_a_report_comes_before_the_sweep() {
+    expiry_then_a_write_before_the_sweep(false).await;
 }
 
 // ---- snapshots ----
