@@ -18,7 +18,7 @@
 //! shows how to replay it.
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::game::*;
@@ -33,6 +33,9 @@ const QUIET_EVERY: usize = 25;
 const APP_TTL: u64 = 3_000;
 const GAME_TTL: u64 = 2_000;
 const USERS: std::ops::RangeInclusive<u64> = 301..=305;
+/// Game servers: one more than the largest `max_game_sessions` a seed runs with, so that
+/// joins go past the bound.
+const SERVER_COUNT: usize = 4;
 const PLACES: [i64; 2] = [1818, UNKNOWN_PLACE];
 /// How long the watcher may take, after the changes stop, to show the latest entries.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -169,7 +172,7 @@ struct Server {
 
 struct Model {
     now: u64,
-    users: HashMap<u64, User>,
+    users: BTreeMap<u64, User>,
     servers: Vec<Option<Server>>,
     next_life: u64,
     next_join: u64,
@@ -177,6 +180,8 @@ struct Model {
     last_join_at: Option<u64>,
     max_sessions: usize,
     client_reported: bool,
+    /// Sessions ended by a join beyond the bound.
+    evictions: usize,
 }
 
 impl Model {
@@ -184,12 +189,13 @@ impl Model {
         Self {
             now: 0,
             users: USERS.map(|u| (u, User::default())).collect(),
-            servers: vec![None; SERVERS.len()],
+            servers: vec![None; SERVER_COUNT],
             next_life: 0,
             next_join: 0,
             last_join_at: None,
             max_sessions,
             client_reported,
+            evictions: 0,
         }
     }
 
@@ -321,6 +327,7 @@ impl Model {
         if games.len() >= self.max_sessions {
             let oldest = games.iter().map(|g| g.joined).min().unwrap();
             games.retain(|g| g.joined != oldest);
+            self.evictions += 1;
         }
         games.push(GameSession {
             server: s,
@@ -410,7 +417,7 @@ impl Model {
                 None => {}
             }
         }
-        counts.3 = (0..SERVERS.len())
+        counts.3 = (0..SERVER_COUNT)
             .filter(|&s| self.server_live(s, self.now).is_some())
             .count() as f64;
         counts
@@ -459,9 +466,15 @@ struct Run {
     /// The latest entry the watcher was sent of each user.
     known: HashMap<u64, Value>,
     step: usize,
+    /// How often each kind of operation and outcome came up, printed at the end.
+    stats: BTreeMap<&'static str, usize>,
 }
 
 impl Run {
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_default() += 1;
+    }
+
     fn log(&self, what: &str) {
         eprintln!("[{:>3}] t+{}ms {what}", self.step, self.model.now);
     }
@@ -501,7 +514,7 @@ impl Run {
 
     async fn report(&mut self) {
         self.apart();
-        let s = self.rng.below(SERVERS.len() as u64) as usize;
+        let s = self.rng.below(SERVER_COUNT as u64) as usize;
         let live = self.model.server_live(s, self.model.now).cloned();
         // Mostly the same place as before, now and then another.
         let (place, universe) = match live {
@@ -532,13 +545,22 @@ impl Run {
             body["universeId"] = json!(u);
         }
         self.log(&format!("PUT {s} {body}"));
+        self.count("PUT");
         self.app.report_body(SERVERS[s], &body).await;
         self.model.report(s, place, universe, &players);
     }
 
     async fn players(&mut self) -> Result<(), String> {
         self.apart();
-        let s = self.rng.below(SERVERS.len() as u64) as usize;
+        // Mostly a live server; now and then any (404 when it is not live).
+        let live: Vec<usize> = (0..SERVER_COUNT)
+            .filter(|&s| self.model.server_live(s, self.model.now).is_some())
+            .collect();
+        let s = if !live.is_empty() && self.rng.chance(80) {
+            self.rng.pick(&live)
+        } else {
+            self.rng.below(SERVER_COUNT as u64) as usize
+        };
         let everyone: Vec<u64> = USERS.collect();
         let live = self.model.server_live(s, self.model.now).is_some();
         let members = self.model.members(s);
@@ -578,6 +600,7 @@ impl Run {
         self.log(&format!("POST players {s} {body} (live: {live})"));
         let res = self.app.post_players(SERVERS[s], &body).await;
         if !live {
+            self.count("POST players: 404");
             let got = error_of(res).await;
             if got != (404, 0, "Unknown game server.".to_owned()) {
                 return Err(format!("POST players {s} {body}: {got:?}, expected 404 code 0 `Unknown game server.` (the server is not live)"));
@@ -585,6 +608,7 @@ impl Run {
             return Ok(());
         }
         if both {
+            self.count("POST players: 400");
             let got = error_of(res).await;
             if (got.0, got.1) != (400, 0) {
                 return Err(format!(
@@ -600,16 +624,18 @@ impl Run {
                 "POST players {s} {body}: {status} {text}, expected 200 {{}}"
             ));
         }
+        self.count("POST players: 200");
         self.model.players(s, &joined, &left);
         Ok(())
     }
 
     async fn delete(&mut self) {
-        let s = self.rng.below(SERVERS.len() as u64) as usize;
+        let s = self.rng.below(SERVER_COUNT as u64) as usize;
         self.log(&format!(
             "DELETE {s} (live: {})",
             self.model.server_live(s, self.model.now).is_some()
         ));
+        self.count("DELETE");
         self.app.stop_server(SERVERS[s]).await;
         self.model.delete(s);
     }
@@ -631,6 +657,7 @@ impl Run {
         let user = self.rng.user();
         let body = self.random_body();
         self.log(&format!("heartbeat {user} {body}"));
+        self.count("heartbeat");
         self.app.heartbeat(user, body.clone()).await;
         self.model.heartbeat(user, &body);
     }
@@ -638,6 +665,7 @@ impl Run {
     async fn disconnect(&mut self) {
         let user = self.rng.user();
         self.log(&format!("disconnect {user}"));
+        self.count("disconnect");
         self.app.heartbeat(user, json!({"disconnect": true})).await;
         self.model.disconnect(user);
     }
@@ -670,12 +698,18 @@ impl Run {
             _ => d,
         };
         self.log(&format!("onto the deadline {d}"));
+        self.count(if to == d {
+            "onto a deadline exactly"
+        } else {
+            "a millisecond off a deadline"
+        });
         self.advance(to - now);
     }
 
     /// Lets the sweeper run: /metrics then counts what the model shows.
     async fn sweep(&mut self) -> Result<(), String> {
         self.log("sweep");
+        self.count("sweep");
         tokio::time::sleep(Duration::from_millis(250)).await;
         let want = self.model.counts();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -707,7 +741,7 @@ impl Run {
             49..=66 => self.heartbeat().await,
             67..=72 => self.disconnect().await,
             73..=85 => {
-                let ms = 1 + self.rng.below(1500);
+                let ms = 1 + self.rng.below(800);
                 self.advance(ms);
             }
             86..=95 => self.onto_deadline(),
@@ -737,6 +771,7 @@ impl Run {
     /// No more changes for now: the watcher must end on the lookups' entries.
     async fn quiet_point(&mut self) -> Result<(), String> {
         self.log("quiet point");
+        self.count("quiet point");
         let expected = self.check_lookups().await?;
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
@@ -812,6 +847,7 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), String> {
         sse,
         known,
         step: 0,
+        stats: BTreeMap::new(),
     };
     for step in 0..ops {
         run.step = step;
@@ -824,6 +860,12 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), String> {
     run.quiet_point().await?;
     run.sweep().await?;
     run.app.stop().await;
+    let joins = run.model.next_join;
+    let evictions = run.model.evictions;
+    eprintln!(
+        "seed {seed:#x} passed: {:?}, joins {joins}, joins past the bound {evictions}",
+        run.stats
+    );
     Ok(())
 }
 
