@@ -642,6 +642,31 @@ async fn disconnect_in_a_game_ends_only_the_app_session() {
 }
 
 #[tokio::test]
+async fn offline_keeps_the_location_shown_last_when_sessions_end_in_the_same_millisecond() {
+    let app = spawn(|_| {}).await;
+    for (user, game_first) in [(1, true), (2, false)] {
+        app.heartbeat(user, json!({"location": "Home"})).await;
+        app.report(SERVER_A, 1818, &[user]).await;
+        app.advance(MS);
+        // Both end at this instant, one after the other; a read between them shows the
+        // session left.
+        if game_first {
+            app.join_leave(SERVER_A, &[], &[user]).await;
+            expect(&app, user, &online(user, "Home"), &app.stamp()).await;
+            app.heartbeat(user, json!({"disconnect": true})).await;
+            expect(&app, user, &offline(user, "Home"), &app.stamp()).await;
+        } else {
+            app.heartbeat(user, json!({"disconnect": true})).await;
+            let shown = in_game(user, SERVER_A, 1818, None);
+            expect(&app, user, &shown, &app.stamp()).await;
+            app.join_leave(SERVER_A, &[], &[user]).await;
+            let last = offline(user, "Classic: Crossroads");
+            expect(&app, user, &last, &app.stamp()).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_most_recently_joined_live_game_session_is_shown() {
     let app = spawn(|_| {}).await;
     app.report(SERVER_A, 1818, &[1]).await;
