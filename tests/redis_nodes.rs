@@ -85,6 +85,75 @@ async fn a_heartbeat_on_one_node_is_seen_by_a_lookup_on_the_other() {
 }
 
 #[tokio::test]
+async fn a_game_server_reported_through_one_node_is_live_on_the_other() {
+    use common::game::{self as g, SERVER_A};
+    if r::skip_unless_redis("two nodes sharing one Redis") {
+        return;
+    }
+    let a = spawn_app_with(g::game_settings).await;
+    let b = another_node(&a, g::game_settings).await;
+    a.until_ready(Duration::from_secs(10)).await;
+    b.until_ready(Duration::from_secs(10)).await;
+    let mut sse = common::live::Sse::open(b.addr, "userIds=1,2,3", &[], None).await;
+    assert_eq!(sse.status, 200, "{}", sse.body);
+    sse.event().await;
+
+    // A report through a: every node shows it, and b's watchers are told.
+    a.report(SERVER_A, 1818, &[1, 2]).await;
+    let on_a = a.lookup(&[1, 2, 3]).await;
+    assert_eq!(
+        g::fields(&on_a[0]),
+        g::in_game(1, SERVER_A, 1818, None),
+        "{on_a:?}"
+    );
+    assert_eq!(b.lookup(&[1, 2, 3]).await, on_a);
+    let want = [
+        g::in_game(1, SERVER_A, 1818, None),
+        g::in_game(2, SERVER_A, 1818, None),
+    ];
+    let mut seen = std::collections::HashMap::new();
+    while [1, 2]
+        .iter()
+        .zip(&want)
+        .any(|(u, w)| seen.get(u) != Some(w))
+    {
+        let event = sse.event().await;
+        for e in event.entries() {
+            seen.insert(e["userId"].as_u64().unwrap(), g::fields(&e));
+        }
+    }
+
+    // The server is live on b: players join and leave through it, and it is stopped there.
+    b.join_leave(SERVER_A, &[3], &[1]).await;
+    let on_a = a.lookup(&[1, 3]).await;
+    assert_eq!(on_a[0]["userPresenceType"], "Offline", "{on_a:?}");
+    assert_eq!(
+        g::fields(&on_a[1]),
+        g::in_game(3, SERVER_A, 1818, None),
+        "{on_a:?}"
+    );
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(10), || async {
+            (node.gauge("presence_game_servers").await == 1.0).then_some(())
+        })
+        .await;
+    }
+    b.stop_server(SERVER_A).await;
+    for p in a.lookup(&[1, 2, 3]).await {
+        assert_eq!(p["userPresenceType"], "Offline", "{p}");
+        assert_eq!(p["lastLocation"], "Classic: Crossroads", "{p}");
+    }
+    let res = a.post_players(SERVER_A, &json!({"joined": [4]})).await;
+    assert_eq!(error_of(res).await.0, 404);
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(10), || async {
+            (node.gauge("presence_game_servers").await == 0.0).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn each_expiry_is_processed_once_across_nodes() {
     if r::skip_unless_redis("expiry across nodes") {
         return;

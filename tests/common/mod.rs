@@ -2,6 +2,7 @@
 //! a free loopback port, plus a few helpers that read as the contract does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod game;
 pub mod live;
 pub mod process;
 pub mod redis;
