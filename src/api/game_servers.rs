@@ -112,9 +112,12 @@ fn form_int(text: &str) -> Result<i64, ApiError> {
 /// The path's game id: a UUID, else 400 code 0.
 fn game_id(path: &str) -> Result<Uuid, ApiError> {
     if path.len() != 36 {
-        return Err(ApiError::BadRequest("gameId must be a hyphenated UUID".into()));
+        return Err(ApiError::BadRequest(
+            "gameId must be a hyphenated UUID".into(),
+        ));
     }
-    Uuid::parse_str(path).map_err(|_| ApiError::BadRequest("gameId must be a hyphenated UUID".into()))
+    Uuid::parse_str(path)
+        .map_err(|_| ApiError::BadRequest("gameId must be a hyphenated UUID".into()))
 }
 
 /// Validated, de-duplicated ids, counted before de-duplication against `max`.

@@ -484,7 +484,9 @@ fn decode_server<'a>(r: &mut Reader<'a>) -> Result<SavedServer<'a>, String> {
     let count = r.u32()? as usize;
     // Each player is 8 bytes: a count past the end is refused before any allocation.
     if count.saturating_mul(8) > r.bytes.len().saturating_sub(r.at) {
-        return Err(format!("game server {game} declares more players than the file holds"));
+        return Err(format!(
+            "game server {game} declares more players than the file holds"
+        ));
     }
     let mut players = Vec::with_capacity(count);
     for _ in 0..count {

@@ -21,9 +21,9 @@ use crate::presence::model::{
     Heartbeat, LocationName, Now, PlaceInfo, PresenceType, PresenceView, SavedGame, SavedServer,
     SavedSession, SavedUser, Session, UserId,
 };
-use crate::presence::time::{duration_millis, Mono, WallMillis};
 use crate::presence::service::GameServerError;
 use crate::presence::sessions::{self, GamePlace, Pick};
+use crate::presence::time::{duration_millis, Mono, WallMillis};
 use crate::presence::watch::{Changes, Delivery};
 use uuid::Uuid;
 
@@ -94,6 +94,14 @@ struct Shown {
 }
 
 impl Shown {
+    /// Whether a session of `live` ended (its deadline passed) and no sweep has told its
+    /// watchers yet: they may still hold the entry from before, so the next change of this
+    /// record is published whatever it shows after (the hub drops an entry a watcher
+    /// already holds).
+    fn unswept(live: &Live, now: Mono) -> bool {
+        (!live.left && live.deadline <= now) || live.games.iter().any(|g| g.deadline <= now)
+    }
+
     fn of(live: &Live, now: Mono) -> Self {
         match live.pick(now) {
             Some(Pick::App) => Self {
@@ -352,11 +360,12 @@ impl Store {
             };
         };
         let before = Shown::of(live, now.mono);
+        let unswept = Shown::unswept(live, now.mono);
         let counted = live.counted();
         let filed = match heartbeat {
             Heartbeat::Disconnect => {
                 if live.left {
-                    return (Filed::Nothing, false);
+                    return (Filed::Nothing, unswept);
                 }
                 // The app session ends now, but the record and its expiry slot stay until
                 // the sweeper reaches that slot (see `Live::left`).
@@ -381,7 +390,7 @@ impl Store {
             }
         };
         self.recount(counted, live.counted());
-        let changed = Shown::of(live, now.mono) != before;
+        let changed = unswept || Shown::of(live, now.mono) != before;
         (filed, changed)
     }
 
@@ -806,7 +815,12 @@ impl Store {
             let counted = live.counted();
             let mut ended = false;
             if live.games.iter().any(|g| g.deadline <= now) {
-                live.games = live.games.iter().filter(|g| now < g.deadline).cloned().collect();
+                live.games = live
+                    .games
+                    .iter()
+                    .filter(|g| now < g.deadline)
+                    .cloned()
+                    .collect();
                 ended = true;
             }
             if !live.left && live.deadline <= now {
@@ -1058,6 +1072,7 @@ impl Store {
                     }
                     Some(live) => {
                         let before = Shown::of(live, now.mono);
+                        let unswept = Shown::unswept(live, now.mono);
                         let counted = live.counted();
                         // Ended sessions go: something is live from now on, so none of
                         // them is the one an Offline user would show.
@@ -1088,7 +1103,7 @@ impl Store {
                         live.games = games.into_boxed_slice();
                         let filed = self.refile(live, now.mono);
                         self.recount(counted, live.counted());
-                        (filed, Shown::of(live, now.mono) != before)
+                        (filed, unswept || Shown::of(live, now.mono) != before)
                     }
                 };
                 let delivery = changed
@@ -1102,10 +1117,7 @@ impl Store {
                     last_online: now.wall,
                     record,
                 });
-                (
-                    Filed::Expiry(deadline),
-                    self.tell(user, &entry, now.mono),
-                )
+                (Filed::Expiry(deadline), self.tell(user, &entry, now.mono))
             }
         };
         if let Some(delivery) = delivery {
@@ -1148,12 +1160,15 @@ impl Store {
         let Some(live) = live_mut(&mut entry.record) else {
             return;
         };
-        let Some(i) = live.game_index(game).filter(|&i| now.mono < live.games[i].deadline)
+        let Some(i) = live
+            .game_index(game)
+            .filter(|&i| now.mono < live.games[i].deadline)
         else {
             return;
         };
         entry.last_online = now.wall;
         let before = Shown::of(live, now.mono);
+        let unswept = Shown::unswept(live, now.mono);
         let counted = live.counted();
         let mut filed = Filed::Nothing;
         live.games[i].deadline = now.mono;
@@ -1171,8 +1186,8 @@ impl Store {
             self.recount(counted, live.counted());
         }
         let delivery = match &*entry.record {
+            _ if unswept => self.tell(user, entry, now.mono),
             Record::Live(live) if Shown::of(live, now.mono) == before => None,
-            Record::Location(_) if before.kind == PresenceType::Offline => None,
             _ => self.tell(user, entry, now.mono),
         };
         drop(guard);
