@@ -1,6 +1,9 @@
 //! Figures that criterion does not time: memory per user at 1M users, measured by a
 //! counting allocator; lookup latency while the sweeper expires 1M users at once; and
-//! snapshot write and load time, file size, and lookup latency while a snapshot is written.
+//! snapshot write and load time, file size, and lookup latency while a snapshot is written;
+//! and the memory of game-server sessions (CONTRACT section 10): per user with an app
+//! session, as a player of game servers of 700 players, or both, and a live server's own
+//! cost, fitted from many servers of few players against few servers of many.
 //!
 //! Run: `cargo bench --bench scale` (about a minute). Prints a table and writes it to
 //! `target/bench-scale.json`.
@@ -13,9 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use presence_server::presence::memory::snapshot as persistence;
+use presence_server::presence::memory::store::GameLimits;
 use presence_server::presence::model::{PlaceInfo, Session};
+use presence_server::presence::sessions::GamePlace;
 use presence_server::presence::time::Mono;
-use presence_server::presence::{Heartbeat, Location, LocationName, PresenceType, UserId};
+use presence_server::presence::{
+    Heartbeat, Location, LocationName, PlaceCatalog, PresenceType, Store, UserId,
+};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -89,6 +96,117 @@ fn snapshot_users(users: u64) -> presence_server::presence::Store {
         store.heartbeat(user(n), heartbeat, at(0));
     }
     store
+}
+
+/// Players per game server in the per-user figures (`api.max_players_per_server`).
+const PER_SERVER: u64 = 700;
+/// Users in the per-user figures: 1,430 full servers, about 1M users.
+const GAME_USERS: u64 = 1_430 * PER_SERVER;
+/// Players in the server-cost fit: every one of them is in each configuration's servers.
+const FIT_PLAYERS: u64 = 700_000;
+
+/// A store whose bounds leave room for every server the bench reports.
+fn game_store() -> Store {
+    new_store().with_games(GameLimits {
+        servers: 10_000_000,
+        ..GameLimits::default()
+    })
+}
+
+fn game_place() -> GamePlace {
+    GamePlace::new(1818, Some(13058), &PlaceCatalog::new(&[])).unwrap()
+}
+
+/// Server ids of one series: distinct per `series` and `n`.
+fn server_id(series: u64, n: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(series, n)
+}
+
+/// Reports servers of `per_server` players each, of users `1..=users` in order (the last
+/// server takes what is left), all at `at(0)`.
+fn report_servers(store: &Store, series: u64, users: u64, per_server: u64) -> u64 {
+    let place = game_place();
+    let mut servers = 0;
+    let mut first = 1;
+    while first <= users {
+        let last = (first + per_server - 1).min(users);
+        let players: Vec<UserId> = (first..=last).map(user).collect();
+        store
+            .report_game_server(server_id(series, servers), &place, &players, at(0))
+            .unwrap();
+        servers += 1;
+        first = last + 1;
+    }
+    servers
+}
+
+/// Memory rows of game-server sessions (CONTRACT section 10).
+fn game_memory(rows: &mut Vec<(&'static str, f64)>) {
+    // Per user: an app session, game sessions only, both; the same ids every time.
+    let (app, store) = bytes_per_user(GAME_USERS, || present_users(GAME_USERS, 0));
+    drop(store);
+    let (players, store) = bytes_per_user(GAME_USERS, || {
+        let store = game_store();
+        report_servers(&store, 1, GAME_USERS, PER_SERVER);
+        store
+    });
+    assert_eq!(store.game_servers() as u64, GAME_USERS / PER_SERVER);
+    drop(store);
+    let (both, store) = bytes_per_user(GAME_USERS, || {
+        let store = present_users(GAME_USERS, 0);
+        report_servers(&store, 1, GAME_USERS, PER_SERVER);
+        store
+    });
+    drop(store);
+    rows.push(("memory per user, app session, 1M users (bytes)", app));
+    rows.push((
+        "memory per user, player of a 700-player server, no app session",
+        players,
+    ));
+    rows.push(("memory per user, app session and player (bytes)", both));
+    rows.push(("extra per player over the app session (bytes)", both - app));
+
+    // A server's own cost. Every player already holds the most game sessions allowed, so a
+    // further join replaces the oldest in a record of the same size: what a new server
+    // adds is the server alone (its map slot, its place, its expiry slot, its list of
+    // players). The same 700,000 players go to S servers of 700,000 / S each.
+    let sessions = GameLimits::default().sessions_per_user as u64;
+    let mut points = Vec::new();
+    for per_server in [700, 70, 7] {
+        let store = game_store();
+        for series in 0..sessions {
+            report_servers(&store, 100 + series, FIT_PLAYERS, PER_SERVER);
+        }
+        let region = Region::new(GLOBAL);
+        let servers = report_servers(&store, 200, FIT_PLAYERS, per_server);
+        let change = region.change();
+        let added = change.bytes_allocated as f64 - change.bytes_deallocated as f64;
+        drop(store);
+        points.push((servers as f64, added));
+    }
+    // total = servers * base + players * per_player, with the players fixed: a line in the
+    // number of servers (least squares over the three points).
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let slope = points
+        .iter()
+        .map(|p| (p.0 - mean_x) * (p.1 - mean_y))
+        .sum::<f64>()
+        / points.iter().map(|p| (p.0 - mean_x).powi(2)).sum::<f64>();
+    let intercept = mean_y - slope * mean_x;
+    for (&(servers, added), label) in points.iter().zip([
+        "server cost: 1,000 servers of 700, per server (bytes)",
+        "server cost: 10,000 servers of 70, per server (bytes)",
+        "server cost: 100,000 servers of 7, per server (bytes)",
+    ]) {
+        rows.push((label, added / servers));
+    }
+    rows.push(("server cost, fitted base per server (bytes)", slope));
+    rows.push((
+        "server cost, fitted per player (bytes)",
+        intercept / FIT_PLAYERS as f64,
+    ));
 }
 
 fn main() {
@@ -188,9 +306,12 @@ fn main() {
         quiet[quiet.len() - 1].as_secs_f64() * 1e6,
     ));
 
-    println!("{:<48} {:>12}", "measure", "value");
+    drop(store);
+    game_memory(&mut rows);
+
+    println!("{:<64} {:>12}", "measure", "value");
     for (name, value) in &rows {
-        println!("{name:<48} {value:>12.2}");
+        println!("{name:<64} {value:>12.2}");
     }
     let json: Vec<_> = rows
         .iter()
