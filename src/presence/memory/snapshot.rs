@@ -726,6 +726,132 @@ mod tests {
         assert_eq!(expired[0].last_location, "Xbox \"One\" ✓");
     }
 
+    /// A file in version 1's layout, as servers before game servers wrote it, byte by byte.
+    fn version_1_file(written_at: i64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&written_at.to_le_bytes());
+        let user = |b: &mut Vec<u8>, id: u64, location: &str| {
+            b.push(USER_TAG);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&(written_at - 500).to_le_bytes());
+            b.extend_from_slice(&(location.len() as u32).to_le_bytes());
+            b.extend_from_slice(location.as_bytes());
+        };
+        // Online at Xbox until 30 s after writing.
+        user(&mut b, 1, "Xbox");
+        b.push(1);
+        b.extend_from_slice(&(written_at + 30_000).to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        // InGame at place 5 (root 4, universe 9), in game 77.
+        user(&mut b, 2, "Playing");
+        b.push(2);
+        b.extend_from_slice(&(written_at + 30_000).to_le_bytes());
+        b.push(1);
+        for n in [5i64, 4, 9] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        b.push(1);
+        b.extend_from_slice(Uuid::from_u128(77).as_bytes());
+        // Offline at Home.
+        user(&mut b, 3, "Home");
+        b.push(0);
+        b.push(END_TAG);
+        b.extend_from_slice(&3u64.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_as_it_was_written() {
+        let written_at = 1_700_000_000_000;
+        let restored = store();
+        let later = at(10, written_at + 1_000);
+        assert_eq!(
+            decode(&version_1_file(written_at), |u| assert!(restore_user(
+                &restored, u, later
+            ))),
+            Ok(3)
+        );
+        let views = restored.get_many(&[user(1), user(2), user(3)], Mono(20));
+        assert_eq!(views[0].kind, PresenceType::Online);
+        assert_eq!(views[0].last_location, "Xbox");
+        assert_eq!(views[1].kind, PresenceType::InGame);
+        assert_eq!(
+            views[1].place,
+            Some(PlaceInfo {
+                place_id: 5,
+                root_place_id: 4,
+                universe_id: NonZeroI64::new(9)
+            })
+        );
+        assert_eq!(views[1].game_id, Some(Uuid::from_u128(77)));
+        assert_eq!(views[2].kind, PresenceType::Offline);
+        assert_eq!(views[2].last_location, "Home");
+        for view in &views {
+            assert_eq!(view.last_online, Some(WallMillis(written_at - 500)));
+        }
+        // The deadline kept its wall-clock time: 30 s after writing, 29 s after loading.
+        let expired = restored.get_many(&[user(1)], Mono(10 + 29_000));
+        assert_eq!(expired[0].kind, PresenceType::Offline);
+    }
+
+    #[test]
+    fn game_sessions_and_live_servers_round_trip() {
+        let original = store();
+        let catalog = crate::presence::PlaceCatalog::new(&[]);
+        let place = crate::presence::sessions::GamePlace::new(1818, Some(3), &catalog).unwrap();
+        let t = at(1_000, 1_700_000_000_000);
+        let game = Uuid::from_u128(5);
+        original
+            .report_game_server(game, &place, &[user(1), user(2)], t)
+            .unwrap();
+        original.heartbeat(
+            user(2),
+            Heartbeat::Present {
+                location: LocationName::Given("Web"),
+                session: Session {
+                    kind: PresenceType::Online,
+                    place: None,
+                    game_id: None,
+                },
+            },
+            at(1_500, 1_700_000_000_500),
+        );
+        let now = at(2_000, 1_700_000_001_000);
+        let bytes = encode(&original, now);
+        let restored = store();
+        let later = at(50, 1_700_000_002_000);
+        decode(&bytes, |u| {
+            restore_user(&restored, u, later);
+        })
+        .unwrap();
+        assert_eq!(restored.game_servers(), 1);
+        let ids = [user(1), user(2)];
+        assert_eq!(
+            original.get_many(&ids, Mono(3_000)),
+            restored.get_many(&ids, Mono(50 + 1_000))
+        );
+        let after = restored.get_many(&ids, Mono(51));
+        assert_eq!(after[0].kind, PresenceType::InGame);
+        assert_eq!(after[0].game_id, Some(game));
+        // The server is live where it was: players can still join it.
+        restored
+            .game_server_players(game, &[user(3)], &[user(1)], at(60, 1_700_000_002_010))
+            .unwrap();
+        let after = restored.get_many(&[user(1), user(2), user(3)], Mono(61));
+        assert_eq!(after[0].kind, PresenceType::Offline);
+        assert_eq!(after[1].kind, PresenceType::InGame);
+        assert_eq!(after[2].kind, PresenceType::InGame);
+        // User 2's game ends with the server, 60 s after its report; its app, heartbeated
+        // 0.5 s later, shows then.
+        let ended = restored.get_many(&[user(2)], Mono(50 + 58_000));
+        assert_eq!(ended[0].kind, PresenceType::Online);
+        assert_eq!(ended[0].last_location, "Web");
+    }
+
     #[test]
     fn a_present_user_whose_deadline_passed_while_down_comes_back_offline() {
         let original = filled();

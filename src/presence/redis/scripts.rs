@@ -428,9 +428,13 @@ return 1
 /// players comma-separated; leaving `<user id>@<until>` comma-separated: the players who
 /// left in the last reports, whose leaves every later report (or `DELETE`) sends again
 /// until their session in this server would have ended anyway, so that a report cut short
-/// after this script still ends everyone when it is repeated. The key expires with the
-/// server's deadline.
+/// after this script still ends everyone when it is repeated. Whether a server is live is
+/// its deadline against the one clock, never the key's existence; Redis drops the key
+/// `SERVER_KEY_GRACE_MS` after the deadline (by Redis's own clock), so that a clock that
+/// runs apart from Redis's (a node's estimate, or a test's mock) never loses a live
+/// server's record.
 const SERVER_HELPERS: &str = r#"
+local SERVER_KEY_GRACE_MS = 60000
 local function num(n)
   return string.format('%.0f', n)
 end
@@ -475,7 +479,7 @@ if old then
     for id in string.gmatch(old.players, '%d+') do leave(id, old.deadline) end
   end
 end
-redis.call('SET', KEYS[1], 'l|' .. num(deadline) .. '|' .. ARGV[6] .. '|' .. table.concat(leaving, ',') .. '|' .. ARGV[5], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], 'l|' .. num(deadline) .. '|' .. ARGV[6] .. '|' .. table.concat(leaving, ',') .. '|' .. ARGV[5], 'PX', num(tonumber(ARGV[2]) + SERVER_KEY_GRACE_MS))
 redis.call('ZADD', KEYS[2], num(deadline), ARGV[4])
 return {1, num(deadline), sent}
 "#;
@@ -546,7 +550,7 @@ if old.state == 'l' then
 end
 local left = old.deadline - now
 if #leaving > 0 and left > 0 then
-  redis.call('SET', KEYS[1], 'e|' .. num(old.deadline) .. '||' .. table.concat(leaving, ',') .. '|' .. old.rest, 'PX', num(left))
+  redis.call('SET', KEYS[1], 'e|' .. num(old.deadline) .. '||' .. table.concat(leaving, ',') .. '|' .. old.rest, 'PX', num(left + SERVER_KEY_GRACE_MS))
 else
   redis.call('DEL', KEYS[1])
 end
