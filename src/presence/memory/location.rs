@@ -54,8 +54,42 @@ pub(crate) struct Live {
     pub left: bool,
     pub session: Session,
     /// Game-server sessions, at most `presence.max_game_sessions`; empty for most users
-    /// (16 bytes, no allocation).
-    pub games: Box<[GameSession]>,
+    /// (8 bytes, no allocation).
+    pub games: Games,
+}
+
+/// A user's game sessions behind one thin pointer: a user in no game (most of them) pays
+/// 8 bytes and no allocation; a player pays one more pointer hop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Games(Option<Box<Box<[GameSession]>>>);
+
+impl Games {
+    pub fn from_vec(games: Vec<GameSession>) -> Self {
+        Self((!games.is_empty()).then(|| Box::new(games.into_boxed_slice())))
+    }
+
+    pub fn into_vec(self) -> Vec<GameSession> {
+        self.0.map_or_else(Vec::new, |games| games.into_vec())
+    }
+}
+
+impl std::ops::Deref for Games {
+    type Target = [GameSession];
+    fn deref(&self) -> &[GameSession] {
+        self.0.as_deref().map_or(&[], |games| games)
+    }
+}
+
+impl std::ops::DerefMut for Games {
+    fn deref_mut(&mut self) -> &mut [GameSession] {
+        self.0.as_deref_mut().map_or(&mut [], |games| games)
+    }
+}
+
+impl FromIterator<GameSession> for Games {
+    fn from_iter<I: IntoIterator<Item = GameSession>>(iter: I) -> Self {
+        Self::from_vec(iter.into_iter().collect())
+    }
 }
 
 /// A user's session in one game server.

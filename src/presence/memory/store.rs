@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
-use super::location::{GameSession, Live, Location, Locations, Record, ServerPlace};
+use super::location::{GameSession, Games, Live, Location, Locations, Record, ServerPlace};
 use crate::presence::model::{
     Heartbeat, LocationName, Now, PlaceInfo, PresenceType, PresenceView, SavedGame, SavedServer,
     SavedSession, SavedUser, Session, UserId,
@@ -439,7 +439,7 @@ impl Store {
             retention_pending,
             left: false,
             session,
-            games: Box::default(),
+            games: Games::default(),
         }))
     }
 
@@ -627,7 +627,7 @@ impl Store {
             .as_ref()
             .map_or(0, |live| live.deadline.0.saturating_sub(now.wall.0));
         let live = saved.live.filter(|_| left > 0);
-        let games: Box<[GameSession]> = saved
+        let games: Games = saved
             .games
             .iter()
             .filter_map(|g| {
@@ -1100,7 +1100,7 @@ impl Store {
                                 games.push(session(joined));
                             }
                         }
-                        live.games = games.into_boxed_slice();
+                        live.games = Games::from_vec(games);
                         let filed = self.refile(live, now.mono);
                         self.recount(counted, live.counted());
                         (filed, unswept || Shown::of(live, now.mono) != before)
@@ -1145,7 +1145,7 @@ impl Store {
                 place: None,
                 game_id: None,
             },
-            games: Box::new([session]),
+            games: Games::from_vec(vec![session]),
         }))
     }
 
@@ -1182,7 +1182,7 @@ impl Store {
         } else {
             let mut games = std::mem::take(&mut live.games).into_vec();
             games.remove(i);
-            live.games = games.into_boxed_slice();
+            live.games = Games::from_vec(games);
             self.recount(counted, live.counted());
         }
         let delivery = match &*entry.record {
