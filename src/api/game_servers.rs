@@ -27,7 +27,7 @@ pub const GAME_SERVER_PLAYERS: &str = "/v1/game-servers/{gameId}/players";
 pub struct GameServerReport {
     /// The place the server runs; required, > 0.
     #[serde(default, deserialize_with = "int64")]
-    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[schema(value_type = i64, required, minimum = 1, maximum = 9223372036854775807_i64)]
     pub place_id: Option<i64>,
     /// Overrides the place catalog's universe.
     #[serde(default, deserialize_with = "int64")]
@@ -35,7 +35,7 @@ pub struct GameServerReport {
     pub universe_id: Option<i64>,
     /// Every player in the server now; required (`[]` for none). Numbers or numeric strings.
     #[serde(default, deserialize_with = "some_list")]
-    #[schema(schema_with = super::openapi::user_ids_schema)]
+    #[schema(schema_with = super::openapi::player_ids_schema, required)]
     pub players: Option<Vec<IdItem>>,
 }
 
@@ -149,7 +149,7 @@ fn ok() -> HttpResponse {
     description = "A game server's whole state: live until now + presence.game_server_ttl; \
         every listed player InGame in it; every player of its previous report not listed \
         leaves now. Nothing is applied when the request is refused.",
-    params(("gameId" = String, Path, description = "The server instance's UUID")),
+    params(("gameId" = uuid::Uuid, Path, description = "The server instance's UUID (hyphenated)")),
     request_body(
         description = "The server's place and players",
         content(
@@ -201,7 +201,7 @@ pub async fn report(
     path = "/v1/game-servers/{gameId}/players",
     description = "Players who joined or left a live game server since its last report, \
         applied at once; the server's deadline does not move.",
-    params(("gameId" = String, Path, description = "The server instance's UUID")),
+    params(("gameId" = uuid::Uuid, Path, description = "The server instance's UUID (hyphenated)")),
     request_body(
         description = "Who joined and who left",
         content(
@@ -251,7 +251,7 @@ pub async fn players(
     path = "/v1/game-servers/{gameId}",
     description = "The server stopped: every player in it leaves now. 200 also for a server \
         that is not live.",
-    params(("gameId" = String, Path, description = "The server instance's UUID")),
+    params(("gameId" = uuid::Uuid, Path, description = "The server instance's UUID (hyphenated)")),
     responses(
         (status = 200, description = "OK", content((super::openapi::Empty = "application/json"))),
         (status = 400, description = "0: BadRequest (gameId not a UUID)", content((super::openapi::ErrorBody = "application/json"))),

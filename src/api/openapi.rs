@@ -157,6 +157,22 @@ pub fn user_ids_schema() -> impl Into<RefOr<Schema>> {
         .description(Some("list of userIds to get presence for"))
 }
 
+/// A game server's `players`: required, never `null` (`[]` for an empty server).
+pub fn player_ids_schema() -> impl Into<RefOr<Schema>> {
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1))
+        .maximum(Some(i64::MAX));
+    let text = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(positive_int64_pattern()));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array]))
+        .items(OneOfBuilder::new().item(number).item(text))
+        .description(Some("every player in the server now"))
+}
+
 /// A regular expression matching exactly the decimal strings of `1..=i64::MAX`, leading
 /// zeros allowed, as `UserId::parse` reads them.
 pub fn positive_int64_pattern() -> String {
@@ -219,20 +235,42 @@ pub fn document(settings: &Settings) -> Value {
         }),
     };
     // Forms cannot say `null`: their schemas are the JSON ones without it.
-    for (json_schema, form_schema, path) in [
-        ("LookupRequest", "LookupForm", "/v1/presence/users"),
+    for (json_schema, form_schema, path, method, empty_allowed) in [
+        (
+            "LookupRequest",
+            "LookupForm",
+            "/v1/presence/users",
+            "post",
+            true,
+        ),
         (
             "RegisterAppPresenceRequest",
             "RegisterAppPresenceForm",
             "/v1/presence/register-app-presence",
+            "post",
+            true,
+        ),
+        (
+            "PlayersChange",
+            "PlayersChangeForm",
+            "/v1/game-servers/{gameId}/players",
+            "post",
+            true,
+        ),
+        (
+            "GameServerReport",
+            "GameServerReportForm",
+            "/v1/game-servers/{gameId}",
+            "put",
+            false,
         ),
     ] {
         let mut form = doc["components"]["schemas"][json_schema].clone();
         strip_null(&mut form);
         doc["components"]["schemas"][form_schema] = form;
-        let body = &mut doc["paths"][path]["post"]["requestBody"];
-        // An empty body counts as `{}`.
-        body["required"] = json!(false);
+        let body = &mut doc["paths"][path][method]["requestBody"];
+        // An empty body counts as `{}` (a report without its players is refused).
+        body["required"] = json!(!empty_allowed);
         body["content"]["application/x-www-form-urlencoded"]["schema"] =
             json!({ "$ref": format!("#/components/schemas/{form_schema}") });
     }
