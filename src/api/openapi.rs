@@ -143,22 +143,19 @@ pub struct Status {
 
 /// The schema of `userIds`: positive int64s, as JSON numbers or decimal strings.
 pub fn user_ids_schema() -> impl Into<RefOr<Schema>> {
-    let number = ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-        .minimum(Some(1))
-        .maximum(Some(i64::MAX));
-    let text = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(positive_int64_pattern()));
-    ArrayBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
-        .items(OneOfBuilder::new().item(number).item(text))
-        .description(Some("list of userIds to get presence for"))
+    ids_schema(
+        &[Type::Array, Type::Null],
+        "list of userIds to get presence for",
+    )
 }
 
 /// A game server's `players`: required, never `null` (`[]` for an empty server).
 pub fn player_ids_schema() -> impl Into<RefOr<Schema>> {
+    ids_schema(&[Type::Array], "every player in the server now")
+}
+
+/// An array of user ids, each a positive int64 as a number or a decimal string.
+fn ids_schema(types: &[Type], description: &str) -> ArrayBuilder {
     let number = ObjectBuilder::new()
         .schema_type(Type::Integer)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
@@ -168,9 +165,9 @@ pub fn player_ids_schema() -> impl Into<RefOr<Schema>> {
         .schema_type(Type::String)
         .pattern(Some(positive_int64_pattern()));
     ArrayBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Array]))
+        .schema_type(SchemaType::from_iter(types.iter().cloned()))
         .items(OneOfBuilder::new().item(number).item(text))
-        .description(Some("every player in the server now"))
+        .description(Some(description))
 }
 
 /// A regular expression matching exactly the decimal strings of `1..=i64::MAX`, leading
