@@ -726,28 +726,5 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), String> {
 
 #[tokio::test]
 async fn every_watcher_ends_on_the_latest_entries_under_random_operations() {
-    let seeds: Vec<u64> = match std::env::var("LIVE_MODEL_SEED") {
-        Ok(text) => {
-            let text = text.trim();
-            let seed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            vec![seed.expect("LIVE_MODEL_SEED is a number")]
-        }
-        Err(_) => SEEDS.to_vec(),
-    };
-    let ops = std::env::var("LIVE_MODEL_OPS").map_or(OPS, |n| n.parse().unwrap());
-    let mut failures = Vec::new();
-    for seed in seeds {
-        if let Err(failure) = run_seed(seed, ops).await {
-            eprintln!("seed {seed:#x} FAILED: {failure}");
-            failures.push(format!("seed {seed:#x}: {failure}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "replay one with LIVE_MODEL_SEED=<seed>; the operation log is above\n{}",
-        failures.join("\n")
-    );
+    run_seeds("LIVE_MODEL", &SEEDS, OPS, run_seed).await;
 }

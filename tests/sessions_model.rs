@@ -871,28 +871,5 @@ async fn run_seed(seed: u64, ops: usize) -> Result<(), String> {
 
 #[tokio::test]
 async fn lookups_and_a_watcher_follow_the_session_model_under_random_operations() {
-    let seeds: Vec<u64> = match std::env::var("SESSIONS_MODEL_SEED") {
-        Ok(text) => {
-            let text = text.trim();
-            let seed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            vec![seed.expect("SESSIONS_MODEL_SEED is a number")]
-        }
-        Err(_) => SEEDS.to_vec(),
-    };
-    let ops = std::env::var("SESSIONS_MODEL_OPS").map_or(OPS, |n| n.parse().unwrap());
-    let mut failures = Vec::new();
-    for seed in seeds {
-        if let Err(failure) = run_seed(seed, ops).await {
-            eprintln!("seed {seed:#x} FAILED: {failure}");
-            failures.push(format!("seed {seed:#x}: {failure}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "replay one with SESSIONS_MODEL_SEED=<seed>; the operation log is above\n{}",
-        failures.join("\n")
-    );
+    run_seeds("SESSIONS_MODEL", &SEEDS, OPS, run_seed).await;
 }

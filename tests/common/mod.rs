@@ -245,3 +245,38 @@ pub async fn error_of(res: reqwest::Response) -> (u16, i64, String) {
         errors[0]["message"].as_str().unwrap().to_owned(),
     )
 }
+
+/// Runs a seeded model-based test once per seed: the one seed named by environment variable
+/// `{prefix}_SEED` (decimal or `0x` hex), else `defaults`, each with `{prefix}_OPS`
+/// operations (else `ops`). Fails naming every seed that failed and how to replay it.
+pub async fn run_seeds<F, Fut>(prefix: &str, defaults: &[u64], ops: usize, mut run_seed: F)
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let seed_var = format!("{prefix}_SEED");
+    let seeds: Vec<u64> = match std::env::var(&seed_var) {
+        Ok(text) => {
+            let text = text.trim();
+            let seed = match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            };
+            vec![seed.unwrap_or_else(|_| panic!("{seed_var} is a number"))]
+        }
+        Err(_) => defaults.to_vec(),
+    };
+    let ops = std::env::var(format!("{prefix}_OPS")).map_or(ops, |n| n.parse().unwrap());
+    let mut failures = Vec::new();
+    for seed in seeds {
+        if let Err(failure) = run_seed(seed, ops).await {
+            eprintln!("seed {seed:#x} FAILED: {failure}");
+            failures.push(format!("seed {seed:#x}: {failure}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "replay one with {seed_var}=<seed>; the operation log is above\n{}",
+        failures.join("\n")
+    );
+}
