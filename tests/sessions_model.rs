@@ -48,27 +48,9 @@ fn settings_of(seed: u64) -> (usize, bool) {
     (2 + (seed & 1) as usize, (seed >> 1) & 1 == 0)
 }
 
-// ---- a small random number generator (SplitMix64) ----
-
-struct Rng(u64);
+// ---- this test's draws from the seeded generator (tests/common: Rng) ----
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
     fn user(&mut self) -> u64 {
         *USERS.start() + self.below(USERS.count() as u64)
     }
