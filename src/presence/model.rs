@@ -64,7 +64,7 @@ impl PresenceType {
 }
 
 /// The place fields of an InGame or InStudio session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PlaceInfo {
     pub place_id: i64,
     pub root_place_id: i64,

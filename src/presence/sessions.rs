@@ -40,12 +40,27 @@ impl<T: Copy> Ranked<T> for (u32, T) {
     }
 }
 
+impl<T, G: Ranked<T>> Ranked<T> for &G {
+    fn joined(&self) -> u32 {
+        (**self).joined()
+    }
+    fn deadline(&self) -> T {
+        (**self).deadline()
+    }
+}
+
 /// The session shown at `now`: the live game session joined last, else the live app
 /// session; `None` when nothing is live (the user is Offline). A session is live while
-/// `now < deadline`; `app` is the app session's deadline, if it has one.
-pub fn pick<T: Ord + Copy, G: Ranked<T>>(app: Option<T>, games: &[G], now: T) -> Option<Pick> {
+/// `now < deadline`; `app` is the app session's deadline, if it has one. `Pick::Game(i)` is
+/// the `i`-th of `games` in their order.
+pub fn pick<T, G, I>(app: Option<T>, games: I, now: T) -> Option<Pick>
+where
+    T: Ord + Copy,
+    G: Ranked<T>,
+    I: IntoIterator<Item = G>,
+{
     let game = games
-        .iter()
+        .into_iter()
         .enumerate()
         .filter(|(_, g)| now < g.deadline())
         .max_by_key(|(_, g)| g.joined())
@@ -56,10 +71,16 @@ pub fn pick<T: Ord + Copy, G: Ranked<T>>(app: Option<T>, games: &[G], now: T) ->
 /// The session an Offline user shows the location of: the one that ended last (the
 /// greatest deadline), ranked as [`pick`] ranks when several ended at the same moment.
 /// `None` when the user has no session at all.
-pub fn last_shown<T: Ord + Copy, G: Ranked<T>>(app: Option<T>, games: &[G]) -> Option<Pick> {
-    let last = games.iter().map(Ranked::deadline).chain(app).max()?;
+pub fn last_shown<T, G, I>(app: Option<T>, games: I) -> Option<Pick>
+where
+    T: Ord + Copy,
+    G: Ranked<T>,
+    I: IntoIterator<Item = G>,
+    I::IntoIter: Clone,
+{
+    let games = games.into_iter();
+    let last = games.clone().map(|g| g.deadline()).chain(app).max()?;
     let game = games
-        .iter()
         .enumerate()
         .filter(|(_, g)| g.deadline() == last)
         .max_by_key(|(_, g)| g.joined())
@@ -68,22 +89,27 @@ pub fn last_shown<T: Ord + Copy, G: Ranked<T>>(app: Option<T>, games: &[G]) -> O
 }
 
 /// The join order a new game session of a user gets: above every one it holds.
-pub fn next_join<T, G: Ranked<T>>(games: &[G]) -> u32 {
+pub fn next_join<T, G: Ranked<T>>(games: impl IntoIterator<Item = G>) -> u32 {
     games
-        .iter()
-        .map(Ranked::joined)
+        .into_iter()
+        .map(|g| g.joined())
         .max()
         .map_or(0, |j| j.saturating_add(1))
 }
 
 /// The session a join must end to stay within `max` game sessions: the oldest-joined, when
 /// the user already holds `max`.
-pub fn evicted_by_join<T, G: Ranked<T>>(games: &[G], max: usize) -> Option<usize> {
+pub fn evicted_by_join<T, G, I>(games: I, max: usize) -> Option<usize>
+where
+    G: Ranked<T>,
+    I: IntoIterator<Item = G>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let games = games.into_iter();
     if games.len() < max {
         return None;
     }
     games
-        .iter()
         .enumerate()
         .min_by_key(|(_, g)| g.joined())
         .map(|(i, _)| i)
@@ -91,7 +117,7 @@ pub fn evicted_by_join<T, G: Ranked<T>>(games: &[G], max: usize) -> Option<usize
 
 /// Where a game server's players are, as section 1 derives it from a place: the catalog's
 /// place name (or `Playing`), its root place and universe, `universeId` overriding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GamePlace {
     pub place: PlaceInfo,
     pub location: Location,
@@ -207,9 +233,9 @@ pub(crate) mod tests {
     fn a_join_ranks_above_every_session_held_and_evicts_the_oldest_when_full() {
         let games = [(4u32, 1i64), (2, 1), (7, 1)];
         assert_eq!(next_join::<i64, _>(&games), 8);
-        assert_eq!(next_join::<i64, (u32, i64)>(&[]), 0);
-        assert_eq!(evicted_by_join::<i64, _>(&games, 4), None);
-        assert_eq!(evicted_by_join::<i64, _>(&games, 3), Some(1));
+        assert_eq!(next_join::<i64, (u32, i64)>([]), 0);
+        assert_eq!(evicted_by_join::<i64, _, _>(&games, 4), None);
+        assert_eq!(evicted_by_join::<i64, _, _>(&games, 3), Some(1));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use triomphe::Arc;
 use uuid::Uuid;
 
 use crate::presence::model::{PresenceType, Session};
-use crate::presence::sessions::{self, GamePlace, Pick, Ranked};
+use crate::presence::sessions::{self, GamePlace, Pick};
 use crate::presence::time::Mono;
 
 /// What a map entry points at.
@@ -92,31 +92,60 @@ impl FromIterator<GameSession> for Games {
     }
 }
 
-/// A user's session in one game server.
+/// A user's session in one game server. Sessions are kept in join order, oldest first: a
+/// session's index is its rank (see [`Live::ranks`]), so none stores a join counter.
 #[derive(Debug, Clone)]
 pub(crate) struct GameSession {
-    /// The server and its place, shared by all its players.
-    pub server: Arc<ServerPlace>,
-    /// Join order among this user's sessions (higher joined later).
-    pub joined: u32,
+    /// The server's id.
+    pub game: Uuid,
+    /// Its place, shared by every server of that place (see [`Places`]).
+    pub place: SharedPlace,
     /// The server's deadline when it last listed this user (or when the user joined).
     pub deadline: Mono,
 }
 
-impl Ranked<Mono> for GameSession {
-    fn joined(&self) -> u32 {
-        self.joined
-    }
-    fn deadline(&self) -> Mono {
-        self.deadline
+/// A game server's place and location, shared by the servers that play it and their
+/// players' sessions. Compared and hashed by value.
+#[derive(Debug, Clone)]
+pub struct SharedPlace(Arc<GamePlace>);
+
+impl SharedPlace {
+    fn new(place: &GamePlace) -> Self {
+        Self(Arc::new(place.clone()))
     }
 }
 
-/// A game server's id and place, shared by its record and its players' sessions.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ServerPlace {
-    pub game: Uuid,
-    pub place: GamePlace,
+impl std::ops::Deref for SharedPlace {
+    type Target = GamePlace;
+    fn deref(&self) -> &GamePlace {
+        &self.0
+    }
+}
+
+impl PartialEq for SharedPlace {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for SharedPlace {}
+
+impl Hash for SharedPlace {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Borrow<GamePlace> for SharedPlace {
+    fn borrow(&self) -> &GamePlace {
+        &self.0
+    }
+}
+
+impl Interned for SharedPlace {
+    fn holders(&self) -> usize {
+        Arc::count(&self.0)
+    }
 }
 
 impl Live {
@@ -127,13 +156,21 @@ impl Live {
 
     /// The session shown at `now`, if any is live.
     pub fn pick(&self, now: Mono) -> Option<Pick> {
-        sessions::pick(self.app_deadline(), &self.games, now)
+        sessions::pick(self.app_deadline(), self.ranks(), now)
+    }
+
+    /// Its game sessions as the ranking sees them: join order (their index) and deadline.
+    pub fn ranks(&self) -> impl ExactSizeIterator<Item = (u32, Mono)> + Clone + '_ {
+        self.games
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (i as u32, g.deadline))
     }
 
     /// The location this user shows once Offline: that of the session that ended last.
     pub fn offline_location(&self) -> &Location {
-        match sessions::last_shown(Some(self.deadline), &self.games) {
-            Some(Pick::Game(i)) => &self.games[i].server.place.location,
+        match sessions::last_shown(Some(self.deadline), self.ranks()) {
+            Some(Pick::Game(i)) => &self.games[i].place.location,
             _ => &self.location,
         }
     }
@@ -163,7 +200,7 @@ impl Live {
 
     /// The index of its session in server `game`, if any.
     pub fn game_index(&self, game: Uuid) -> Option<usize> {
-        self.games.iter().position(|g| g.server.game == game)
+        self.games.iter().position(|g| g.game == game)
     }
 }
 
@@ -195,11 +232,6 @@ impl Location {
     /// The record an Offline user at this location points at.
     pub(crate) fn record(&self) -> Arc<Record> {
         Arc::clone(&self.0)
-    }
-
-    /// Handles to this location, the interner's own included.
-    fn holders(&self) -> usize {
-        Arc::count(&self.0)
     }
 
     pub fn website() -> Self {
@@ -240,25 +272,44 @@ impl Borrow<str> for Location {
     }
 }
 
+impl Interned for Location {
+    fn holders(&self) -> usize {
+        Arc::count(&self.0)
+    }
+}
+
 static WEBSITE: LazyLock<Location> = LazyLock::new(|| Location::new("Website"));
 static PLAYING: LazyLock<Location> = LazyLock::new(|| Location::new("Playing"));
 static STUDIO: LazyLock<Location> = LazyLock::new(|| Location::new("Studio"));
 static NOWHERE: LazyLock<Location> = LazyLock::new(|| Location::new(""));
 
-/// Location texts shared between users: at most `capacity` distinct ones; past that, a new
-/// text gets its own unshared copy until [`Locations::purge_unused`] makes room.
+/// A handle an [`Interner`] shares.
+pub trait Interned: Clone + Eq + Hash {
+    /// Handles to the shared value, the interner's own included.
+    fn holders(&self) -> usize;
+}
+
+/// Values shared between their holders rather than copied: at most `capacity` distinct
+/// ones; past that, a new value gets its own unshared copy until
+/// [`Interner::purge_unused`] makes room.
 #[derive(Debug)]
-pub struct Locations {
-    shared: DashSet<Location, foldhash::fast::RandomState>,
+pub struct Interner<T: Interned> {
+    shared: DashSet<T, foldhash::fast::RandomState>,
     capacity: usize,
     // Approximate count kept beside the set: `DashSet::len` locks every shard.
     len: AtomicUsize,
 }
 
+/// Location texts shared between users.
+pub type Locations = Interner<Location>;
+
+/// Game places shared between the servers playing them (see [`SharedPlace`]).
+pub type Places = Interner<SharedPlace>;
+
 /// Default bound on distinct shared location texts.
 pub const DEFAULT_SHARED_LOCATIONS: usize = 1 << 16;
 
-impl Locations {
+impl<T: Interned> Interner<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             shared: DashSet::with_hasher(foldhash::fast::RandomState::default()),
@@ -267,26 +318,29 @@ impl Locations {
         }
     }
 
-    /// The shared handle for `text`, created if there is room.
-    pub fn get(&self, text: &str) -> Location {
-        if let Some(found) = self.shared.get(text) {
+    /// The shared handle for `key`, made by `make` and kept if there is room.
+    fn get_or<Q>(&self, key: &Q, make: impl FnOnce(&Q) -> T) -> T
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(found) = self.shared.get(key) {
             return found.clone();
         }
-        let location = Location::new(text);
-        if self.len.load(Ordering::Relaxed) < self.capacity && self.shared.insert(location.clone())
-        {
+        let value = make(key);
+        if self.len.load(Ordering::Relaxed) < self.capacity && self.shared.insert(value.clone()) {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        location
+        value
     }
 
-    /// Forgets texts no user points at any more; returns how many. Safe to run while
-    /// other threads add texts: it counts what it removes itself rather than comparing
-    /// lengths that those threads change meanwhile.
+    /// Forgets values nobody holds any more; returns how many. Safe to run while other
+    /// threads add values: it counts what it removes itself rather than comparing lengths
+    /// that those threads change meanwhile.
     pub fn purge_unused(&self) -> usize {
         let mut removed = 0;
-        self.shared.retain(|location| {
-            let used = location.holders() > 1;
+        self.shared.retain(|value| {
+            let used = value.holders() > 1;
             removed += usize::from(!used);
             used
         });
@@ -303,7 +357,27 @@ impl Locations {
     }
 }
 
+impl Locations {
+    /// The shared handle for `text`, created if there is room.
+    pub fn get(&self, text: &str) -> Location {
+        self.get_or(text, Location::new)
+    }
+}
+
+impl Places {
+    /// The shared handle for `place`, created if there is room.
+    pub fn get(&self, place: &GamePlace) -> SharedPlace {
+        self.get_or(place, SharedPlace::new)
+    }
+}
+
 impl Default for Locations {
+    fn default() -> Self {
+        Self::new(DEFAULT_SHARED_LOCATIONS)
+    }
+}
+
+impl Default for Places {
     fn default() -> Self {
         Self::new(DEFAULT_SHARED_LOCATIONS)
     }

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use triomphe::Arc;
 
 use super::expiry::ExpiryIndex;
-use super::location::{GameSession, Games, Live, Location, Locations, Record, ServerPlace};
+use super::location::{GameSession, Games, Live, Location, Locations, Places, Record, SharedPlace};
 use crate::presence::model::{
     Heartbeat, LocationName, Now, PlaceInfo, PresenceType, PresenceView, SavedGame, SavedServer,
     SavedSession, SavedUser, Session, UserId,
@@ -57,13 +57,13 @@ impl Entry {
                 last_online: Some(self.last_online),
             },
             Some(Pick::Game(i)) => {
-                let server = &live.games[i].server;
+                let game = &live.games[i];
                 PresenceView {
                     user_id,
                     kind: PresenceType::InGame,
-                    last_location: Cow::Borrowed(server.place.location.as_str()),
-                    place: Some(server.place.place),
-                    game_id: Some(server.game),
+                    last_location: Cow::Borrowed(game.place.location.as_str()),
+                    place: Some(game.place.place),
+                    game_id: Some(game.game),
                     last_online: Some(self.last_online),
                 }
             }
@@ -111,12 +111,12 @@ impl Shown {
                 game_id: live.session.game_id,
             },
             Some(Pick::Game(i)) => {
-                let server = &live.games[i].server;
+                let game = &live.games[i];
                 Self {
                     kind: PresenceType::InGame,
-                    location: server.place.location.clone(),
-                    place: Some(server.place.place),
-                    game_id: Some(server.game),
+                    location: game.place.location.clone(),
+                    place: Some(game.place.place),
+                    game_id: Some(game.game),
                 }
             }
             None => Self {
@@ -177,8 +177,12 @@ pub struct Store {
     games: GameLimits,
     /// Live game servers (and those past their deadline that no sweep has reclaimed yet).
     servers: DashMap<Uuid, Server, Hasher>,
-    /// Each server's one slot, at the deadline it was filed under.
-    server_expiry: ExpiryIndex<Uuid>,
+    /// No server's deadline is earlier than this: the sweeper looks for servers to reclaim
+    /// only from then on. Deadlines only move later (one TTL for every server), so a value
+    /// lowered for every new server stays a lower bound without being raised by reports.
+    servers_due: AtomicU64,
+    /// The places of game servers, shared between the servers of one place.
+    places: Places,
     /// `servers.len()`, kept beside the map: `DashMap::len` locks every shard, which a
     /// report holding one of them must not do.
     server_count: AtomicUsize,
@@ -208,14 +212,13 @@ impl Default for GameLimits {
     }
 }
 
-/// A live game server: its place, its deadline and its players (sorted: 8 bytes each).
+/// A live game server: its place (shared), its deadline and its players (sorted: 8 bytes
+/// each). Held in its map slot, with no allocation of its own but its players' list.
 #[derive(Debug)]
 struct Server {
-    place: Arc<ServerPlace>,
+    place: SharedPlace,
     deadline: Mono,
-    /// The deadline its expiry slot was filed under.
-    scheduled: Mono,
-    players: Vec<UserId>,
+    players: Box<[UserId]>,
 }
 
 impl Store {
@@ -236,7 +239,8 @@ impl Store {
             changes: None,
             games: GameLimits::default(),
             servers: DashMap::with_hasher(Hasher::default()),
-            server_expiry: ExpiryIndex::new(bucket_width),
+            servers_due: AtomicU64::new(u64::MAX),
+            places: Places::default(),
             server_count: AtomicUsize::new(0),
         }
     }
@@ -523,10 +527,11 @@ impl Store {
                             deadline,
                             session: live.session.clone(),
                         });
-                    let games: Vec<_> = live
-                        .games
-                        .iter()
-                        .filter_map(|g| wall(g.deadline).map(|deadline| (g.clone(), deadline)))
+                    let games: Vec<_> = (0u32..)
+                        .zip(live.games.iter())
+                        .filter_map(|(joined, g)| {
+                            wall(g.deadline).map(|deadline| (joined, g.clone(), deadline))
+                        })
                         .collect();
                     let location = if app.is_none() && games.is_empty() {
                         live.offline_location().clone()
@@ -550,11 +555,11 @@ impl Store {
                 live,
                 games: games
                     .iter()
-                    .map(|(g, deadline)| SavedGame {
-                        game: g.server.game,
-                        place: g.server.place.place,
-                        location: Cow::Borrowed(g.server.place.location.as_str()),
-                        joined: g.joined,
+                    .map(|(joined, g, deadline)| SavedGame {
+                        game: g.game,
+                        place: g.place.place,
+                        location: Cow::Borrowed(g.place.location.as_str()),
+                        joined: *joined,
                         deadline: *deadline,
                     })
                     .collect(),
@@ -570,14 +575,19 @@ impl Store {
             let left = server.deadline.0.saturating_sub(now.mono.0);
             if left > 0 {
                 let deadline = WallMillis(now.wall.0.saturating_add(left as i64));
-                copied.push((server.place.clone(), deadline, server.players.clone()));
+                copied.push((
+                    *server.key(),
+                    server.place.clone(),
+                    deadline,
+                    server.players.to_vec(),
+                ));
             }
         }
-        for (place, deadline, players) in copied {
+        for (game, place, deadline, players) in copied {
             save(&SavedServer {
-                game: place.game,
-                place: place.place.place,
-                location: Cow::Borrowed(place.place.location.as_str()),
+                game,
+                place: place.place,
+                location: Cow::Borrowed(place.location.as_str()),
                 deadline,
                 players,
             });
@@ -592,12 +602,9 @@ impl Store {
             return false;
         }
         let deadline = Mono(now.mono.0.saturating_add(left as u64));
-        let place = Arc::new(ServerPlace {
-            game: saved.game,
-            place: GamePlace {
-                place: saved.place,
-                location: self.locations.get(&saved.location),
-            },
+        let place = self.places.get(&GamePlace {
+            place: saved.place,
+            location: self.locations.get(&saved.location),
         });
         let mut players = saved.players;
         players.sort_unstable();
@@ -605,13 +612,12 @@ impl Store {
         let server = Server {
             place,
             deadline,
-            scheduled: deadline,
-            players,
+            players: players.into_boxed_slice(),
         };
         if self.servers.insert(saved.game, server).is_none() {
             self.server_count.fetch_add(1, Ordering::Relaxed);
         }
-        self.server_expiry.schedule(saved.game, deadline);
+        self.servers_due.fetch_min(deadline.0, Ordering::Relaxed);
         true
     }
 
@@ -627,20 +633,19 @@ impl Store {
             .as_ref()
             .map_or(0, |live| live.deadline.0.saturating_sub(now.wall.0));
         let live = saved.live.filter(|_| left > 0);
-        let games: Games = saved
-            .games
-            .iter()
+        // Kept in join order: a session's index is its rank.
+        let mut saved_games: Vec<_> = saved.games.iter().collect();
+        saved_games.sort_by_key(|g| g.joined);
+        let games: Games = saved_games
+            .into_iter()
             .filter_map(|g| {
                 let left = g.deadline.0.saturating_sub(now.wall.0);
                 (left > 0).then(|| GameSession {
-                    server: Arc::new(ServerPlace {
-                        game: g.game,
-                        place: GamePlace {
-                            place: g.place,
-                            location: self.locations.get(&g.location),
-                        },
+                    game: g.game,
+                    place: self.places.get(&GamePlace {
+                        place: g.place,
+                        location: self.locations.get(&g.location),
                     }),
-                    joined: g.joined,
                     deadline: Mono(now.mono.0.saturating_add(left as u64)),
                 })
             })
@@ -788,6 +793,7 @@ impl Store {
             .is_multiple_of(PURGE_EVERY_SWEEPS)
         {
             self.locations.purge_unused();
+            self.places.purge_unused();
         }
         report
     }
@@ -855,32 +861,28 @@ impl Store {
         (Slot::Expired(retire), self.tell(user, entry, now))
     }
 
-    /// Forgets the game servers past their deadline. Their players' sessions ended at that
-    /// deadline by themselves (each holds it), and their own slots flip them.
+    /// Forgets the game servers past their deadline, once the earliest of them has come
+    /// (one pass over the servers then). Their players' sessions ended at that deadline by
+    /// themselves (each holds it), and their own slots flip them.
     fn reclaim_servers(&self, now: Mono) {
-        let mut later = Vec::new();
-        while let Some((bucket, due)) = self.server_expiry.take_started(now) {
-            for game in due {
-                let mut fresh = None;
-                let removed = self.servers.remove_if_mut(&game, |_, server| {
-                    if self.server_expiry.bucket_of(server.scheduled) != bucket {
-                        return false;
-                    }
-                    if now < server.deadline {
-                        server.scheduled = server.deadline;
-                        fresh = Some(server.deadline);
-                        return false;
-                    }
-                    true
-                });
-                if removed.is_some() {
-                    self.server_count.fetch_sub(1, Ordering::Relaxed);
-                } else if let Some(deadline) = fresh {
-                    later.push((game, deadline));
-                }
-            }
+        if now.0 < self.servers_due.load(Ordering::Relaxed) {
+            return;
         }
-        self.server_expiry.schedule_many(later);
+        // Lowered by a server created during the pass, never raised past one it missed.
+        self.servers_due.store(u64::MAX, Ordering::Relaxed);
+        let mut earliest = u64::MAX;
+        let mut removed = 0;
+        self.servers.retain(|_, server| {
+            if now < server.deadline {
+                earliest = earliest.min(server.deadline.0);
+                true
+            } else {
+                removed += 1;
+                false
+            }
+        });
+        self.server_count.fetch_sub(removed, Ordering::Relaxed);
+        self.servers_due.fetch_min(earliest, Ordering::Relaxed);
     }
 
     /// Re-checks the users whose retention slot came due: an Offline user whose
@@ -963,32 +965,25 @@ impl Store {
                     return Err(GameServerError::Full);
                 }
                 self.server_count.fetch_add(1, Ordering::Relaxed);
-                self.server_expiry.schedule(game, deadline);
+                self.servers_due.fetch_min(deadline.0, Ordering::Relaxed);
                 vacant.insert(Server {
-                    place: Arc::new(ServerPlace {
-                        game,
-                        place: place.clone(),
-                    }),
+                    place: self.places.get(place),
                     deadline,
-                    scheduled: deadline,
-                    players: Vec::new(),
+                    players: Box::default(),
                 })
             }
         };
         let server = &mut *server;
-        if server.place.place != *place {
-            server.place = Arc::new(ServerPlace {
-                game,
-                place: place.clone(),
-            });
+        if *server.place != *place {
+            server.place = self.places.get(place);
         }
         // A server past its deadline had ended every session in it: listing a player again
         // is a new join (see `join`).
         server.deadline = deadline;
         let gone = sorted_difference(&server.players, &listed);
-        server.players = listed;
+        server.players = listed.into_boxed_slice();
         for &user in &server.players {
-            self.join(user, &server.place, deadline, now);
+            self.join(user, game, &server.place, deadline, now);
         }
         for user in gone {
             self.leave(user, game, now);
@@ -1022,11 +1017,12 @@ impl Store {
         if staying + added.len() > self.games.players_per_server {
             return Err(GameServerError::TooManyPlayers);
         }
-        server.players = sorted_difference(&server.players, &removed);
-        server.players.extend_from_slice(&added);
-        server.players.sort_unstable();
+        let mut players = sorted_difference(&server.players, &removed);
+        players.extend_from_slice(&added);
+        players.sort_unstable();
+        server.players = players.into_boxed_slice();
         for &user in joined {
-            self.join(user, &server.place, server.deadline, now);
+            self.join(user, game, &server.place, server.deadline, now);
         }
         for &user in &removed {
             self.leave(user, game, now);
@@ -1054,10 +1050,10 @@ impl Store {
 
     /// `user` is in `server` until `deadline`: a new session (joined above every one it
     /// holds, the oldest ended when it holds the most allowed), or the same one renewed.
-    fn join(&self, user: UserId, server: &Arc<ServerPlace>, deadline: Mono, now: Now) {
-        let session = |joined| GameSession {
-            server: server.clone(),
-            joined,
+    fn join(&self, user: UserId, game: Uuid, place: &SharedPlace, deadline: Mono, now: Now) {
+        let session = || GameSession {
+            game,
+            place: place.clone(),
             deadline,
         };
         let (filed, delivery) = match self.users.entry(user) {
@@ -1067,7 +1063,7 @@ impl Store {
                 let (filed, changed) = match live_mut(&mut entry.record) {
                     None => {
                         let pending = self.retention.is_some();
-                        entry.record = self.new_player(server, session(0), pending);
+                        entry.record = self.new_player(session(), pending);
                         (Filed::Expiry(deadline), true)
                     }
                     Some(live) => {
@@ -1084,23 +1080,26 @@ impl Store {
                                 .cloned()
                                 .collect();
                         }
-                        let mut games = std::mem::take(&mut live.games).into_vec();
-                        match games.iter_mut().find(|g| g.server.game == server.game) {
-                            Some(held) => {
+                        match live.game_index(game) {
+                            Some(i) => {
+                                let held = &mut live.games[i];
                                 held.deadline = deadline;
-                                held.server = server.clone();
+                                held.place = place.clone();
                             }
                             None => {
-                                let joined = sessions::next_join(&games);
-                                if let Some(oldest) =
-                                    sessions::evicted_by_join(&games, self.games.sessions_per_user)
-                                {
+                                // Appended: the last in the list ranks above every other.
+                                let evicted = sessions::evicted_by_join(
+                                    live.ranks(),
+                                    self.games.sessions_per_user,
+                                );
+                                let mut games = std::mem::take(&mut live.games).into_vec();
+                                if let Some(oldest) = evicted {
                                     games.remove(oldest);
                                 }
-                                games.push(session(joined));
+                                games.push(session());
+                                live.games = Games::from_vec(games);
                             }
                         }
-                        live.games = Games::from_vec(games);
                         let filed = self.refile(live, now.mono);
                         self.recount(counted, live.counted());
                         (filed, unswept || Shown::of(live, now.mono) != before)
@@ -1112,7 +1111,7 @@ impl Store {
                 (filed, delivery)
             }
             MapEntry::Vacant(vacant) => {
-                let record = self.new_player(server, session(0), false);
+                let record = self.new_player(session(), false);
                 let entry = vacant.insert(Entry {
                     last_online: now.wall,
                     record,
@@ -1127,15 +1126,10 @@ impl Store {
     }
 
     /// The record of a user whose only session is `session`, counted.
-    fn new_player(
-        &self,
-        server: &Arc<ServerPlace>,
-        session: GameSession,
-        retention_pending: bool,
-    ) -> Arc<Record> {
+    fn new_player(&self, session: GameSession, retention_pending: bool) -> Arc<Record> {
         self.count_session(PresenceType::InGame, 1);
         Arc::new(Record::Live(Live {
-            location: server.place.location.clone(),
+            location: session.place.location.clone(),
             deadline: Mono(0),
             scheduled: session.deadline,
             retention_pending,
