@@ -15,7 +15,7 @@ use triomphe::Arc;
 
 use uuid::Uuid;
 
-use crate::presence::model::{PresenceType, Session};
+use crate::presence::model::{PlaceInfo, PresenceType, Session};
 use crate::presence::sessions::{self, GamePlace, Pick};
 use crate::presence::time::Mono;
 
@@ -52,7 +52,11 @@ pub(crate) struct Live {
     /// before then reuses both: no sequence of connects and disconnects files more than
     /// one expiry slot.
     pub left: bool,
-    pub session: Session,
+    /// The app session's type and place fields, laid out flat in the record (see
+    /// [`Live::session`]): a nested `Session` would pad the record by 8 bytes.
+    pub kind: PresenceType,
+    pub place: Option<PlaceInfo>,
+    pub game_id: Option<Uuid>,
     /// Game-server sessions, at most `presence.max_game_sessions`; empty for most users
     /// (8 bytes, no allocation).
     pub games: Games,
@@ -149,6 +153,22 @@ impl Interned for SharedPlace {
 }
 
 impl Live {
+    /// The app session's fields.
+    pub fn session(&self) -> Session {
+        Session {
+            kind: self.kind,
+            place: self.place,
+            game_id: self.game_id,
+        }
+    }
+
+    /// Sets the app session's fields.
+    pub fn set_session(&mut self, session: Session) {
+        self.kind = session.kind;
+        self.place = session.place;
+        self.game_id = session.game_id;
+    }
+
     /// The app session's deadline, when it has not ended by a disconnect.
     pub fn app_deadline(&self) -> Option<Mono> {
         (!self.left).then_some(self.deadline)
@@ -181,7 +201,7 @@ impl Live {
         if !self.games.is_empty() {
             Some(PresenceType::InGame)
         } else if !self.left {
-            Some(self.session.kind)
+            Some(self.kind)
         } else {
             None
         }
@@ -386,6 +406,14 @@ impl Default for Places {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_stay_as_small_as_their_memory_figures_assume() {
+        // BENCHMARKS.md's memory per present user and per player rest on these sizes.
+        assert_eq!(std::mem::size_of::<Record>(), 88);
+        assert_eq!(std::mem::size_of::<GameSession>(), 32);
+        assert_eq!(std::mem::size_of::<Games>(), 8);
+    }
 
     #[test]
     fn the_same_text_is_shared() {

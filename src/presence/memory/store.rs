@@ -50,10 +50,10 @@ impl Entry {
         match live.pick(now) {
             Some(Pick::App) => PresenceView {
                 user_id,
-                kind: live.session.kind,
+                kind: live.kind,
                 last_location: Cow::Borrowed(live.location.as_str()),
-                place: live.session.place,
-                game_id: live.session.game_id,
+                place: live.place,
+                game_id: live.game_id,
                 last_online: Some(self.last_online),
             },
             Some(Pick::Game(i)) => {
@@ -105,10 +105,10 @@ impl Shown {
     fn of(live: &Live, now: Mono) -> Self {
         match live.pick(now) {
             Some(Pick::App) => Self {
-                kind: live.session.kind,
+                kind: live.kind,
                 location: live.location.clone(),
-                place: live.session.place,
-                game_id: live.session.game_id,
+                place: live.place,
+                game_id: live.game_id,
             },
             Some(Pick::Game(i)) => {
                 let game = &live.games[i];
@@ -386,7 +386,7 @@ impl Store {
             Heartbeat::Present { location, session } => {
                 live.left = false;
                 live.deadline = deadline;
-                live.session = session;
+                live.set_session(session);
                 if live.location.as_str() != location.as_str() {
                     live.location = self.resolve(location);
                 }
@@ -442,7 +442,9 @@ impl Store {
             scheduled: deadline,
             retention_pending,
             left: false,
-            session,
+            kind: session.kind,
+            place: session.place,
+            game_id: session.game_id,
             games: Games::default(),
         }))
     }
@@ -525,7 +527,7 @@ impl Store {
                         .and_then(wall)
                         .map(|deadline| SavedSession {
                             deadline,
-                            session: live.session.clone(),
+                            session: live.session(),
                         });
                     let games: Vec<_> = (0u32..)
                         .zip(live.games.iter())
@@ -685,7 +687,9 @@ impl Store {
                         scheduled: deadline,
                         retention_pending: had_slot,
                         left,
-                        session,
+                        kind: session.kind,
+                        place: session.place,
+                        game_id: session.game_id,
                         games: games.clone(),
                     };
                     record.scheduled = record.next_deadline(now.mono).unwrap_or(deadline);
@@ -1134,11 +1138,9 @@ impl Store {
             scheduled: session.deadline,
             retention_pending,
             left: true,
-            session: Session {
-                kind: PresenceType::Online,
-                place: None,
-                game_id: None,
-            },
+            kind: PresenceType::Online,
+            place: None,
+            game_id: None,
             games: Games::from_vec(vec![session]),
         }))
     }
