@@ -3,6 +3,7 @@
 pub mod memory;
 pub mod model;
 pub mod places;
+pub mod privacy;
 pub mod redis;
 pub mod service;
 pub mod sessions;
