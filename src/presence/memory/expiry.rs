@@ -16,9 +16,9 @@ use crate::presence::time::{duration_millis, Mono};
 
 /// Buckets keyed by `ceil(deadline / width)`: every deadline in bucket `k` is at most
 /// `k * width`, so a bucket is due, whole, once `now >= k * width`.
-#[derive(Debug)]
 ///
-/// Keyed by user by default; game servers use one keyed by their id.
+/// Keyed by user by default; generic so that other keys can have one.
+#[derive(Debug)]
 pub struct ExpiryIndex<K = UserId> {
     width_ms: u64,
     // Held only to push or pop a bucket, never while a map shard is locked.
