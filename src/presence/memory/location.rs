@@ -117,6 +117,11 @@ impl SharedPlace {
     fn new(place: &GamePlace) -> Self {
         Self(Arc::new(place.clone()))
     }
+
+    /// Whether both are the same shared place (not only equal places).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl std::ops::Deref for SharedPlace {

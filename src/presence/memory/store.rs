@@ -1088,7 +1088,9 @@ impl Store {
                             Some(i) => {
                                 let held = &mut live.games[i];
                                 held.deadline = deadline;
-                                held.place = place.clone();
+                                if !held.place.same(place) {
+                                    held.place = place.clone();
+                                }
                             }
                             None => {
                                 // Appended: the last in the list ranks above every other.
