@@ -209,6 +209,59 @@ fn game_memory(rows: &mut Vec<(&'static str, f64)>) {
     ));
 }
 
+/// Memory rows of friendships (CONTRACT section 11): bytes per friendship at 1M of them,
+/// each user befriending the next `per_side` users of a ring, so that every user has
+/// `2 * per_side` friends; added through `apply`, 1,000 pairs a call as the API takes them.
+fn friendship_memory(rows: &mut Vec<(&'static str, f64)>) {
+    use presence_server::presence::memory::friends::Friendships;
+    use presence_server::presence::privacy::FriendshipsBody;
+
+    fn ring(users: u64, per_side: u64) -> Friendships {
+        let table = Friendships::new(2_000);
+        let mut add = Vec::with_capacity(1_000);
+        let pairs = (1..=users).flat_map(|i| {
+            (1..=per_side).map(move |k| [Some(user(i)), Some(user((i - 1 + k) % users + 1))])
+        });
+        let flush = |add: &mut Vec<_>| {
+            let body = FriendshipsBody {
+                add: std::mem::take(add),
+                remove: Vec::new(),
+            };
+            assert!(table.apply(&body.check().unwrap()).is_empty());
+        };
+        for pair in pairs {
+            add.push(pair);
+            if add.len() == 1_000 {
+                flush(&mut add);
+            }
+        }
+        if !add.is_empty() {
+            flush(&mut add);
+        }
+        table
+    }
+
+    for (users, per_side, label) in [
+        (
+            40_000,
+            25,
+            "memory per friend pair, 1M, 40,000 users of 50 friends (bytes)",
+        ),
+        (
+            200_000,
+            5,
+            "memory per friend pair, 1M, 200,000 users of 10 friends (bytes)",
+        ),
+    ] {
+        let (bytes, table) = bytes_per_user(MILLION, || ring(users, per_side));
+        assert_eq!(table.pairs() as u64, MILLION);
+        assert_eq!(table.users() as u64, users);
+        assert_eq!(table.friends_of(user(users)).len() as u64, 2 * per_side);
+        drop(table);
+        rows.push((label, bytes));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` asks benches to name themselves.
@@ -308,6 +361,7 @@ fn main() {
 
     drop(store);
     game_memory(&mut rows);
+    friendship_memory(&mut rows);
 
     println!("{:<64} {:>12}", "measure", "value");
     for (name, value) in &rows {
