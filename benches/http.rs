@@ -7,7 +7,9 @@
 //! against each server, back to back: Bearer heartbeats of a few thousand distinct users
 //! (`POST /v1/presence/register-app-presence`), and lookups of 50 ids, about half of them
 //! online (`POST /v1/presence/users`). The bare server gets the very same request bytes on
-//! the same paths; it deserializes the body into the same request type and answers `{}`.
+//! the same paths; it deserializes the body into the same request type and answers: `{}`
+//! to a heartbeat, and to a lookup the answer the presence server writes, from templates
+//! (see `bare_lookup`), so that the lookup ratio measures the presence server's own work.
 //! What matters is the presence/bare ratio of one run: the load generator shares the cores
 //! with the servers.
 //!
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use presence_server::api::json::{LookupRequest, RegisterAppPresenceRequest};
+use presence_server::api::json::{IdItem, LookupRequest, RegisterAppPresenceRequest};
 use presence_server::auth::Authenticator;
 use presence_server::presence::UserId;
 use presence_server::{Application, Settings};
@@ -70,7 +72,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let redis_url = std::env::var("BENCH_REDIS_URL").ok();
-    let servers = Servers::start(redis_url.as_deref());
+    let servers = Servers::start(redis_url.as_deref(), config.users);
     let auth = Authenticator::new(SECRET);
     let heartbeats = Arc::new(heartbeat_requests(&auth, config.users));
     let lookups = Arc::new(lookup_requests(config.users));
@@ -96,6 +98,9 @@ fn main() {
     targets.push((BARE, servers.bare_addr));
     let mut results = Vec::new();
     for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
+        if scenario == "lookups" {
+            check_fair_baseline(servers.presence_addr, servers.bare_addr, &lookups[0]);
+        }
         for &(server, addr) in &targets {
             eprintln!("running {scenario} against {server} ...");
             let cpu = match (server, &redis_url) {
@@ -160,7 +165,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(redis_url: Option<&str>) -> Self {
+    fn start(redis_url: Option<&str>, users: u64) -> Self {
         let redis_settings = redis_url.map(|url| {
             let mut settings = presence_settings();
             settings.store.backend = presence_server::config::Backend::Redis;
@@ -179,9 +184,10 @@ impl Servers {
                     let on_redis = redis_settings.map(|settings| {
                         Application::build(settings).expect("the Redis-backed server builds")
                     });
-                    let bare = HttpServer::new(|| {
+                    let bare = HttpServer::new(move || {
                         App::new()
                             .route(REGISTER, web::post().to(bare_heartbeat))
+                            .app_data(web::Data::new(users))
                             .route(USERS, web::post().to(bare_lookup))
                     })
                     .workers(1)
@@ -282,15 +288,73 @@ async fn bare_heartbeat(body: web::Bytes) -> HttpResponse {
     }
 }
 
-/// The baseline lookup: parse the same 50-id body, answer `{}`.
-async fn bare_lookup(body: web::Bytes) -> HttpResponse {
-    match serde_json::from_slice::<LookupRequest>(&body) {
-        Ok(request) => {
-            std::hint::black_box(&request);
-            json_ok()
+/// The baseline lookup: parse the same 50-id body and write an answer of the same bytes as
+/// the presence server's, from two templates and no store: ids up to `users` (those the
+/// heartbeat scenario made present) as Online at `Website`, the others as never seen. Only
+/// `lastOnline` differs from the real answer, in its digits, never in its length (checked
+/// before the lookups run, see `check_fair_baseline`).
+async fn bare_lookup(body: web::Bytes, users: web::Data<u64>) -> HttpResponse {
+    const ONLINE: &[u8] = br#"{"userPresenceType":"Online","lastLocation":"Website","placeId":null,"rootPlaceId":null,"universeId":null,"gameId":null,"userId":"#;
+    const NEVER_SEEN: &[u8] = br#"{"userPresenceType":"Offline","lastLocation":"","placeId":null,"rootPlaceId":null,"universeId":null,"gameId":null,"userId":"#;
+    const ONLINE_AT: &[u8] = br#","lastOnline":"2026-12-06T03:00:00.000Z"}"#;
+    const NEVER_AT: &[u8] = br#","lastOnline":"0001-01-01T00:00:00.000Z"}"#;
+    let Ok(request) = serde_json::from_slice::<LookupRequest>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let mut ids: Vec<UserId> = request
+        .user_ids
+        .iter()
+        .filter_map(|item| match item {
+            IdItem::Valid(id) => Some(*id),
+            IdItem::Invalid => None,
+        })
+        .collect();
+    // The answer lists each id once, in the order first asked.
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.retain(|id| seen.insert(*id));
+    let mut out = Vec::with_capacity(24 + ids.len() * 240);
+    out.extend_from_slice(br#"{"userPresences":["#);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        Err(_) => HttpResponse::BadRequest().finish(),
+        let online = id.get() <= **users;
+        out.extend_from_slice(if online { ONLINE } else { NEVER_SEEN });
+        out.extend_from_slice(itoa::Buffer::new().format(id.get()).as_bytes());
+        out.extend_from_slice(if online { ONLINE_AT } else { NEVER_AT });
     }
+    out.extend_from_slice(b"]}");
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+        .body(out)
+}
+
+/// Both servers' answers to the same lookup, once the users are present: the bare one must
+/// be as long as the presence server's, or the lookup ratio would not compare like with
+/// like.
+fn check_fair_baseline(presence: SocketAddr, bare: SocketAddr, request: &[u8]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the check");
+    let body = |addr: SocketAddr| {
+        rt.block_on(async {
+            let mut conn = TcpStream::connect(addr).await.expect("the server accepts");
+            let mut buf = Vec::new();
+            let status = exchange(&mut conn, request, &mut buf)
+                .await
+                .expect("the server answers");
+            assert_eq!(status, 200, "a lookup is answered 200");
+            let head = memchr::memmem::find(&buf, b"\r\n\r\n").map_or(0, |i| i + 4);
+            buf.len() - head
+        })
+    };
+    let (ours, theirs) = (body(presence), body(bare));
+    println!("lookup answer: presence {ours} bytes, bare {theirs} bytes");
+    assert_eq!(
+        ours, theirs,
+        "the bare lookup must write an answer of the presence server's size"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

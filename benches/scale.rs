@@ -3,7 +3,8 @@
 //! snapshot write and load time, file size, and lookup latency while a snapshot is written;
 //! and the memory of game-server sessions (CONTRACT section 10): per user with an app
 //! session, as a player of game servers of 700 players, or both, and a live server's own
-//! cost, fitted from many servers of few players against few servers of many.
+//! cost, fitted from many servers of few players against few servers of many; and the
+//! memory of friendships (CONTRACT section 11) per pair at 1M pairs.
 //!
 //! Run: `cargo bench --bench scale` (about a minute). Prints a table and writes it to
 //! `target/bench-scale.json`.

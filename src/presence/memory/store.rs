@@ -1,4 +1,4 @@
-//! The sharded map of users; the only file that touches `dashmap`.
+//! The sharded maps of users and of game servers.
 //!
 //! Every entry carries its own deadline and every read compares it with `now`, so presence
 //! is exact at read time whether or not the sweeper has reached the entry yet.
