@@ -30,6 +30,8 @@ pub mod periodic;
 pub mod presence;
 pub mod tasks;
 pub mod telemetry;
+#[cfg(test)]
+mod test_rng;
 
 pub use app::Application;
 pub use config::Settings;

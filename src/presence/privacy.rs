@@ -845,6 +845,7 @@ impl Sight {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::{seed_from_env, XorShift};
     use std::borrow::Cow;
     use std::cell::Cell;
     use std::num::NonZeroI64;
@@ -1769,57 +1770,9 @@ mod tests {
 
     // --- Model-based tests ------------------------------------------------------------
 
-    /// xorshift64*: small, fast, and the same sequence everywhere for one seed.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn new(seed: u64) -> Self {
-            Self(if seed == 0 {
-                0x9E37_79B9_7F4A_7C15
-            } else {
-                seed
-            })
-        }
-
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-
-        fn chance(&mut self) -> bool {
-            self.next() & 1 == 1
-        }
-
-        fn maybe<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
-            if self.chance() {
-                Some(f(self))
-            } else {
-                None
-            }
-        }
-    }
-
     /// `PRIVACY_MODEL_SEED` (decimal or `0x` hex), else a fixed seed.
     fn model_seed() -> u64 {
-        match std::env::var("PRIVACY_MODEL_SEED") {
-            Ok(text) => {
-                let text = text.trim();
-                let parsed = match text.strip_prefix("0x") {
-                    Some(hex) => u64::from_str_radix(hex, 16),
-                    None => text.parse(),
-                };
-                parsed.expect("PRIVACY_MODEL_SEED is a decimal or 0x hex number")
-            }
-            Err(_) => 0x5EED_0011_2026_0001,
-        }
+        seed_from_env("PRIVACY_MODEL_SEED", 0x5EED_0011_2026_0001)
     }
 
     const CASES: usize = 20_000;

@@ -316,6 +316,7 @@ impl<'a> Draft<'a> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_rng::{seed_from_env, XorShift};
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::atomic::AtomicU64;
 
@@ -656,31 +657,13 @@ mod tests {
 
     // --- Model-based test ---------------------------------------------------------------
 
-    /// xorshift64*: small, fast, and the same sequence everywhere for one seed.
-    struct XorShift(u64);
+    /// Users drawn by the shared generator.
+    trait Users {
+        fn user(&mut self, users: u64) -> u64;
+        fn pair(&mut self, users: u64) -> (u64, u64);
+    }
 
-    impl XorShift {
-        fn new(seed: u64) -> Self {
-            Self(if seed == 0 {
-                0x9E37_79B9_7F4A_7C15
-            } else {
-                seed
-            })
-        }
-
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-
+    impl Users for XorShift {
         /// A user id from 1 to `users`.
         fn user(&mut self, users: u64) -> u64 {
             1 + self.below(users)
@@ -696,17 +679,7 @@ mod tests {
 
     /// `FRIENDS_MODEL_SEED` (decimal or `0x` hex), else a fixed seed.
     fn model_seed() -> u64 {
-        match std::env::var("FRIENDS_MODEL_SEED") {
-            Ok(text) => {
-                let text = text.trim();
-                let parsed = match text.strip_prefix("0x") {
-                    Some(hex) => u64::from_str_radix(hex, 16),
-                    None => text.parse(),
-                };
-                parsed.expect("FRIENDS_MODEL_SEED is a decimal or 0x hex number")
-            }
-            Err(_) => 0x5EED_F00D_2026_0011,
-        }
+        seed_from_env("FRIENDS_MODEL_SEED", 0x5EED_F00D_2026_0011)
     }
 
     /// The contract's rules, read literally, over a set of (lower, higher) pairs.
