@@ -44,10 +44,10 @@ pub struct GameServerReport {
 #[schema(description = "Players who joined or left a live game server since its last report")]
 pub struct PlayersChange {
     #[serde(default, deserialize_with = "null_as_empty")]
-    #[schema(schema_with = super::openapi::user_ids_schema)]
+    #[schema(schema_with = super::openapi::joined_ids_schema)]
     pub joined: Vec<IdItem>,
     #[serde(default, deserialize_with = "null_as_empty")]
-    #[schema(schema_with = super::openapi::user_ids_schema)]
+    #[schema(schema_with = super::openapi::left_ids_schema)]
     pub left: Vec<IdItem>,
 }
 

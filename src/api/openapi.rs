@@ -149,6 +149,22 @@ pub fn user_ids_schema() -> impl Into<RefOr<Schema>> {
     )
 }
 
+/// A players change's `joined`: absent or `null` is none.
+pub fn joined_ids_schema() -> impl Into<RefOr<Schema>> {
+    ids_schema(
+        &[Type::Array, Type::Null],
+        "players who joined since the last report",
+    )
+}
+
+/// A players change's `left`: absent or `null` is none.
+pub fn left_ids_schema() -> impl Into<RefOr<Schema>> {
+    ids_schema(
+        &[Type::Array, Type::Null],
+        "players who left since the last report",
+    )
+}
+
 /// A game server's `players`: required, never `null` (`[]` for an empty server).
 pub fn player_ids_schema() -> impl Into<RefOr<Schema>> {
     ids_schema(&[Type::Array], "every player in the server now")
@@ -173,6 +189,24 @@ fn ids_schema(types: &[Type], description: &str) -> ArrayBuilder {
 /// A regular expression matching exactly the decimal strings of `1..=i64::MAX`, leading
 /// zeros allowed, as `UserId::parse` reads them.
 pub fn positive_int64_pattern() -> String {
+    format!("^0*({})$", positive_int64_digits())
+}
+
+/// The text of an int64 in a form, as Rust's `i64` parser reads it (what the server uses
+/// for forms): an optional sign, then decimal digits, leading zeros allowed, in range.
+fn int64_text_pattern() -> String {
+    let positive = positive_int64_digits();
+    format!("^(\\+?0*(0|{positive})|-0*(0|{positive}|9223372036854775808))$")
+}
+
+/// [`int64_text_pattern`] for the values `1..=i64::MAX`.
+fn positive_int64_text_pattern() -> String {
+    format!("^\\+?0*({})$", positive_int64_digits())
+}
+
+/// An alternation matching exactly the decimal strings of `1..=i64::MAX` without leading
+/// zeros.
+fn positive_int64_digits() -> String {
     const MAX: &str = "9223372036854775807";
     let mut alternatives = vec![format!("[1-9][0-9]{{0,{}}}", MAX.len() - 2)];
     // 19-digit numbers: equal to MAX on a prefix, then smaller at one digit.
@@ -189,7 +223,80 @@ pub fn positive_int64_pattern() -> String {
         }
     }
     alternatives.push(MAX.to_owned());
-    format!("^0*({})$", alternatives.join("|"))
+    alternatives.join("|")
+}
+
+/// A form is fields of text, so its schema says what text the server reads in each field:
+/// an integer is its decimal text ([`int64_text_pattern`]; JSON Schema's integers also
+/// include `1.0` and `1e3`, which JSON bodies accept but a form's parser refuses), a
+/// boolean `true` or `false`. A list is one field per item, each an id's text, and a single
+/// field is a list of one: the list's schema or its item's. With `empty_is_absent` (forms
+/// read by `serde_html_form`, where every field is optional), an empty value of a scalar
+/// field is that field left out.
+fn form_fields(form: &mut Value, empty_is_absent: bool) {
+    let Some(properties) = form["properties"].as_object_mut() else {
+        return;
+    };
+    for field in properties.values_mut() {
+        let Some(map) = field.as_object_mut() else {
+            continue;
+        };
+        match map.get("type").and_then(Value::as_str) {
+            Some("integer") => {
+                let positive = map
+                    .get("minimum")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|minimum| minimum >= 1);
+                for key in ["format", "minimum", "maximum"] {
+                    map.remove(key);
+                }
+                let pattern = if positive {
+                    positive_int64_text_pattern()
+                } else {
+                    int64_text_pattern()
+                };
+                let pattern = if empty_is_absent {
+                    optional_pattern(&pattern)
+                } else {
+                    pattern
+                };
+                map.insert("type".into(), json!("string"));
+                map.insert("pattern".into(), json!(pattern));
+            }
+            Some("boolean") => {
+                let mut texts = vec!["true", "false"];
+                if empty_is_absent {
+                    texts.push("");
+                }
+                map.insert("type".into(), json!("string"));
+                map.insert("enum".into(), json!(texts));
+            }
+            Some("array") => {
+                if let Some(alternatives) = map
+                    .get_mut("items")
+                    .and_then(|items| items.get_mut("oneOf"))
+                    .and_then(Value::as_array_mut)
+                {
+                    alternatives.retain(|a| a["type"] != "integer");
+                }
+                let description = map.remove("description");
+                let item = map.get("items").cloned().unwrap_or_else(|| json!({}));
+                let list = Value::Object(std::mem::take(map));
+                let mut either = json!({ "anyOf": [list, item] });
+                if let Some(description) = description {
+                    either["description"] = description;
+                }
+                *field = either;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `pattern` (anchored at both ends) or the empty text.
+fn optional_pattern(pattern: &str) -> String {
+    let inner = pattern.trim_start_matches('^').trim_end_matches('$');
+    format!("^({inner})?$")
 }
 
 /// Removes `null` from every `type` list below `schema`.
@@ -231,20 +338,25 @@ pub fn document(settings: &Settings) -> Value {
             "description": "User presence Type: 0 Offline, 1 Online, 2 InGame, 3 InStudio"
         }),
     };
-    // Forms cannot say `null`: their schemas are the JSON ones without it.
-    for (json_schema, form_schema, path, method, empty_allowed) in [
+    // Forms cannot say `null` and carry only text: their schemas are the JSON ones without
+    // `null`, with each field's text (`form_fields`). The heartbeat's form is read by
+    // `serde_html_form`, where an empty value is a field left out; the game servers' forms
+    // are read field by field, where an empty `placeId` or `universeId` is refused.
+    for (json_schema, form_schema, path, method, empty_allowed, empty_is_absent) in [
         (
             "LookupRequest",
             "LookupForm",
             "/v1/presence/users",
             "post",
             true,
+            false,
         ),
         (
             "RegisterAppPresenceRequest",
             "RegisterAppPresenceForm",
             "/v1/presence/register-app-presence",
             "post",
+            true,
             true,
         ),
         (
@@ -253,6 +365,7 @@ pub fn document(settings: &Settings) -> Value {
             "/v1/game-servers/{gameId}/players",
             "post",
             true,
+            false,
         ),
         (
             "GameServerReport",
@@ -260,10 +373,12 @@ pub fn document(settings: &Settings) -> Value {
             "/v1/game-servers/{gameId}",
             "put",
             false,
+            false,
         ),
     ] {
         let mut form = doc["components"]["schemas"][json_schema].clone();
         strip_null(&mut form);
+        form_fields(&mut form, empty_is_absent);
         doc["components"]["schemas"][form_schema] = form;
         let body = &mut doc["paths"][path][method]["requestBody"];
         // An empty body counts as `{}` (a report without its players is refused).
@@ -271,6 +386,29 @@ pub fn document(settings: &Settings) -> Value {
         body["content"]["application/x-www-form-urlencoded"]["schema"] =
             json!({ "$ref": format!("#/components/schemas/{form_schema}") });
     }
+    // A report's `players`: more than `api.max_players_per_server` entries, counted before
+    // de-duplication, is 400 code 2. Set after the form's copy was made: a form counts its
+    // players differently (below).
+    doc["components"]["schemas"]["GameServerReport"]["properties"]["players"]["maxItems"] =
+        json!(settings.api.max_players_per_server);
+    // A form writes `players` as one field per player, and the server skips empty values so
+    // that `players=` alone reports an empty server: the list has at least one field (a form
+    // without any is a report without its players), an empty value among them stands for no
+    // player. Only the other values count towards the bound, so the form states it in words.
+    let form_players =
+        &mut doc["components"]["schemas"]["GameServerReportForm"]["properties"]["players"];
+    let no_player = json!({ "const": "", "description": "no player (an empty form value)" });
+    form_players["anyOf"][0]["minItems"] = json!(1);
+    for item in ["/anyOf/0/items/oneOf", "/anyOf/1/oneOf"] {
+        if let Some(alternatives) = form_players.pointer_mut(item).and_then(Value::as_array_mut) {
+            alternatives.push(no_player.clone());
+        }
+    }
+    form_players["description"] = json!(format!(
+        "every player in the server now, one field each (at most {} non-empty ones); \
+         `players=` alone is an empty server",
+        settings.api.max_players_per_server
+    ));
     if settings.api.require_auth_for_lookup {
         doc["paths"]["/v1/presence/users"]["post"]["security"] =
             json!([{"bearer": []}, {"cookie": []}]);
@@ -357,6 +495,259 @@ mod tests {
         ] {
             assert!(!matches(&pattern, bad), "{bad} should not match {pattern}");
         }
+    }
+
+    /// A backtracking matcher for the regular expressions written here: groups with `|`,
+    /// `[a-b]` classes, `\` escapes, `?`, `*`, `{n}` and `{m,n}`, anchored at both ends.
+    enum Node {
+        Byte(u8, u8),
+        Group(Vec<Vec<Node>>),
+        Repeat(Box<Node>, usize, usize),
+    }
+
+    fn parse_alternatives(pattern: &[u8], i: &mut usize) -> Vec<Vec<Node>> {
+        let mut alternatives = vec![Vec::new()];
+        while *i < pattern.len() && pattern[*i] != b')' {
+            let c = pattern[*i];
+            *i += 1;
+            let atom = match c {
+                b'|' => {
+                    alternatives.push(Vec::new());
+                    continue;
+                }
+                b'^' | b'$' => continue,
+                b'(' => {
+                    let group = parse_alternatives(pattern, i);
+                    *i += 1; // `)`
+                    Node::Group(group)
+                }
+                b'[' => {
+                    let class = Node::Byte(pattern[*i], pattern[*i + 2]);
+                    *i += 4; // `a-b]`
+                    class
+                }
+                b'\\' => {
+                    *i += 1;
+                    Node::Byte(pattern[*i - 1], pattern[*i - 1])
+                }
+                other => Node::Byte(other, other),
+            };
+            let (min, max) = match pattern.get(*i) {
+                Some(b'?') => (0, 1),
+                Some(b'*') => (0, usize::MAX),
+                Some(b'{') => {
+                    let end = *i + pattern[*i..].iter().position(|&b| b == b'}').unwrap();
+                    let spec = std::str::from_utf8(&pattern[*i + 1..end]).unwrap();
+                    *i = end;
+                    match spec.split_once(',') {
+                        Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                        None => (spec.parse().unwrap(), spec.parse().unwrap()),
+                    }
+                }
+                _ => (1, 1),
+            };
+            let node = if (min, max) == (1, 1) {
+                atom
+            } else {
+                *i += 1;
+                Node::Repeat(Box::new(atom), min, max)
+            };
+            alternatives.last_mut().unwrap().push(node);
+        }
+        alternatives
+    }
+
+    fn match_seq(seq: &[Node], text: &[u8], then: &dyn Fn(&[u8]) -> bool) -> bool {
+        match seq.split_first() {
+            None => then(text),
+            Some((node, rest)) => match_node(node, text, &|after| match_seq(rest, after, then)),
+        }
+    }
+
+    fn match_node(node: &Node, text: &[u8], then: &dyn Fn(&[u8]) -> bool) -> bool {
+        match node {
+            Node::Byte(lo, hi) => text
+                .split_first()
+                .is_some_and(|(b, rest)| (lo..=hi).contains(&b) && then(rest)),
+            Node::Group(alternatives) => alternatives.iter().any(|alt| match_seq(alt, text, then)),
+            Node::Repeat(inner, min, max) => {
+                (*min == 0 && then(text))
+                    || (*max > 0
+                        && match_node(inner, text, &|after| {
+                            after.len() < text.len()
+                                && match_node(
+                                    &Node::Repeat(
+                                        Box::new(clone_node(inner)),
+                                        min.saturating_sub(1),
+                                        max - 1,
+                                    ),
+                                    after,
+                                    then,
+                                )
+                        }))
+            }
+        }
+    }
+
+    fn clone_node(node: &Node) -> Node {
+        match node {
+            Node::Byte(lo, hi) => Node::Byte(*lo, *hi),
+            Node::Group(alternatives) => Node::Group(
+                alternatives
+                    .iter()
+                    .map(|alt| alt.iter().map(clone_node).collect())
+                    .collect(),
+            ),
+            Node::Repeat(inner, min, max) => Node::Repeat(Box::new(clone_node(inner)), *min, *max),
+        }
+    }
+
+    fn full_match(pattern: &str, text: &str) -> bool {
+        let alternatives = parse_alternatives(pattern.as_bytes(), &mut 0);
+        match_node(&Node::Group(alternatives), text.as_bytes(), &|rest| {
+            rest.is_empty()
+        })
+    }
+
+    /// Texts around every edge of the int64 range, with signs, zeros and non-numbers.
+    fn int64_texts() -> Vec<String> {
+        let mut texts: Vec<String> = [
+            "",
+            "+",
+            "-",
+            "0",
+            "00",
+            "+0",
+            "-0",
+            "-00",
+            "1",
+            "+1",
+            "-1",
+            "0042",
+            "+0042",
+            "-0042",
+            "++1",
+            "+-1",
+            "1+",
+            "1.0",
+            "1e3",
+            " 1",
+            "1 ",
+            "a",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "+9223372036854775807",
+            "00009223372036854775807",
+            "-0009223372036854775808",
+            "10000000000000000000",
+            "-10000000000000000000",
+            "9223372036854775799",
+            "9223372036854775706",
+            "8999999999999999999",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = x >> (x % 64);
+            texts.push(n.to_string());
+            texts.push(format!("-{n}"));
+            texts.push(format!("+{}", n / 3));
+        }
+        texts
+    }
+
+    #[test]
+    fn the_form_int64_patterns_match_exactly_what_the_server_parses() {
+        let any = int64_text_pattern();
+        let any_or_empty = optional_pattern(&any);
+        let positive = positive_int64_text_pattern();
+        let ids = positive_int64_pattern();
+        for text in int64_texts() {
+            let parsed = text.parse::<i64>().ok();
+            assert_eq!(
+                full_match(&any, &text),
+                parsed.is_some(),
+                "{text:?} in {any}"
+            );
+            assert_eq!(
+                full_match(&any_or_empty, &text),
+                parsed.is_some() || text.is_empty(),
+                "{text:?} in {any_or_empty}"
+            );
+            assert_eq!(
+                full_match(&positive, &text),
+                parsed.is_some_and(|n| n >= 1),
+                "{text:?} in {positive}"
+            );
+            assert_eq!(
+                full_match(&ids, &text),
+                crate::presence::UserId::parse(&text).is_some(),
+                "{text:?} in {ids}"
+            );
+        }
+    }
+
+    #[test]
+    fn forms_carry_numbers_as_text_and_a_report_form_its_empty_players() {
+        let doc = document(&Settings::default());
+        let schemas = &doc["components"]["schemas"];
+        for form in [
+            "LookupForm",
+            "RegisterAppPresenceForm",
+            "PlayersChangeForm",
+            "GameServerReportForm",
+        ] {
+            let text = schemas[form].to_string();
+            assert!(!text.contains("\"integer\""), "{form}: {text}");
+            assert!(!text.contains("\"null\""), "{form}: {text}");
+        }
+        // A report's form refuses empty numbers; a heartbeat's reads them as left out.
+        let report = &schemas["GameServerReportForm"]["properties"];
+        assert_eq!(
+            report["placeId"]["pattern"],
+            json!(positive_int64_text_pattern())
+        );
+        assert_eq!(report["universeId"]["pattern"], json!(int64_text_pattern()));
+        let heartbeat = &schemas["RegisterAppPresenceForm"]["properties"];
+        for field in ["placeId", "universeId"] {
+            assert_eq!(
+                heartbeat[field]["pattern"],
+                json!(optional_pattern(&int64_text_pattern())),
+                "{field}"
+            );
+        }
+        assert_eq!(
+            heartbeat["disconnect"]["enum"],
+            json!(["true", "false", ""])
+        );
+        // A list is one field per item, or a single field; a report's may hold `players=`.
+        let players = &schemas["GameServerReportForm"]["properties"]["players"];
+        let (list, single) = (&players["anyOf"][0], &players["anyOf"][1]);
+        assert_eq!(list["type"], "array");
+        assert_eq!(list["minItems"], 1);
+        assert!(list.get("maxItems").is_none());
+        for items in [&list["items"]["oneOf"], &single["oneOf"]] {
+            let items = items.as_array().unwrap();
+            assert_eq!(items.len(), 2);
+            assert_eq!(items[0]["pattern"], json!(positive_int64_pattern()));
+            assert_eq!(items[1]["const"], "");
+        }
+        let ids = &schemas["LookupForm"]["properties"]["userIds"];
+        assert_eq!(ids["anyOf"][0]["maxItems"], 50);
+        assert_eq!(
+            ids["anyOf"][1]["oneOf"][0]["pattern"],
+            json!(positive_int64_pattern())
+        );
+        // JSON bodies keep numbers, and a report's players their bound.
+        let players = &schemas["GameServerReport"]["properties"]["players"];
+        assert_eq!(players["maxItems"], 700);
+        assert_eq!(players["items"]["oneOf"][0]["type"], "integer");
     }
 
     #[test]
