@@ -28,6 +28,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub redis: RedisSettings,
     pub stream: StreamSettings,
+    pub privacy: PrivacySettings,
     pub places: Vec<PlaceSettings>,
 }
 
@@ -203,6 +204,29 @@ impl Default for StreamSettings {
         }
     }
 }
+
+/// Who sees whom (CONTRACT section 11).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Friends one user may hold; pairs beyond are skipped (listed in the answer).
+    pub max_friends: usize,
+    /// Whether other viewers are shown a user's real `lastOnline`; `false` shows them the
+    /// `lastOnline` of a user never seen (the user itself and `read` keys still see it).
+    pub show_last_online: bool,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        Self {
+            max_friends: 2000,
+            show_last_online: true,
+        }
+    }
+}
+
+/// Most friends a user may be allowed (`privacy.max_friends`).
+pub const MAX_FRIENDS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -487,6 +511,12 @@ impl Settings {
             MAX_GAME_SERVERS,
         )?;
         count("api.max_user_ids", self.api.max_user_ids, 1, MAX_USER_IDS)?;
+        count(
+            "privacy.max_friends",
+            self.privacy.max_friends,
+            1,
+            MAX_FRIENDS,
+        )?;
         count(
             "api.max_players_per_server",
             self.api.max_players_per_server,

@@ -14,6 +14,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{AuthError, Scope, ServiceKeys};
+use crate::presence::privacy::Viewer;
 use crate::presence::time::WallMillis;
 use crate::presence::UserId;
 
@@ -98,10 +99,13 @@ impl FromRequest for WritingUser {
     }
 }
 
-/// A caller of the lookup: anyone within its address's rate limit, unless
-/// `api.require_auth_for_lookup` asks for a valid credential. No CSRF token is needed.
+/// A caller of the lookup and of live streams: anyone within its address's rate limit,
+/// unless `api.require_auth_for_lookup` asks for a valid credential. No CSRF token is
+/// needed. Carries who is looking (CONTRACT section 11): a service key with `read` sees
+/// everyone, a valid credential is its user, anything else is anonymous; an unknown
+/// service key is 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reader;
+pub struct Reader(pub Viewer);
 
 impl FromRequest for Reader {
     type Error = ApiError;
@@ -109,13 +113,30 @@ impl FromRequest for Reader {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(state(req).and_then(|state| {
+            let viewer = viewer_of(req, state)?;
             if state.settings.api.require_auth_for_lookup {
                 authenticate(req, state)?;
             }
             state.limits.lookup(req)?;
-            Ok(Reader)
+            Ok(Reader(viewer))
         }))
     }
+}
+
+/// Who is looking, for `req`: a sent service key decides (with `read`, [`Viewer::Reader`];
+/// without, anonymous; unknown, 401); otherwise a valid credential's user, or anonymous.
+pub fn viewer_of(req: &HttpRequest, state: &AppState) -> Result<Viewer, ApiError> {
+    if req.headers().contains_key(API_KEY_HEADER) {
+        return match ServiceCaller::check(req, &state.service_keys, Scope::Read) {
+            Ok(_) => Ok(Viewer::Reader),
+            Err(ApiError::Forbidden) => Ok(Viewer::Anonymous),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(Credential::of(req)
+        .ok()
+        .and_then(|credential| state.auth.verify(credential.jwt()).ok())
+        .map_or(Viewer::Anonymous, Viewer::User))
 }
 
 /// The signed-in caller of a live stream, if it sent a valid credential, and the wall-clock

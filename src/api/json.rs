@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::body::FromBody;
 use super::error::ApiError;
 use crate::config::PresenceTypeFormat;
+use crate::presence::privacy::{Seen, Viewer};
 use crate::presence::{AppReport, PresenceView, UserId};
 
 /// `lastOnline` of a user never seen.
@@ -298,7 +299,23 @@ impl PresencesWriter {
             self.out.push(b',');
         }
         self.empty = false;
-        write_presence(&mut self.out, view, self.format);
+        write_presence(&mut self.out, view, self.format, false);
+    }
+
+    /// Appends the entry `viewer` is shown of `seen`'s user (CONTRACT section 11).
+    pub fn push_seen(&mut self, seen: &Seen<'_, '_>, viewer: Viewer, show_last_online: bool) {
+        let sight = seen.sight(viewer, show_last_online);
+        let invisible = sight.shows_invisible_type(seen.view);
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        write_presence(
+            &mut self.out,
+            &sight.entry(seen.view.clone()),
+            self.format,
+            invisible,
+        );
     }
 
     pub fn finish(mut self) -> Vec<u8> {
@@ -316,25 +333,43 @@ pub fn user_presences(views: &[PresenceView<'_>], format: PresenceTypeFormat) ->
 
 /// The writer of entries live streams use: the same bytes as [`presence_entry`].
 pub fn entry_encoder(format: PresenceTypeFormat) -> crate::presence::watch::Encoder {
-    Box::new(move |view| bytes::Bytes::from(presence_entry(view, format)))
+    Box::new(move |view, invisible| {
+        let mut out = Vec::with_capacity(240);
+        write_presence(&mut out, view, format, invisible);
+        bytes::Bytes::from(out)
+    })
 }
 
 /// One entry as `/v1/presence/users` writes it; live streams send the same bytes.
 pub fn presence_entry(v: &PresenceView<'_>, format: PresenceTypeFormat) -> Vec<u8> {
     let mut out = Vec::with_capacity(240);
-    write_presence(&mut out, v, format);
+    write_presence(&mut out, v, format, false);
     out
 }
 
-fn write_presence(out: &mut Vec<u8>, v: &PresenceView<'_>, format: PresenceTypeFormat) {
+/// The type a user is shown to itself while invisible and present (CONTRACT section 11).
+pub const INVISIBLE_TYPE: (&str, u8) = ("Invisible", 4);
+
+/// `invisible`: the type is written [`INVISIBLE_TYPE`] instead of `v.kind`.
+fn write_presence(
+    out: &mut Vec<u8>,
+    v: &PresenceView<'_>,
+    format: PresenceTypeFormat,
+    invisible: bool,
+) {
     out.extend_from_slice(b"{\"userPresenceType\":");
+    let (name, number) = if invisible {
+        INVISIBLE_TYPE
+    } else {
+        (v.kind.as_str(), v.kind.as_int())
+    };
     match format {
         PresenceTypeFormat::String => {
             out.push(b'"');
-            out.extend_from_slice(v.kind.as_str().as_bytes());
+            out.extend_from_slice(name.as_bytes());
             out.push(b'"');
         }
-        PresenceTypeFormat::Integer => out.push(b'0' + v.kind.as_int()),
+        PresenceTypeFormat::Integer => out.push(b'0' + number),
     }
     out.extend_from_slice(b",\"lastLocation\":");
     write_str(out, &v.last_location);

@@ -170,15 +170,18 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
 )]
 pub async fn users(
     state: web::Data<AppState>,
-    _reader: Reader,
+    Reader(viewer): Reader,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let request: LookupRequest = body.decode()?;
     let ids = request.into_user_ids(state.settings.api.max_user_ids)?;
     let mut answer = PresencesWriter::new(state.settings.api.presence_type, ids.len());
+    let show_last_online = state.settings.privacy.show_last_online;
     state
         .presence
-        .visit_many(&ids, |view| answer.push(view))
+        .visit_seen(viewer, &ids, |seen| {
+            answer.push_seen(seen, viewer, show_last_online);
+        })
         .await?;
     let bytes = answer.finish();
     Ok(HttpResponse::Ok()

@@ -22,6 +22,7 @@ use super::extract::{stream_caller, Reader};
 use super::json::{is_user_ids_key, IdItem, LookupRequest};
 use super::AppState;
 use crate::connections::{StreamGuard, StreamMark};
+use crate::presence::privacy::Viewer;
 use crate::presence::time::WallMillis;
 use crate::presence::watch::{Batch, Entry, EventId};
 use crate::presence::Clock;
@@ -69,10 +70,10 @@ pub(super) async fn read(
     let mut entries = Vec::with_capacity(ids.len());
     state
         .presence
-        .visit_many(ids, |view| {
+        .visit_seen(sub.viewer(), ids, |seen| {
             // On Redis, an Offline user is then checked for being forgotten by retention.
-            state.presence.watching(view);
-            entries.push(sub.entry(view));
+            state.presence.watching(seen.view);
+            entries.push(sub.first(seen));
         })
         .await?;
     Ok(entries)
@@ -124,12 +125,13 @@ pub(super) fn open(
     req: &HttpRequest,
     state: &AppState,
     caller: Option<UserId>,
+    viewer: Viewer,
 ) -> Result<Subscription, ApiError> {
     let address = state.limits.client_address(req);
     state
         .presence
         .hub()
-        .subscribe_within(address, caller)
+        .subscribe_within(address, caller, viewer)
         .map_err(ApiError::StreamsFull)
 }
 
@@ -204,13 +206,13 @@ pub(super) fn ticker(every: Duration) -> Interval {
 pub async fn sse(
     req: HttpRequest,
     state: web::Data<AppState>,
-    _reader: Reader,
+    Reader(viewer): Reader,
 ) -> Result<HttpResponse, ApiError> {
     refuse_foreign_cookie(&req, &state)?;
     let max = state.settings.stream.max_user_ids;
     let ids = visible(checked(query_ids(req.query_string())?, max)?);
     let caller = stream_caller(&req, &state);
-    let sub = open(&req, &state, caller.map(|(user, _)| user))?;
+    let sub = open(&req, &state, caller.map(|(user, _)| user), viewer)?;
     let first = first_event(&req, &state, sub, &ids).await?;
     let (first, sub) = first;
     let body = EventStream {

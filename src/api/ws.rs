@@ -42,11 +42,11 @@ pub async fn ws(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
-    _reader: Reader,
+    Reader(viewer): Reader,
 ) -> Result<HttpResponse, ApiError> {
     refuse_foreign_cookie(&req, &state)?;
     let caller = stream_caller(&req, &state);
-    let sub = open(&req, &state, caller.map(|(user, _)| user))?;
+    let sub = open(&req, &state, caller.map(|(user, _)| user), viewer)?;
     let expiry = Expiry::of(&state, caller);
     let mut handshake = actix_http::ws::handshake(req.head())
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;

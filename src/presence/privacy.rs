@@ -843,6 +843,32 @@ impl Sight {
     }
 }
 
+/// A user as read for a viewer: its real entry, its settings, and whether the viewer is a
+/// signed-in friend of it (always `false` for a viewer that is not a signed-in user), at
+/// the instant `now` the read was made.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'v, 'a> {
+    pub view: &'v PresenceView<'a>,
+    pub settings: Settings,
+    pub friend: bool,
+    pub now: WallMillis,
+}
+
+impl Seen<'_, '_> {
+    /// What `viewer` is shown of this user: [`sight`] with the read's own answers.
+    pub fn sight(&self, viewer: Viewer, show_last_online: bool) -> Sight {
+        let friend = self.friend;
+        sight(
+            viewer,
+            self.view.user_id,
+            self.settings,
+            self.now,
+            show_last_online,
+            |_| friend,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::test_rng::{seed_from_env, XorShift};

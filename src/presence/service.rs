@@ -12,9 +12,11 @@ use super::memory::store::{GameLimits, Store, SweepReport};
 use uuid::Uuid;
 
 use super::model::{Heartbeat, PresenceType, PresenceView, UserId};
+use super::privacy::{self, CheckedPatch, FriendList, FriendPair, FriendshipChanges, Seen, Viewer};
 use super::redis::RedisBackend;
 use super::sessions::GamePlace;
 use super::time::Clock;
+use super::time::WallMillis;
 use super::watch::{Encoder, Hub, Limits};
 use crate::config::{Backend, Settings};
 
@@ -123,6 +125,7 @@ impl Presence {
                 resume_users: stream.max_resume_users,
                 resume_users_per_address: stream.max_resume_users_per_address,
             },
+            settings.privacy.show_last_online,
         );
         match settings.store.backend {
             Backend::Memory => {
@@ -138,13 +141,15 @@ impl Presence {
                     servers: presence.max_game_servers,
                     players_per_server: settings.api.max_players_per_server,
                 })
-                .with_changes(hub.clone());
+                .with_changes(hub.clone())
+                .with_max_friends(settings.privacy.max_friends);
                 Ok(Self::memory(Arc::new(store), clock, hub))
             }
             Backend::Redis => {
                 let redis =
                     RedisBackend::new(&settings.redis, &settings.presence, &clock, hub.clone())?
-                        .with_max_players(settings.api.max_players_per_server);
+                        .with_max_players(settings.api.max_players_per_server)
+                        .with_max_friends(settings.privacy.max_friends);
                 Ok(Self::redis(redis, clock, hub))
             }
         }
@@ -283,6 +288,118 @@ impl Presence {
         Ok(views)
     }
 
+    /// Calls `visit` with each id's presence as read for `viewer`, in the given order, as
+    /// of one instant: the real entry, the user's settings, and whether the viewer is a
+    /// signed-in friend of it, so that the caller decides what the viewer is shown
+    /// ([`Seen::sight`]). Never creates or changes anything. On Redis, at most one round
+    /// trip per node (the friendship test travels with the read).
+    pub async fn visit_seen(
+        &self,
+        viewer: Viewer,
+        ids: &[UserId],
+        visit: impl FnMut(&Seen<'_, '_>),
+    ) -> Result<(), PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                store.visit_seen(viewer, ids, self.clock.now(), visit);
+                Ok(())
+            }
+            Engine::Redis(redis) => redis.visit_seen(viewer, ids, visit).await,
+        }
+    }
+
+    /// `user`'s settings, as stored (the caller shows them as of now with
+    /// [`privacy::Settings::view`]), and the instant they were read at.
+    pub async fn settings(
+        &self,
+        user: UserId,
+    ) -> Result<(privacy::Settings, WallMillis), PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                let now = self.clock.now();
+                Ok((store.settings(user, now), now.wall))
+            }
+            Engine::Redis(redis) => redis.settings(user).await,
+        }
+    }
+
+    /// Applies `patch` (checked at about now) to `user`'s settings, now, atomically with
+    /// the user's `lastOnline` (an invisibility that begins freezes it), and tells every
+    /// watcher of the user, on every node, what it now sees. Returns the new settings and
+    /// the instant they were applied at.
+    pub async fn change_settings(
+        &self,
+        user: UserId,
+        patch: &CheckedPatch,
+    ) -> Result<(privacy::Settings, WallMillis), PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => {
+                let now = self.clock.now();
+                Ok((store.change_settings(user, patch, now), now.wall))
+            }
+            Engine::Redis(redis) => redis.change_settings(user, patch).await,
+        }
+    }
+
+    /// Removes, then adds, friendship pairs (CONTRACT section 11); returns the pairs not
+    /// added because one side would hold more than `privacy.max_friends`, in the order
+    /// given. Every watcher whose sight of a user changed is told.
+    pub async fn change_friendships(
+        &self,
+        changes: &FriendshipChanges,
+    ) -> Result<Vec<FriendPair>, PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => Ok(store.change_friendships(changes, self.clock.now())),
+            Engine::Redis(redis) => redis.change_friendships(changes).await,
+        }
+    }
+
+    /// Makes `list` the friends of `user` (both sides of every pair change); returns the
+    /// pairs skipped as [`Self::change_friendships`] does.
+    pub async fn replace_friends(
+        &self,
+        user: UserId,
+        list: &FriendList,
+    ) -> Result<Vec<FriendPair>, PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => Ok(store.replace_friends(user, list, self.clock.now())),
+            Engine::Redis(redis) => redis.replace_friends(user, list).await,
+        }
+    }
+
+    /// The friends of `user`, ascending.
+    pub async fn friends(&self, user: UserId) -> Result<Vec<UserId>, PresenceError> {
+        match &self.backend {
+            Engine::Memory(store) => Ok(store.friends_of(user)),
+            Engine::Redis(redis) => redis.friends_of(user).await,
+        }
+    }
+
+    /// Sends the watchers of every watched user whose invisibility ended by now what they
+    /// now see (run by the sweeper; reads are exact regardless).
+    pub async fn end_invisibility(&self) -> Result<(), PresenceError> {
+        let now = match &self.backend {
+            Engine::Memory(_) => self.clock.now().wall,
+            Engine::Redis(redis) => redis.wall_now().await,
+        };
+        let due = self.hub.due_ends(now);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let marks = self.hub.marks(&due);
+        let mut marks = marks.into_iter();
+        let hub = self.hub.clone();
+        self.visit_seen(Viewer::Anonymous, &due, |seen| {
+            hub.catch_up(
+                seen.view,
+                seen.settings,
+                seen.now,
+                marks.next().unwrap_or_default(),
+            );
+        })
+        .await
+    }
+
     /// The deployment's counts (this process's, on memory).
     pub async fn counts(&self) -> Result<Counts, PresenceError> {
         match &self.backend {
@@ -324,8 +441,16 @@ impl Presence {
     /// sweeper gives it a thread of its own).
     pub async fn sweep(&self) -> Result<SweepReport, PresenceError> {
         match &self.backend {
-            Engine::Memory(store) => Ok(store.sweep(self.clock.now())),
-            Engine::Redis(redis) => redis.sweep().await.map_err(|partial| partial.error),
+            Engine::Memory(store) => {
+                let report = store.sweep(self.clock.now());
+                self.end_invisibility().await?;
+                Ok(report)
+            }
+            Engine::Redis(redis) => {
+                let report = redis.sweep().await.map_err(|partial| partial.error)?;
+                self.end_invisibility().await?;
+                Ok(report)
+            }
         }
     }
 }

@@ -49,12 +49,15 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use super::model::{PresenceView, UserId};
+use super::privacy::{sight, Seen, Settings, Sight, Viewer, Visibility};
+use super::time::WallMillis;
 
 type Hasher = foldhash::fast::RandomState;
 
 /// Turns a view into the JSON object a lookup writes for it (injected by the application,
-/// which owns the wire format).
-pub type Encoder = Box<dyn Fn(&PresenceView<'_>) -> Bytes + Send + Sync>;
+/// which owns the wire format); `true` writes its type as `Invisible` (a user shown to
+/// itself while invisible and present, CONTRACT section 11).
+pub type Encoder = Box<dyn Fn(&PresenceView<'_>, bool) -> Bytes + Send + Sync>;
 
 /// An encoded entry and the digest of everything in it but `lastOnline`.
 #[derive(Clone, PartialEq, Eq)]
@@ -85,17 +88,31 @@ fn significant(entry: &[u8]) -> &[u8] {
 pub trait Changes: Send + Sync + fmt::Debug {
     /// Whether anyone may be watching anything: when false, a backend skips building views.
     fn watched(&self) -> bool;
-    /// `view` is the new entry of its user, which changed in something other than
-    /// `lastOnline`; returns what is to be handed to the watchers, which the caller does
-    /// once it holds no lock ([`Delivery::deliver`]). Calls for one user must come in the
-    /// order of the changes.
-    fn publish_later(&self, view: &PresenceView<'_>) -> Option<Delivery>;
+    /// `view` is the new real entry of its user, whose settings are `settings`, as of
+    /// `now`: the entry changed in something other than `lastOnline`, or the settings
+    /// changed, or a friendship of the user did (after [`Self::befriend`]). Returns what is
+    /// to be handed to the watchers, each shown what its viewer may see, which the caller
+    /// does once it holds no lock ([`Delivery::deliver`]). Calls for one user must come in
+    /// the order of the changes.
+    fn publish_later(
+        &self,
+        view: &PresenceView<'_>,
+        settings: Settings,
+        now: WallMillis,
+    ) -> Option<Delivery>;
     /// [`Self::publish_later`], delivered at once.
-    fn publish(&self, view: &PresenceView<'_>) {
-        if let Some(delivery) = self.publish_later(view) {
+    fn publish(&self, view: &PresenceView<'_>, settings: Settings, now: WallMillis) {
+        if let Some(delivery) = self.publish_later(view, settings, now) {
             delivery.deliver();
         }
     }
+    /// Users `watched` and `viewer` became friends (`friends`) or stopped being friends:
+    /// every watcher of `watched` whose viewer is the signed-in `viewer` now decides with
+    /// that. Returns whether there was any such watcher: then the caller publishes
+    /// `watched` again (its current entry and settings) so that each of them is sent what
+    /// it now sees. Called after the change is applied, in the order of the changes of the
+    /// pair.
+    fn befriend(&self, watched: UserId, viewer: UserId, friends: bool) -> bool;
 }
 
 /// A change to hand to the watchers of one user, made under the store's lock and delivered
@@ -105,8 +122,88 @@ pub struct Delivery {
     hub: Arc<HubShared>,
     user: UserId,
     version: u64,
-    entry: Entry,
+    shown: Shown,
     watchers: Arc<[Arc<Watcher>]>,
+}
+
+/// The entries one change can show, each encoded once: the real one always, the others
+/// only when the user's settings can make some viewer see them (a user who restricted
+/// nothing costs one encoding, as before settings existed).
+struct Shown {
+    settings: Settings,
+    now: WallMillis,
+    show_last_online: bool,
+    real: Entry,
+    /// Real, but with the `lastOnline` of a user never seen (`show_last_online` false).
+    no_last_online: Option<Entry>,
+    /// The entry of a user never seen.
+    hidden: Option<Entry>,
+    /// What others see of an invisible user.
+    invisible: Option<Entry>,
+    /// Real, with the type `Invisible` (the user itself, invisible and present).
+    own_invisible: Option<Entry>,
+}
+
+impl Shown {
+    fn new(hub: &Hub, view: &PresenceView<'_>, settings: Settings, now: WallMillis) -> Self {
+        let show = hub.show_last_online;
+        let invisible = settings.invisibility_at(now);
+        let visibility = settings.visibility();
+        let variant = |sight: Sight| Some(hub.entry_as(view, sight));
+        Self {
+            settings,
+            now,
+            show_last_online: show,
+            real: hub.entry_as(view, Sight::Own { invisible: false }),
+            no_last_online: (!show && invisible.is_none())
+                .then(|| {
+                    variant(Sight::Real {
+                        show_last_online: false,
+                    })
+                })
+                .flatten(),
+            hidden: (visibility != Visibility::Everyone)
+                .then(|| variant(Sight::Hidden))
+                .flatten(),
+            invisible: invisible
+                .filter(|_| visibility != Visibility::Nobody)
+                .and_then(|i| {
+                    variant(Sight::Invisible {
+                        last_online: i.last_online.filter(|_| show),
+                    })
+                }),
+            own_invisible: (invisible.is_some()
+                && view.kind != super::model::PresenceType::Offline)
+                .then(|| variant(Sight::Own { invisible: true }))
+                .flatten(),
+        }
+    }
+
+    /// What a watcher of `user` with `viewer` is shown (`friend`: the viewer is a signed-in
+    /// friend of the user).
+    fn for_viewer(&self, viewer: Viewer, user: UserId, friend: bool) -> &Entry {
+        let sight = sight(
+            viewer,
+            user,
+            self.settings,
+            self.now,
+            self.show_last_online,
+            |_| friend,
+        );
+        let chosen = match sight {
+            Sight::Own { invisible: true } => self.own_invisible.as_ref(),
+            Sight::Own { invisible: false }
+            | Sight::Real {
+                show_last_online: true,
+            } => None,
+            Sight::Real {
+                show_last_online: false,
+            } => self.no_last_online.as_ref(),
+            Sight::Hidden => self.hidden.as_ref(),
+            Sight::Invisible { .. } => self.invisible.as_ref(),
+        };
+        chosen.unwrap_or(&self.real)
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -123,7 +220,7 @@ impl Delivery {
     pub fn deliver(self) {
         let mut accepted = 0;
         for watcher in self.watchers.iter() {
-            accepted += u64::from(watcher.offer(self.user, self.version, &self.entry));
+            accepted += u64::from(watcher.offer(self.user, self.version, &self.shown));
         }
         self.hub.deliveries.fetch_add(accepted, Ordering::Relaxed);
     }
@@ -161,6 +258,9 @@ impl EventId {
 struct Topic {
     watchers: Arc<[Arc<Watcher>]>,
     version: u64,
+    /// The end of the user's invisibility, as last published or read, when it has one:
+    /// filed in [`Hub::ends`], so that its watchers are sent the user again then.
+    invisible_until: Option<WallMillis>,
 }
 
 /// The limits on streams and on what closed streams leave behind.
@@ -227,6 +327,10 @@ pub struct Hub {
     per_address: DashMap<IpAddr, usize, Hasher>,
     per_user: DashMap<UserId, usize, Hasher>,
     resumes: Mutex<Resumes>,
+    /// `privacy.show_last_online`.
+    show_last_online: bool,
+    /// The ends of watched users' invisibility, soonest first (see [`Hub::due_ends`]).
+    ends: Mutex<std::collections::BTreeSet<(WallMillis, UserId)>>,
 }
 
 /// What deliveries need of the hub (kept apart so that a delivery holds no topic map).
@@ -249,6 +353,8 @@ pub struct Watcher {
     state: Mutex<WatcherState>,
     waker: AtomicWaker,
     closed: AtomicBool,
+    /// Who is looking: decides what each change shows this watcher.
+    viewer: Viewer,
 }
 
 #[derive(Default)]
@@ -270,6 +376,11 @@ struct Slot {
     given_in: u64,
     /// 1 + the index of this user's entry in [`WatcherState::pending`]; 0 for none.
     pending: u32,
+    /// Whether the viewer is a signed-in friend of this user: from the first read, or from
+    /// a friendship change told since ([`Changes::befriend`]), which is newer and wins.
+    friend: bool,
+    /// A friendship change was told since the slot was made.
+    friend_told: bool,
 }
 
 impl WatcherState {
@@ -289,7 +400,7 @@ impl WatcherState {
 impl Watcher {
     /// Offers a change of `user`; whether it was taken (the user is watched and the change
     /// is newer than anything seen, and differs from what the client will hold).
-    fn offer(&self, user: UserId, version: u64, entry: &Entry) -> bool {
+    fn offer(&self, user: UserId, version: u64, shown: &Shown) -> bool {
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let WatcherState { slots, pending } = state;
@@ -300,6 +411,7 @@ impl Watcher {
             return false;
         }
         slot.seen = version;
+        let entry = shown.for_viewer(self.viewer, user, slot.friend);
         let mine = (slot.pending as usize)
             .checked_sub(1)
             .and_then(|i| pending.get_mut(i));
@@ -329,7 +441,9 @@ pub struct Batch {
 }
 
 impl Hub {
-    pub fn new(encode: Encoder, limits: Limits) -> Arc<Self> {
+    /// A hub whose watchers are shown entries written by `encode`, within `limits`, with
+    /// `privacy.show_last_online` as `show_last_online`.
+    pub fn new(encode: Encoder, limits: Limits, show_last_online: bool) -> Arc<Self> {
         Arc::new(Self {
             shared: Arc::new(HubShared {
                 deliveries: AtomicU64::new(0),
@@ -347,14 +461,64 @@ impl Hub {
             per_address: DashMap::with_hasher(Hasher::default()),
             per_user: DashMap::with_hasher(Hasher::default()),
             resumes: Mutex::new(Resumes::default()),
+            show_last_online,
+            ends: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
-    /// The entry of `view`, encoded as a lookup writes it.
-    pub fn entry(&self, view: &PresenceView<'_>) -> Entry {
-        let bytes = (self.encode)(view);
+    /// The entry of `view` as a viewer with `sight` is shown it, encoded as a lookup
+    /// writes it.
+    pub fn entry_as(&self, view: &PresenceView<'_>, sight: Sight) -> Entry {
+        let invisible_type = sight.shows_invisible_type(view);
+        let bytes = (self.encode)(&sight.entry(view.clone()), invisible_type);
         let digest = self.digests.hash_one(significant(&bytes)) | 1;
         Entry { bytes, digest }
+    }
+
+    /// `privacy.show_last_online`.
+    pub fn show_last_online(&self) -> bool {
+        self.show_last_online
+    }
+
+    /// Notes the end of `user`'s invisibility in `settings` at `now`, if it has one and the
+    /// user is watched (see [`Self::due_ends`]).
+    fn note_end(&self, topic: &mut Topic, user: UserId, settings: Settings, now: WallMillis) {
+        let until = settings.invisibility_at(now).and_then(|i| i.until);
+        if until != topic.invisible_until {
+            topic.invisible_until = until;
+            if let Some(until) = until {
+                self.ends.lock().insert((until, user));
+            }
+        }
+    }
+
+    /// The watched users whose invisibility ended by `now`, each once: the caller reads
+    /// each one's entry and settings and [`Self::catch_up`]s it (marks taken before the
+    /// read), so that every watcher is sent what it now sees.
+    pub fn due_ends(&self, now: WallMillis) -> Vec<UserId> {
+        let mut due = Vec::new();
+        loop {
+            let next = {
+                let mut ends = self.ends.lock();
+                match ends.first() {
+                    Some(&(until, user)) if until <= now => {
+                        ends.pop_first();
+                        Some((until, user))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((until, user)) = next else {
+                break;
+            };
+            if let Some(mut topic) = self.topics.get_mut(&user) {
+                if topic.invisible_until == Some(until) {
+                    topic.invisible_until = None;
+                    due.push(user);
+                }
+            }
+        }
+        due
     }
 
     /// A new watcher of nobody yet, within the limits (`address` and `user` are whom it is
@@ -363,6 +527,7 @@ impl Hub {
         self: &Arc<Self>,
         address: Option<IpAddr>,
         user: Option<UserId>,
+        viewer: Viewer,
     ) -> Result<Subscription, Refused> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         let mut counted = Counted {
@@ -388,7 +553,7 @@ impl Hub {
             }
             counted.user = Some(user);
         }
-        let mut sub = self.subscribe();
+        let mut sub = self.subscribe_as(viewer);
         sub.counted = counted;
         sub.address = address;
         Ok(sub)
@@ -406,12 +571,18 @@ impl Hub {
         }
     }
 
-    /// A new watcher of nobody yet, counted against no limit.
+    /// A new watcher of nobody yet for an anonymous viewer, counted against no limit.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_as(Viewer::Anonymous)
+    }
+
+    /// A new watcher of nobody yet for `viewer`, counted against no limit.
+    pub fn subscribe_as(self: &Arc<Self>, viewer: Viewer) -> Subscription {
         let watcher = Arc::new(Watcher {
             state: Mutex::new(WatcherState::default()),
             waker: AtomicWaker::new(),
             closed: AtomicBool::new(false),
+            viewer,
         });
         let key = self.next_watcher.fetch_add(1, Ordering::Relaxed);
         self.watchers.insert(key, watcher.clone());
@@ -486,8 +657,14 @@ impl Hub {
     /// user's current entry, read after `mark` was taken (see [`Self::marks`]): it is
     /// published unless a change of that user arrived since (which is newer than the
     /// read, or the same). Each watcher is sent it only if it differs from what it holds.
-    pub fn catch_up(&self, view: &PresenceView<'_>, mark: u64) {
-        if let Some(delivery) = self.publish_if(view, |version| version == mark) {
+    pub fn catch_up(
+        &self,
+        view: &PresenceView<'_>,
+        settings: Settings,
+        now: WallMillis,
+        mark: u64,
+    ) {
+        if let Some(delivery) = self.publish_if(view, settings, now, |version| version == mark) {
             delivery.deliver();
         }
     }
@@ -495,6 +672,8 @@ impl Hub {
     fn publish_if(
         &self,
         view: &PresenceView<'_>,
+        settings: Settings,
+        now: WallMillis,
         current: impl FnOnce(u64) -> bool,
     ) -> Option<Delivery> {
         if !self.watched() {
@@ -504,7 +683,8 @@ impl Hub {
         if !current(topic.version) {
             return None;
         }
-        let entry = self.entry(view);
+        let shown = Shown::new(self, view, settings, now);
+        self.note_end(&mut topic, view.user_id, settings, now);
         let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
         topic.version = version;
         let watchers = topic.watchers.clone();
@@ -513,7 +693,7 @@ impl Hub {
             hub: self.shared.clone(),
             user: view.user_id,
             version,
-            entry,
+            shown,
             watchers,
         })
     }
@@ -529,8 +709,35 @@ impl Changes for Hub {
         self.topic_count.load(Ordering::SeqCst) > 0
     }
 
-    fn publish_later(&self, view: &PresenceView<'_>) -> Option<Delivery> {
-        self.publish_if(view, |_| true)
+    fn publish_later(
+        &self,
+        view: &PresenceView<'_>,
+        settings: Settings,
+        now: WallMillis,
+    ) -> Option<Delivery> {
+        self.publish_if(view, settings, now, |_| true)
+    }
+
+    fn befriend(&self, watched: UserId, viewer: UserId, friends: bool) -> bool {
+        if !self.watched() {
+            return false;
+        }
+        let Some(topic) = self.topics.get(&watched) else {
+            return false;
+        };
+        let mut told = false;
+        for watcher in topic
+            .watchers
+            .iter()
+            .filter(|w| w.viewer == Viewer::User(viewer))
+        {
+            if let Some(slot) = watcher.state.lock().slots.get_mut(&watched) {
+                slot.friend = friends;
+                slot.friend_told = true;
+                told = true;
+            }
+        }
+        told
     }
 }
 
@@ -746,6 +953,7 @@ impl Subscription {
                     vacant.insert(Topic {
                         watchers: Arc::from([self.watcher.clone()]),
                         version,
+                        invisible_until: None,
                     });
                     version
                 }
@@ -857,9 +1065,32 @@ impl Subscription {
         }
     }
 
-    /// The entry of `view`, encoded as a lookup writes it.
-    pub fn entry(&self, view: &PresenceView<'_>) -> Entry {
-        self.hub.entry(view)
+    /// The entry this watcher's viewer is shown of a user it just started watching, from a
+    /// read made after [`Self::add`]; notes what the read said of the viewer's friendship
+    /// (unless a change was told since, which is newer) and of the end of an invisibility.
+    pub fn first(&self, seen: &Seen<'_, '_>) -> Entry {
+        let user = seen.view.user_id;
+        let friend = {
+            let mut state = self.watcher.state.lock();
+            match state.slots.get_mut(&user) {
+                Some(slot) if slot.friend_told => slot.friend,
+                Some(slot) => {
+                    slot.friend = seen.friend;
+                    seen.friend
+                }
+                None => seen.friend,
+            }
+        };
+        if let Some(mut topic) = self.hub.topics.get_mut(&user) {
+            self.hub.note_end(&mut topic, user, seen.settings, seen.now);
+        }
+        let sight = Seen { friend, ..*seen }.sight(self.watcher.viewer, self.hub.show_last_online);
+        self.hub.entry_as(seen.view, sight)
+    }
+
+    /// Who this watcher's viewer is.
+    pub fn viewer(&self) -> Viewer {
+        self.watcher.viewer
     }
 
     /// Takes what is pending, in the order of the changes; `Pending` (with the task woken
@@ -1001,7 +1232,7 @@ mod tests {
 
     fn hub_with(limits: Limits) -> Arc<Hub> {
         Hub::new(
-            Box::new(|v: &PresenceView<'_>| {
+            Box::new(|v: &PresenceView<'_>, _| {
                 Bytes::from(format!(
                     "{{\"u\":{},\"loc\":\"{}\",\"lastOnline\":{:?}}}",
                     v.user_id,
@@ -1010,7 +1241,23 @@ mod tests {
                 ))
             }),
             limits,
+            true,
         )
+    }
+
+    const NOW: WallMillis = WallMillis(1_795_652_111_123);
+    const REAL: Sight = Sight::Real {
+        show_last_online: true,
+    };
+
+    /// A read of `view` by a viewer who is nobody's friend, default settings.
+    fn seen<'v, 'a>(view: &'v PresenceView<'a>) -> Seen<'v, 'a> {
+        Seen {
+            view,
+            settings: Settings::default(),
+            friend: false,
+            now: NOW,
+        }
     }
 
     fn hub() -> Arc<Hub> {
@@ -1058,7 +1305,7 @@ mod tests {
         let added = sub.add(&ids);
         let entries: Vec<(UserId, Entry)> = added
             .iter()
-            .map(|&u| (u, sub.entry(&view(u.get(), location))))
+            .map(|&u| (u, sub.first(&seen(&view(u.get(), location)))))
             .collect();
         let refs: Vec<(UserId, &Entry)> = entries.iter().map(|(u, e)| (*u, e)).collect();
         sub.settle(&refs, 0);
@@ -1073,10 +1320,10 @@ mod tests {
     fn nothing_is_done_for_users_nobody_watches() {
         let hub = hub();
         assert!(!hub.watched());
-        hub.publish(&view(1, "a"));
+        hub.publish(&view(1, "a"), Settings::default(), NOW);
         let mut sub = hub.subscribe();
         watch(&mut sub, &[2], "");
-        hub.publish(&view(1, "a"));
+        hub.publish(&view(1, "a"), Settings::default(), NOW);
         assert!(take(&sub).is_empty());
         assert_eq!(hub.deliveries(), 0);
     }
@@ -1087,10 +1334,10 @@ mod tests {
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1, 2], "");
         for i in 0..1000 {
-            hub.publish(&view(1, &format!("x{i}")));
+            hub.publish(&view(1, &format!("x{i}")), Settings::default(), NOW);
         }
-        hub.publish(&view(2, "b"));
-        hub.publish(&view(1, "last"));
+        hub.publish(&view(2, "b"), Settings::default(), NOW);
+        hub.publish(&view(1, "last"), Settings::default(), NOW);
         assert_eq!(take(&sub), vec!["last", "b"]);
         assert!(take(&sub).is_empty());
     }
@@ -1103,13 +1350,13 @@ mod tests {
         // Read gave "a": publishing "a" again (lastOnline aside) sends nothing.
         let mut same = view(1, "a");
         same.last_online = Some(crate::presence::time::WallMillis(5));
-        hub.publish(&same);
+        hub.publish(&same, Settings::default(), NOW);
         assert!(take(&sub).is_empty());
         // a -> b -> a while the reader was away: it holds "a" already.
-        hub.publish(&view(1, "b"));
-        hub.publish(&view(1, "a"));
+        hub.publish(&view(1, "b"), Settings::default(), NOW);
+        hub.publish(&view(1, "a"), Settings::default(), NOW);
         assert!(take(&sub).is_empty());
-        hub.publish(&view(1, "c"));
+        hub.publish(&view(1, "c"), Settings::default(), NOW);
         assert_eq!(take(&sub), vec!["c"]);
     }
 
@@ -1118,7 +1365,7 @@ mod tests {
         let hub = hub();
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1], "a");
-        hub.publish(&view(1, "b"));
+        hub.publish(&view(1, "b"), Settings::default(), NOW);
         // A subscribe to user 2 in the middle: user 1's pending change must survive.
         watch(&mut sub, &[2], "x");
         assert_eq!(take(&sub), vec!["b"]);
@@ -1129,8 +1376,12 @@ mod tests {
         let hub = hub();
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1], "a");
-        let older = hub.publish_later(&view(1, "b")).unwrap();
-        let newer = hub.publish_later(&view(1, "c")).unwrap();
+        let older = hub
+            .publish_later(&view(1, "b"), Settings::default(), NOW)
+            .unwrap();
+        let newer = hub
+            .publish_later(&view(1, "c"), Settings::default(), NOW)
+            .unwrap();
         newer.deliver();
         older.deliver();
         assert_eq!(take(&sub), vec!["c"]);
@@ -1142,7 +1393,9 @@ mod tests {
         let mut other = hub.subscribe();
         watch(&mut other, &[1], "a");
         // Made before the second watcher joined, delivered after: its read has it.
-        let before = hub.publish_later(&view(1, "b")).unwrap();
+        let before = hub
+            .publish_later(&view(1, "b"), Settings::default(), NOW)
+            .unwrap();
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1], "b");
         before.deliver();
@@ -1155,7 +1408,9 @@ mod tests {
         let hub = hub();
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1], "a");
-        let stale = hub.publish_later(&view(1, "stale")).unwrap();
+        let stale = hub
+            .publish_later(&view(1, "stale"), Settings::default(), NOW)
+            .unwrap();
         sub.remove(&[user(1)]);
         assert_eq!(hub.topic_count(), 0);
         watch(&mut sub, &[1], "fresh");
@@ -1170,12 +1425,12 @@ mod tests {
         watch(&mut sub, &[1, 2], "a");
         let marks = hub.marks(&[user(1), user(2)]);
         // User 2 changed after the marks were taken: the read is not newer than that.
-        hub.publish(&view(2, "new"));
-        hub.catch_up(&view(1, "a"), marks[0]);
-        hub.catch_up(&view(2, "old"), marks[1]);
+        hub.publish(&view(2, "new"), Settings::default(), NOW);
+        hub.catch_up(&view(1, "a"), Settings::default(), NOW, marks[0]);
+        hub.catch_up(&view(2, "old"), Settings::default(), NOW, marks[1]);
         assert_eq!(take(&sub), vec!["new"]);
         let marks = hub.marks(&[user(1)]);
-        hub.catch_up(&view(1, "missed"), marks[0]);
+        hub.catch_up(&view(1, "missed"), Settings::default(), NOW, marks[0]);
         assert_eq!(take(&sub), vec!["missed"]);
     }
 
@@ -1185,7 +1440,7 @@ mod tests {
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1, 2, 3], "a");
         let first = sub.event();
-        hub.publish(&view(2, "b"));
+        hub.publish(&view(2, "b"), Settings::default(), NOW);
         let batch = sub.take().unwrap();
         let second = batch.id.unwrap();
         assert_eq!(second.number, first.number + 1);
@@ -1195,7 +1450,7 @@ mod tests {
 
         let again = hub.subscribe();
         let resume = again.resume(&second.to_string()).unwrap();
-        let entry = |n: u64, loc: &str| hub.entry(&view(n, loc));
+        let entry = |n: u64, loc: &str| hub.entry_as(&view(n, loc), REAL);
         assert!(resume.holds(user(1), &entry(1, "a")));
         assert!(resume.holds(user(2), &entry(2, "b")));
         assert!(!resume.holds(user(3), &entry(3, "changed")));
@@ -1218,7 +1473,9 @@ mod tests {
         let address = |n: u8| Some(IpAddr::from([10, 0, 0, n]));
         for round in 0..10u64 {
             for n in 1..=4 {
-                let mut sub = hub.subscribe_within(address(n), None).unwrap();
+                let mut sub = hub
+                    .subscribe_within(address(n), None, Viewer::Anonymous)
+                    .unwrap();
                 let ids: Vec<u64> = (1..=40).map(|i| round * 1000 + i).collect();
                 watch(&mut sub, &ids, "a");
                 sub.event();
@@ -1252,20 +1509,28 @@ mod tests {
         });
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         let b = Some(IpAddr::from([10, 0, 0, 2]));
-        let one = hub.subscribe_within(a, None).unwrap();
-        let _two = hub.subscribe_within(a, Some(user(1))).unwrap();
+        let one = hub.subscribe_within(a, None, Viewer::Anonymous).unwrap();
+        let _two = hub
+            .subscribe_within(a, Some(user(1)), Viewer::Anonymous)
+            .unwrap();
         assert_eq!(
-            hub.subscribe_within(a, None).unwrap_err(),
+            hub.subscribe_within(a, None, Viewer::Anonymous)
+                .unwrap_err(),
             Refused::AddressFull
         );
         assert_eq!(
-            hub.subscribe_within(b, Some(user(1))).unwrap_err(),
+            hub.subscribe_within(b, Some(user(1)), Viewer::Anonymous)
+                .unwrap_err(),
             Refused::UserFull
         );
-        let _three = hub.subscribe_within(b, None).unwrap();
-        assert_eq!(hub.subscribe_within(b, None).unwrap_err(), Refused::Full);
+        let _three = hub.subscribe_within(b, None, Viewer::Anonymous).unwrap();
+        assert_eq!(
+            hub.subscribe_within(b, None, Viewer::Anonymous)
+                .unwrap_err(),
+            Refused::Full
+        );
         drop(one);
-        assert!(hub.subscribe_within(a, None).is_ok());
+        assert!(hub.subscribe_within(a, None, Viewer::Anonymous).is_ok());
         assert!(hub.per_address.len() <= 2);
     }
 
@@ -1286,10 +1551,10 @@ mod tests {
         let hub = hub();
         let mut sub = hub.subscribe();
         watch(&mut sub, &[1], "");
-        hub.publish(&view(1, "a"));
+        hub.publish(&view(1, "a"), Settings::default(), NOW);
         sub.remove(&[user(1)]);
         assert!(take(&sub).is_empty());
-        hub.publish(&view(1, "b"));
+        hub.publish(&view(1, "b"), Settings::default(), NOW);
         assert!(take(&sub).is_empty());
         hub.close();
         let waker = futures_util::task::noop_waker();

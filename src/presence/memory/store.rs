@@ -21,6 +21,7 @@ use crate::presence::model::{
     Heartbeat, LocationName, Now, PlaceInfo, PresenceType, PresenceView, SavedGame, SavedServer,
     SavedSession, SavedUser, Session, UserId,
 };
+use crate::presence::privacy::Settings;
 use crate::presence::service::GameServerError;
 use crate::presence::sessions::{self, GamePlace, Pick};
 use crate::presence::time::{duration_millis, Mono, WallMillis};
@@ -331,7 +332,7 @@ impl Store {
         if !changes.watched() {
             return None;
         }
-        changes.publish_later(&entry.view(user, now))
+        changes.publish_later(&entry.view(user, now), Settings::default(), WallMillis(0))
     }
 
     /// Applies a heartbeat to a known user's entry; says which index needs a new slot, and
@@ -945,7 +946,11 @@ impl Store {
         if !changes.watched() {
             return None;
         }
-        changes.publish_later(&PresenceView::never_seen(user))
+        changes.publish_later(
+            &PresenceView::never_seen(user),
+            Settings::default(),
+            WallMillis(0),
+        )
     }
 
     /// See [`crate::presence::Presence::report_game_server`]. The server's lock is held while
@@ -1212,6 +1217,72 @@ impl Store {
     /// Slots in the retention index: never more than the users held (0 without retention).
     pub fn retention_scheduled(&self) -> usize {
         self.retention.as_ref().map_or(0, |r| r.index.len())
+    }
+}
+
+// ---- privacy (CONTRACT section 11): placeholders, replaced by the real storage ----
+
+impl Store {
+    /// This store, bounding friends per user by `max_friends`.
+    pub fn with_max_friends(self, _max_friends: usize) -> Self {
+        self
+    }
+
+    /// See [`crate::presence::Presence::visit_seen`].
+    pub fn visit_seen(
+        &self,
+        _viewer: crate::presence::privacy::Viewer,
+        ids: &[UserId],
+        now: Now,
+        mut visit: impl FnMut(&crate::presence::privacy::Seen<'_, '_>),
+    ) {
+        self.visit_many(ids, now.mono, |view| {
+            visit(&crate::presence::privacy::Seen {
+                view,
+                settings: Settings::default(),
+                friend: false,
+                now: now.wall,
+            });
+        });
+    }
+
+    /// `user`'s settings as stored.
+    pub fn settings(&self, _user: UserId, _now: Now) -> Settings {
+        Settings::default()
+    }
+
+    /// See [`crate::presence::Presence::change_settings`].
+    pub fn change_settings(
+        &self,
+        _user: UserId,
+        _patch: &crate::presence::privacy::CheckedPatch,
+        _now: Now,
+    ) -> Settings {
+        Settings::default()
+    }
+
+    /// See [`crate::presence::Presence::change_friendships`].
+    pub fn change_friendships(
+        &self,
+        _changes: &crate::presence::privacy::FriendshipChanges,
+        _now: Now,
+    ) -> Vec<crate::presence::privacy::FriendPair> {
+        Vec::new()
+    }
+
+    /// See [`crate::presence::Presence::replace_friends`].
+    pub fn replace_friends(
+        &self,
+        _user: UserId,
+        _list: &crate::presence::privacy::FriendList,
+        _now: Now,
+    ) -> Vec<crate::presence::privacy::FriendPair> {
+        Vec::new()
+    }
+
+    /// The friends of `user`, ascending.
+    pub fn friends_of(&self, _user: UserId) -> Vec<UserId> {
+        Vec::new()
     }
 }
 

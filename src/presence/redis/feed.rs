@@ -47,6 +47,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::keys::{Keys, SHARDS};
 use super::{record, Inner, RedisBackend, Target};
 use crate::presence::model::{PresenceType, PresenceView, UserId};
+use crate::presence::privacy::Settings;
+use crate::presence::time::WallMillis;
 use crate::presence::watch::{Changes, Hub};
 
 /// First wait before subscribing again; doubled after each failure up to [`LAST_RETRY`].
@@ -441,20 +443,22 @@ impl Feed {
             );
             return;
         };
-        if record.is_empty() {
-            let view = PresenceView::never_seen(user);
-            self.shared.note(&view);
-            self.hub.publish(&view);
-            return;
-        }
         let Some(backend) = self.backend() else {
             return;
         };
         let now = backend.feed_now().await;
+        if record.is_empty() {
+            let view = PresenceView::never_seen(user);
+            self.shared.note(&view);
+            self.hub
+                .publish(&view, Settings::default(), WallMillis(now));
+            return;
+        }
         match record::decode(user, record, now) {
             Ok(view) => {
                 self.shared.note(&view);
-                self.hub.publish(&view);
+                self.hub
+                    .publish(&view, Settings::default(), WallMillis(now));
             }
             Err(e) => {
                 tracing::warn!(user = %user, error = %e, "live presence: ignoring a message");
@@ -477,9 +481,15 @@ impl Feed {
         for chunk in users.chunks(RESYNC_CHUNK) {
             let marks = self.hub.marks(chunk);
             let mut marks = marks.into_iter();
+            let now = WallMillis(backend.feed_now().await);
             if let Err(e) = backend
                 .visit_many(chunk, |view| {
-                    self.hub.catch_up(view, marks.next().unwrap_or_default());
+                    self.hub.catch_up(
+                        view,
+                        Settings::default(),
+                        now,
+                        marks.next().unwrap_or_default(),
+                    );
                 })
                 .await
             {
@@ -525,7 +535,7 @@ impl Feed {
             let read = backend
                 .visit_many(chunk, |view| {
                     if view.last_online.is_none() {
-                        self.hub.publish(view);
+                        self.hub.publish(view, Settings::default(), WallMillis(now));
                     } else {
                         self.shared.note(view);
                     }

@@ -27,6 +27,7 @@
 mod feed;
 mod games;
 pub mod keys;
+mod privacy;
 pub mod record;
 pub mod scripts;
 
