@@ -633,6 +633,19 @@ impl Hub {
         self.topics.iter().map(|topic| *topic.key()).collect()
     }
 
+    /// Notes `users` due again at `now` (their re-send failed): the next [`Self::due_ends`]
+    /// returns those still watched.
+    pub fn due_again(&self, users: &[UserId], now: WallMillis) {
+        for &user in users {
+            if let Some(mut topic) = self.topics.get_mut(&user) {
+                if topic.invisible_until.is_none() {
+                    topic.invisible_until = Some(now);
+                    self.ends.lock().insert((now, user));
+                }
+            }
+        }
+    }
+
     /// The version of each user's latest change (0 for a user nobody watches): taken before
     /// a read that may [`Self::catch_up`] on them.
     pub fn marks(&self, users: &[UserId]) -> Vec<u64> {
