@@ -148,7 +148,7 @@ async fn change(state: &AppState, user: UserId, body: &Body) -> Result<HttpRespo
         passed is shown as ended.",
     responses(
         (status = 200, description = "OK", content((PresenceSettings = "application/json"), (PresenceSettings = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (no valid credential, or an x-api-key that matches no configured key)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 429, description = "0: TooManyRequests (the address's read limit, rate_limit.lookup_*)", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("Retry-After" = String, description = "Seconds to wait"))),
         (status = 500, description = "0: InternalServerError", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -189,7 +189,7 @@ pub async fn own_settings(
     responses(
         (status = 200, description = "OK: the new settings", content((PresenceSettings = "application/json"), (PresenceSettings = "text/json"))),
         (status = 400, description = "0: BadRequest (unknown visibility, invisibleUntil not a later RFC 3339 time or without invisible: true, a field of the wrong type)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (no valid credential, or an x-api-key that matches no configured key)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 403, description = "0: Token Validation Failed", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("x-csrf-token" = String, description = "The CSRF token to repeat the call with"))),
         (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),

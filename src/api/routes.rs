@@ -120,7 +120,7 @@ fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
     responses(
         (status = 200, description = "OK", content((Empty = "application/json"), (Empty = "text/json"))),
         (status = 400, description = "0: BadRequest", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (also an x-api-key that matches no configured key)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 403, description = "0: Token Validation Failed", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("x-csrf-token" = String, description = "The CSRF token to repeat the call with"))),
         (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -172,7 +172,9 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
     post,
     path = "/v1/presence/users",
     description = "Get Presence for a list of users: one entry per distinct id, in order of \
-        first appearance. An empty body counts as `{}`.",
+        first appearance, each as the caller may see it (a user's privacy settings: a \
+        signed-in caller sees its friends and its own entry, a service key with the read \
+        scope every real entry). An empty body counts as `{}`.",
     request_body(
         description = "Get users presences request model",
         content(
@@ -184,7 +186,7 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "OK", content((UserPresencesResponse = "application/json"), (UserPresencesResponse = "text/json"))),
         (status = 400, description = "0: BadRequest; 1: Invalid user id.; 2: Too many User Ids being sent in the request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request. (with api.require_auth_for_lookup)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (an x-api-key that matches no configured key; with api.require_auth_for_lookup, no valid credential)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 413, description = "0: PayloadTooLarge", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 415, description = "0: UnsupportedMediaType", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -194,7 +196,7 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
         (status = 503, description = "0: ServiceUnavailable (the storage backend cannot be reached in time)", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
-    security((), ("bearer" = []), ("cookie" = []))
+    security((), ("bearer" = []), ("cookie" = []), ("api_key" = []))
 )]
 pub async fn users(
     state: web::Data<AppState>,
