@@ -20,8 +20,7 @@ use super::openapi::{
 };
 use super::AppState;
 use crate::presence::privacy::{FriendListBody, FriendPair, FriendshipsBody, SettingsPatch};
-use crate::presence::time::WallMillis;
-use crate::presence::{Presence, UserId};
+use crate::presence::UserId;
 
 pub const SETTINGS: &str = "/v1/presence/settings";
 pub const USER_SETTINGS: &str = "/v1/users/{userId}/presence-settings";
@@ -103,15 +102,6 @@ fn path_user(text: &str) -> Result<UserId, ApiError> {
     UserId::parse(text).ok_or(ApiError::InvalidUserId)
 }
 
-/// The one clock's time now (CONTRACT section 7): Redis's on `redis`, this process's on
-/// `memory`. A settings body is checked against it (`invisibleUntil` must be later).
-async fn wall_now(presence: &Presence) -> WallMillis {
-    match presence.redis_backend() {
-        Some(redis) => redis.wall_now().await,
-        None => presence.clock().wall(),
-    }
-}
-
 fn json_answer(value: &impl Serialize) -> Result<HttpResponse, ApiError> {
     let bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(HttpResponse::Ok()
@@ -135,7 +125,7 @@ struct FriendsAnswer {
 /// Checks `body` against now and applies it to `user`'s settings; the new settings.
 async fn change(state: &AppState, user: UserId, body: &Body) -> Result<HttpResponse, ApiError> {
     let patch: SettingsPatch = body.decode()?;
-    let checked = patch.check(wall_now(&state.presence).await)?;
+    let checked = patch.check(state.presence.wall_now().await)?;
     let (settings, now) = state.presence.change_settings(user, &checked).await?;
     json_answer(&settings.view(now))
 }
