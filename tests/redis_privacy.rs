@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::live::Sse;
 use common::redis::{self as r, OwnServer};
 use common::*;
+use futures_util::StreamExt as _;
 use presence_server::config::Backend;
 use presence_server::presence::memory::friends::Friendships;
 use presence_server::presence::model::AppReport;
@@ -579,4 +580,73 @@ async fn a_lookup_is_one_mget_and_for_a_signed_in_viewer_one_smismember() {
         command_calls(server.port),
         BTreeMap::from([("mget".into(), 1), ("smismember".into(), 1)])
     );
+}
+
+/// The next message published, as text; fails after 10 s.
+async fn next(messages: &mut (impl futures_util::Stream<Item = ::redis::Msg> + Unpin)) -> String {
+    let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("subscribed");
+    String::from_utf8(message.get_payload_bytes().to_vec()).unwrap()
+}
+
+/// A change of a user with the default settings is published as before settings existed
+/// (`<id>|<record>`, which nodes of the previous version read); one of a user with settings
+/// carries them; a friendship change names both users.
+#[tokio::test]
+async fn changes_are_published_with_the_settings_only_when_there_are_some() {
+    let dir = tempfile::tempdir().unwrap();
+    if !r::installed_or_skip(std::path::Path::new("redis-server")) {
+        return;
+    }
+    let server = OwnServer::standalone(dir.path());
+    let mut settings = test_settings();
+    settings.store.backend = Backend::Redis;
+    settings.redis.url = server.url();
+    settings.redis.cluster = false;
+    settings.redis.key_prefix = "p:".into();
+    let (clock, _mock) = Clock::mock();
+    let now = clock.now().wall.0;
+    let presence = node(&settings, clock);
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("p:c").await.unwrap();
+    let mut messages = Box::pin(pubsub.into_on_message());
+
+    presence
+        .heartbeat(user(3), present("Website"))
+        .await
+        .unwrap();
+    let deadline = now + 60_000;
+    assert_eq!(
+        next(&mut messages).await,
+        format!("3|1|{now}|{deadline}|||||Website")
+    );
+    presence
+        .change_settings(user(3), &patch(Some("friends"), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut messages).await,
+        format!("3|s1|1|{now}|{deadline}|||||Website")
+    );
+    presence
+        .heartbeat(user(3), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    // Offline at a built-in location: one integer.
+    assert_eq!(next(&mut messages).await, format!("3|s1|{}", now * 4 + 1));
+    presence
+        .change_settings(user(3), &patch(Some("everyone"), None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut messages).await, format!("3|{}", now * 4 + 1));
+    presence
+        .change_friendships(&body(&[(3, 4)], &[]).check().unwrap())
+        .await
+        .unwrap();
+    let mut told = [next(&mut messages).await, next(&mut messages).await];
+    told.sort();
+    assert_eq!(told, ["f3|4|1", "f4|3|1"]);
 }
