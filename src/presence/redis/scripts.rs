@@ -340,7 +340,7 @@ return 1
 /// Offline, and the users it could not read.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the n candidates' records,
-/// then their settings (KEYS[i + n] for KEYS[i]).
+/// then their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
 /// candidates' user ids, aligned with their records (ARGV[i + 2] is the user of KEYS[i],
 /// from 3 on).
@@ -383,7 +383,7 @@ return {flipped, skipped}
 ///   `lastOnline`). Repeating a leave changes nothing.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the n users' records, then
-/// their settings (KEYS[i + n] for KEYS[i]).
+/// their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, `max`
 /// sessions per user, the game id (32 hex digits), the deadline, the session's
 /// `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`, then per record its user id
@@ -491,10 +491,10 @@ return 1
 ///
 /// Each addition and removal is published as `f<user>|<other>|1` or `f<user>|<other>|0`.
 ///
-/// KEYS: per entry, the user's friends and held places (KEYS[2i - 1], KEYS[2i]).
+/// KEYS: per entry, the user's friends and held places (`KEYS[2i - 1]`, `KEYS[2i]`).
 /// ARGV: now (ms), `max`, the end of a hold made now (ms), the publish command, the
 /// channel, then per entry the user's id, the other user's id and the operation
-/// (ARGV[3i + 3], ARGV[3i + 4], ARGV[3i + 5]).
+/// (`ARGV[3i + 3]`, `ARGV[3i + 4]`, `ARGV[3i + 5]`).
 const FRIENDS_BODY: &str = r#"
 local now, max, hold = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local function held(f, r, other)
