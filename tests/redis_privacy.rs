@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::live::Sse;
 use common::redis::{self as r, OwnServer};
 use common::*;
+use futures_util::StreamExt as _;
 use presence_server::config::Backend;
 use presence_server::presence::memory::friends::Friendships;
 use presence_server::presence::model::AppReport;
@@ -578,5 +579,152 @@ async fn a_lookup_is_one_mget_and_for_a_signed_in_viewer_one_smismember() {
     assert_eq!(
         command_calls(server.port),
         BTreeMap::from([("mget".into(), 1), ("smismember".into(), 1)])
+    );
+}
+
+/// The next message published, as text; fails after 10 s.
+async fn next(messages: &mut (impl futures_util::Stream<Item = ::redis::Msg> + Unpin)) -> String {
+    let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("subscribed");
+    String::from_utf8(message.get_payload_bytes().to_vec()).unwrap()
+}
+
+/// A change of a user with the default settings is published as before settings existed
+/// (`<id>|<record>`, which nodes of the previous version read); one of a user with settings
+/// carries them; a friendship change names both users.
+#[tokio::test]
+async fn changes_are_published_with_the_settings_only_when_there_are_some() {
+    let dir = tempfile::tempdir().unwrap();
+    if !r::installed_or_skip(std::path::Path::new("redis-server")) {
+        return;
+    }
+    let server = OwnServer::standalone(dir.path());
+    let mut settings = test_settings();
+    settings.store.backend = Backend::Redis;
+    settings.redis.url = server.url();
+    settings.redis.cluster = false;
+    settings.redis.key_prefix = "p:".into();
+    let (clock, _mock) = Clock::mock();
+    let now = clock.now().wall.0;
+    let presence = node(&settings, clock);
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("p:c").await.unwrap();
+    let mut messages = Box::pin(pubsub.into_on_message());
+
+    presence
+        .heartbeat(user(3), present("Website"))
+        .await
+        .unwrap();
+    let deadline = now + 60_000;
+    assert_eq!(
+        next(&mut messages).await,
+        format!("3|1|{now}|{deadline}|||||Website")
+    );
+    presence
+        .change_settings(user(3), &patch(Some("friends"), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut messages).await,
+        format!("3|s1|1|{now}|{deadline}|||||Website")
+    );
+    presence
+        .heartbeat(user(3), Heartbeat::Disconnect)
+        .await
+        .unwrap();
+    // Offline at a built-in location: one integer.
+    assert_eq!(next(&mut messages).await, format!("3|s1|{}", now * 4 + 1));
+    presence
+        .change_settings(user(3), &patch(Some("everyone"), None))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut messages).await, format!("3|{}", now * 4 + 1));
+    presence
+        .change_friendships(&body(&[(3, 4)], &[]).check().unwrap())
+        .await
+        .unwrap();
+    let mut told = [next(&mut messages).await, next(&mut messages).await];
+    told.sort();
+    assert_eq!(told, ["f3|4|1", "f4|3|1"]);
+}
+
+/// How long the largest calls take on the suite's Redis, and Redis memory per friendship
+/// (both sides). Run with `cargo test --test redis_privacy -- --ignored --nocapture` and a
+/// Redis backend.
+#[tokio::test]
+#[ignore = "a measurement, not a check: prints times and Redis memory"]
+async fn friendship_costs() {
+    if r::skip_unless_redis("friendships on Redis") {
+        return;
+    }
+    let mut settings = test_settings();
+    settings.privacy.max_friends = 2000;
+    let presence = node(&settings, Clock::system());
+    let used = || -> i64 {
+        let (_, port) = r::host_port(&r::url());
+        r::master_ports(port, r::backend() == r::TestBackend::Cluster)
+            .into_iter()
+            .map(|p| {
+                r::cli(p, &["INFO", "memory"])
+                    .lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .unwrap()
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let base = used();
+    // 1000 pairs in one call, 50 calls: 1,000 users with 100 friends each.
+    let started = std::time::Instant::now();
+    for call in 0..50u64 {
+        let add: Vec<(u64, u64)> = (0..1000)
+            .map(|i| {
+                let a = 1_000_000 + (call * 1000 + i) % 1000;
+                let b = 1_000_000 + (a - 1_000_000 + 1 + call * 10 + i % 10) % 1000;
+                (a, b)
+            })
+            .filter(|(a, b)| a != b)
+            .collect();
+        presence
+            .change_friendships(&body(&add, &[]).check().unwrap())
+            .await
+            .unwrap();
+    }
+    let per_call = started.elapsed() / 50;
+    let mut pairs = 0;
+    for n in 1_000_000..1_001_000 {
+        pairs += friends(&presence, n).await.len();
+    }
+    let pairs = pairs / 2;
+    println!(
+        "1000-pair calls: {per_call:?} each; Redis memory per friendship: {:.1} bytes ({pairs} pairs)",
+        (used() - base) as f64 / pairs as f64
+    );
+    let list = FriendListBody {
+        user_ids: Some((2_000_001..=2_002_000).map(UserId::new).collect()),
+    }
+    .check(user(2_000_000), 2000)
+    .unwrap();
+    let started = std::time::Instant::now();
+    let skipped = presence
+        .replace_friends(user(2_000_000), &list)
+        .await
+        .unwrap();
+    assert!(skipped.is_empty());
+    println!("replacing a list of 2000: {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let viewer = Viewer::User(user(2_000_000));
+    let ids: Vec<u64> = (2_000_001..=2_000_050).collect();
+    for _ in 0..100 {
+        seen_by(&presence, viewer, &ids).await;
+    }
+    println!(
+        "lookup of 50 friends by a viewer with 2000: {:?}",
+        started.elapsed() / 100
     );
 }

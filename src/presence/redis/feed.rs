@@ -31,9 +31,10 @@
 //!   gap), so that each such watcher is sent what it now sees. Those reads are made by a
 //!   task of their own, a batch at a time, so that the messages behind never wait for them.
 //!
-//! A change message is `<user id>|s<settings>|<record>` (or, from a node of the previous
-//! version, `<user id>|<record>`, read with the default settings); an empty record means
-//! the user was forgotten (reads as never seen). A friendship message is
+//! A change message is `<user id>|<record>` for a user with the default settings (as
+//! every change was before settings existed), `<user id>|s<settings>|<record>` for one with
+//! settings of its own; an empty record means the user was forgotten (reads as never
+//! seen). A friendship message is
 //! `f<user id>|<other user id>|<1 or 0>` (see [`super::scripts`]). One that cannot be read
 //! is logged and skipped. The task ends when the backend is dropped.
 //!
@@ -832,8 +833,7 @@ impl<'a> ClusterListener<'a> {
 /// A message of the scripts (see the module's documentation).
 #[derive(Debug, PartialEq, Eq)]
 enum Message<'a> {
-    /// A user's record (empty: forgotten) and settings as stored (`None`: a message of the
-    /// previous version, without them).
+    /// A user's record (empty: forgotten) and settings as stored (`None`: the default).
     Change {
         user: UserId,
         settings: Option<&'a [u8]>,
@@ -951,7 +951,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_of_the_previous_version_carry_no_settings() {
+    fn messages_of_users_with_the_default_settings_carry_none() {
         assert_eq!(
             parse(b"42|1|5|10|||||Web|site"),
             Some(change(42, None, b"1|5|10|||||Web|site"))

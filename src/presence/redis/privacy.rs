@@ -36,7 +36,10 @@
 //! call made too many for is skipped too. A reader (a lookup, or a stream's first read)
 //! may meanwhile see a pair on one side only: during step 1 either side may go first;
 //! between steps 4 and 5, `b` already counts `a` as a friend and `a` not yet `b`. A pair
-//! that ends up skipped is never seen as a friendship by anyone. Once a call returns, both
+//! that ends up skipped is never seen as a friendship by anyone (unless its place's hold
+//! ended before step 5 and the place was taken meanwhile: then `b`'s side is taken back,
+//! but that needs a call far slower than `redis.timeout` allows). A pair found on one side
+//! only is completed, or, when skipped, taken off that side. Once a call returns, both
 //! sides agree. A call cut short (past `redis.timeout`, answered 503) may leave a pair on
 //! one side, and places held until their hold ends ([`Scripts::hold_ms`]); repeating the
 //! call completes it. An addition and a removal of the same pair in two calls at once may

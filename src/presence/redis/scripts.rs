@@ -3,14 +3,16 @@
 //! commands that Valkey 7.2 also has.
 //!
 //! Each change a watcher must see (anything but `lastOnline` and the deadline) is published
-//! by the script that makes it, as `<user id>|s<settings>|<new record>` (`<user id>|s<settings>|`
-//! for a record deleted: the user reads as never seen), with the user's privacy settings
-//! as stored (see `record`; empty for the default ones), read by the script as it
-//! publishes. A change of settings is published the same way, with the record as it is.
-//! A change of a user's friends is published as `f<user id>|<other user id>|<1 or 0>`:
-//! the other user was added to (1) or removed from (0) the user's set. (Before settings
-//! existed, a change was `<user id>|<new record>`; the feed still reads it, as default
-//! settings: a record never starts with `s`.) The command and channel are arguments: `PUBLISH`
+//! by the script that makes it, as `<user id>|<new record>` for a user with the default
+//! privacy settings, `<user id>|s<settings>|<new record>` for one with settings of its own
+//! (as stored, see `record`), read by the script as it publishes; an empty record means
+//! the record was deleted (the user reads as never seen). A record never starts with `s`;
+//! a node of the previous version reads every change of a user without settings, and
+//! skips (as unreadable) those of a user with some, which it could not honour anyway. A
+//! change of settings is published the same way, with the record as it is. A change of a
+//! user's friends is published as `f<user id>|<other user id>|<1 or 0>`: the other user
+//! was added to (1) or removed from (0) the user's set. The command and channel are
+//! arguments: `PUBLISH`
 //! to the one channel of a standalone server, `SPUBLISH` to the shard's channel on a cluster
 //! (same hash tag as the shard's keys, so the script may name it and it stays on the
 //! shard's node). Published from within the script, a user's changes reach subscribers in
@@ -51,6 +53,13 @@ local function field(rec, n)
   local at = field_start(rec, n)
   local stop = string.find(rec, '|', at, true)
   return string.sub(rec, at, stop - 1)
+end
+-- The message of a change of `user`: its settings, if it has any, and its record.
+local function message(user, settings, rec)
+  if settings and settings ~= '' then
+    return user .. '|s' .. settings .. '|' .. rec
+  end
+  return user .. '|' .. rec
 end
 local function location_of(rec)
   if is_packed(rec) then
@@ -273,9 +282,7 @@ local function save(ctx, key, skey, user, st, old, now)
       rec, changed = '', true
     end
   end
-  if changed then
-    redis.call(ctx.publish, ctx.channel, user .. '|s' .. (redis.call('GET', skey) or '') .. '|' .. rec)
-  end
+  if changed then redis.call(ctx.publish, ctx.channel, message(user, redis.call('GET', skey), rec)) end
   return kind
 end
 "#;
@@ -333,7 +340,7 @@ return 1
 /// Offline, and the users it could not read.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the n candidates' records,
-/// then their settings (KEYS[i + n] for KEYS[i]).
+/// then their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
 /// candidates' user ids, aligned with their records (ARGV[i + 2] is the user of KEYS[i],
 /// from 3 on).
@@ -376,7 +383,7 @@ return {flipped, skipped}
 ///   `lastOnline`). Repeating a leave changes nothing.
 ///
 /// KEYS: the shard's expiry set, the shard's counters, then the n users' records, then
-/// their settings (KEYS[i + n] for KEYS[i]).
+/// their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, `max`
 /// sessions per user, the game id (32 hex digits), the deadline, the session's
 /// `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`, then per record its user id
@@ -457,7 +464,7 @@ if ARGV[2] ~= cur then
   else
     redis.call('SET', KEYS[1], ARGV[2])
   end
-  redis.call(ARGV[6], ARGV[7], ARGV[5] .. '|s' .. ARGV[2] .. '|' .. rec)
+  redis.call(ARGV[6], ARGV[7], message(ARGV[5], ARGV[2], rec))
 end
 return 1
 "#;
@@ -484,10 +491,10 @@ return 1
 ///
 /// Each addition and removal is published as `f<user>|<other>|1` or `f<user>|<other>|0`.
 ///
-/// KEYS: per entry, the user's friends and held places (KEYS[2i - 1], KEYS[2i]).
+/// KEYS: per entry, the user's friends and held places (`KEYS[2i - 1]`, `KEYS[2i]`).
 /// ARGV: now (ms), `max`, the end of a hold made now (ms), the publish command, the
 /// channel, then per entry the user's id, the other user's id and the operation
-/// (ARGV[3i + 3], ARGV[3i + 4], ARGV[3i + 5]).
+/// (`ARGV[3i + 3]`, `ARGV[3i + 4]`, `ARGV[3i + 5]`).
 const FRIENDS_BODY: &str = r#"
 local now, max, hold = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local function held(f, r, other)
@@ -737,7 +744,7 @@ pub fn game_users() -> String {
 
 /// The source of the script that changes a user's settings.
 pub fn settings() -> String {
-    SETTINGS_BODY.to_owned()
+    user_script(SETTINGS_BODY)
 }
 
 /// The source of the script of one shard's friendships.
