@@ -1477,7 +1477,12 @@ impl Store {
 
 impl Store {
     /// `user`'s settings as its entry holds them (read under its lock).
+    #[inline]
     fn settings_of(&self, user: UserId, entry: &Entry) -> Settings {
+        if entry.word & SETTINGS_BITS == 0 {
+            // Most users: nothing to decode.
+            return Settings::default();
+        }
         if entry.is_invisible() {
             if let Some(settings) = self.invisible.get(&user) {
                 return *settings;
