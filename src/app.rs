@@ -227,6 +227,9 @@ fn load_snapshot(
             path = %persist.path.display(),
             users = loaded.users,
             forgotten = loaded.forgotten,
+            settings = loaded.settings,
+            friendships = loaded.friendships,
+            friendships_skipped = loaded.friendships_skipped,
             bytes = loaded.bytes,
             seconds = loaded.seconds,
             "snapshot loaded"
