@@ -400,7 +400,6 @@ async fn good_settings_bodies_answer_settings_in_json_and_forms() {
 /// What a settings change answers, and what the user then reads: needs the settings to be
 /// stored (CONTRACT section 11), which this branch's backends do not do yet.
 #[tokio::test]
-#[ignore = "needs settings stored by the backends (placeholders on this branch)"]
 async fn a_change_answers_the_new_settings_and_the_user_reads_them() {
     let app = spawn().await;
     let res = as_user(&app, Method::PATCH, SETTINGS, 7)
@@ -1028,7 +1027,6 @@ async fn browsers_are_told_the_routes_methods_and_can_read_a_refused_key() {
 
 /// Every privacy route answers 503 with `Retry-After` while the backend cannot be reached.
 #[tokio::test]
-#[ignore = "needs settings and friendships stored on Redis (placeholders on this branch)"]
 async fn every_privacy_route_is_503_while_redis_cannot_be_reached() {
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1058,4 +1056,37 @@ async fn every_privacy_route_is_503_while_redis_cannot_be_reached() {
             (503, 0, "ServiceUnavailable".to_owned())
         );
     }
+}
+
+#[tokio::test]
+async fn a_read_key_needs_no_user_credential_and_no_rate_limit() {
+    // A `read` key is a trusted caller (CONTRACT sections 10 and 11): lookups that require
+    // a credential accept it, and the lookup bucket of its address does not apply.
+    let app = spawn_app_with(|s| {
+        keys(s);
+        s.api.require_auth_for_lookup = true;
+        s.rate_limit.lookup_per_second = 1;
+        s.rate_limit.lookup_burst = 1;
+    })
+    .await;
+    for _ in 0..5 {
+        let res = app
+            .client
+            .post(app.url("/v1/presence/users"))
+            .header("x-api-key", READ_KEY)
+            .json(&json!({"userIds": [1]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    // Without it, the same lookup needs a credential.
+    let res = app
+        .client
+        .post(app.url("/v1/presence/users"))
+        .json(&json!({"userIds": [1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }
