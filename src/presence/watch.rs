@@ -58,7 +58,7 @@ use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
-use super::model::{PresenceView, UserId};
+use super::model::{PresenceType, PresenceView, UserId};
 use super::privacy::{sight, Seen, Settings, Sight, Viewer, Visibility};
 use super::time::WallMillis;
 
@@ -182,8 +182,7 @@ impl Shown {
                         last_online: i.last_online.filter(|_| show),
                     })
                 }),
-            own_invisible: (invisible.is_some()
-                && view.kind != super::model::PresenceType::Offline)
+            own_invisible: (invisible.is_some() && view.kind != PresenceType::Offline)
                 .then(|| variant(Sight::Own { invisible: true }))
                 .flatten(),
         }
@@ -479,23 +478,20 @@ impl Hub {
     /// The entry of `view` as a viewer with `sight` is shown it, encoded as a lookup
     /// writes it.
     ///
-    /// The digest leaves `lastOnline` out only where it moves with every heartbeat (the
-    /// real entry): an entry whose `lastOnline` is fixed (hidden, invisible, or the
-    /// never-seen one of `show_last_online` false) is digested whole, so that a watcher
-    /// moved between two of them that differ only there (an invisible user who hides from
-    /// a friend) is sent the change.
+    /// The digest, a function of the entry shown alone (equal entries, equal digests),
+    /// leaves `lastOnline` out, which moves with every heartbeat, except for a blank entry
+    /// (Offline, `lastLocation` `""`, no place or game): there `lastOnline` is all that
+    /// tells a user never seen (or hidden) from an invisible one, so a watcher moved
+    /// between the two (an invisible user who hides from a friend) is sent the change.
     pub fn entry_as(&self, view: &PresenceView<'_>, sight: Sight) -> Entry {
         let invisible_type = sight.shows_invisible_type(view);
-        let bytes = (self.encode)(&sight.entry(view.clone()), invisible_type);
-        let fixed_last_online = matches!(
-            sight,
-            Sight::Hidden
-                | Sight::Invisible { .. }
-                | Sight::Real {
-                    show_last_online: false
-                }
-        );
-        let digested = if fixed_last_online {
+        let shown = sight.entry(view.clone());
+        let bytes = (self.encode)(&shown, invisible_type);
+        let blank = shown.kind == PresenceType::Offline
+            && shown.last_location.is_empty()
+            && shown.place.is_none()
+            && shown.game_id.is_none();
+        let digested = if blank {
             &bytes[..]
         } else {
             significant(&bytes)
@@ -509,11 +505,28 @@ impl Hub {
         self.show_last_online
     }
 
-    /// Notes the end of `user`'s invisibility in `settings` at `now`, if it has one and the
-    /// user is watched (see [`Self::due_ends`]).
-    fn note_end(&self, topic: &mut Topic, user: UserId, settings: Settings, now: WallMillis) {
+    /// Notes the end of `user`'s invisibility in `settings` at `now`, if one is to come
+    /// (see [`Self::due_ends`]). `published`: the settings come with a change, in the order
+    /// of the changes, and replace what was noted (an end that passed is then in the change
+    /// itself, which every watcher is offered). Otherwise they come from a stream's first
+    /// read, which may be older than the latest change: an end is only added when none is
+    /// noted, never replaced or dropped, so that a watcher opened after an end passed,
+    /// before it was sent, does not take it from the others.
+    fn note_end(
+        &self,
+        topic: &mut Topic,
+        user: UserId,
+        settings: Settings,
+        now: WallMillis,
+        published: bool,
+    ) {
         let until = settings.invisibility_at(now).and_then(|i| i.until);
-        if until != topic.invisible_until {
+        let replace = if published {
+            until != topic.invisible_until
+        } else {
+            until.is_some() && topic.invisible_until.is_none()
+        };
+        if replace {
             topic.invisible_until = until;
             if let Some(until) = until {
                 self.ends.lock().insert((until, user));
@@ -753,7 +766,7 @@ impl Hub {
             return None;
         }
         let shown = Shown::new(self, view, settings, now);
-        self.note_end(&mut topic, view.user_id, settings, now);
+        self.note_end(&mut topic, view.user_id, settings, now, true);
         let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
         topic.version = version;
         let watchers = topic.watchers.clone();
@@ -1151,7 +1164,8 @@ impl Subscription {
             }
         };
         if let Some(mut topic) = self.hub.topics.get_mut(&user) {
-            self.hub.note_end(&mut topic, user, seen.settings, seen.now);
+            self.hub
+                .note_end(&mut topic, user, seen.settings, seen.now, false);
         }
         let sight = Seen { friend, ..*seen }.sight(self.watcher.viewer, self.hub.show_last_online);
         self.hub.entry_as(seen.view, sight)
@@ -1842,6 +1856,45 @@ mod tests {
             hub.signed_in_viewers(),
             vec![(user(7), vec![user(1), user(2)])]
         );
+    }
+
+    #[test]
+    fn a_watcher_opened_after_an_end_passed_does_not_take_it_from_the_others() {
+        let hub = hub();
+        let until = NOW.0 + 10;
+        let invisible = settings(Visibility::Everyone, Some(Some(until)));
+        let (_first, _) = watcher_of_one(&hub, Viewer::Anonymous, invisible, false);
+        // Past the end, before any sweep: a new watcher's first read shows it ended.
+        let mut late = hub.subscribe();
+        late.add(&[user(1)]);
+        let read = view(1, "first");
+        let _ = late.first(&Seen {
+            view: &read,
+            settings: invisible,
+            friend: false,
+            now: WallMillis(until + 1),
+        });
+        assert_eq!(hub.due_ends(WallMillis(until + 1)), vec![user(1)]);
+    }
+
+    #[test]
+    fn a_user_never_seen_who_turns_invisible_sends_nothing() {
+        // Never seen, and invisible with no `lastOnline` to freeze: the same bytes.
+        let hub = hub();
+        let (sub, first) = watcher_of_one(&hub, Viewer::Anonymous, Settings::default(), false);
+        let _ = first;
+        let never = PresenceView::never_seen(user(1));
+        hub.publish(&never, Settings::default(), NOW);
+        let _ = texts(&sub);
+        let invisible = Settings::new(
+            Visibility::Everyone,
+            Some(crate::presence::privacy::Invisibility {
+                until: None,
+                last_online: None,
+            }),
+        );
+        hub.publish(&never, invisible, NOW);
+        assert!(texts(&sub).is_empty());
     }
 
     #[test]
