@@ -61,16 +61,15 @@ pub enum Who {
 impl Who {
     /// The request headers this caller sends to `app`.
     pub fn headers(&self, app: &TestApp) -> Vec<(String, String)> {
+        self.headers_by(&|user| app.token(user))
+    }
+
+    /// The request headers this caller sends, with credentials made by `mint`.
+    pub fn headers_by(&self, mint: &dyn Fn(u64) -> String) -> Vec<(String, String)> {
         match self {
             Who::Anonymous => Vec::new(),
-            Who::User(user) => vec![(
-                "authorization".into(),
-                format!("Bearer {}", app.token(*user)),
-            )],
-            Who::Cookie(user) => vec![(
-                "cookie".into(),
-                format!(".ROBLOSECURITY={}", app.token(*user)),
-            )],
+            Who::User(user) => vec![("authorization".into(), format!("Bearer {}", mint(*user)))],
+            Who::Cookie(user) => vec![("cookie".into(), format!(".ROBLOSECURITY={}", mint(*user)))],
             Who::Bearer(text) => vec![("authorization".into(), format!("Bearer {text}"))],
             Who::Key(key) => vec![("x-api-key".into(), (*key).to_owned())],
         }
