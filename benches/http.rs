@@ -13,6 +13,13 @@
 //! What matters is the presence/bare ratio of one run: the load generator shares the cores
 //! with the servers.
 //!
+//! A third scenario follows (CONTRACT section 11): every user of the lookups is made
+//! visible to friends only (`PUT /v1/users/{id}/presence-settings` with a `privacy` key),
+//! each lookup body gets a signed-in viewer of its own who is a friend of every other id
+//! in it (`POST /v1/friendships`), and the same lookups are sent with that viewer's
+//! credential: every id then needs the friendship test. Its throughput is compared with
+//! the anonymous lookups of the same server in the same run (`signed-in / anonymous`).
+//!
 //! Run: `cargo bench --bench http`. Results are printed as a table and written as JSON to
 //! `target/bench-http.json`. Environment:
 //!
@@ -39,7 +46,8 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use presence_server::api::json::{IdItem, LookupRequest, RegisterAppPresenceRequest};
-use presence_server::auth::Authenticator;
+use presence_server::auth::{sha256_hex, Authenticator};
+use presence_server::config::ServiceKeySettings;
 use presence_server::presence::UserId;
 use presence_server::{Application, Settings};
 use tokio::net::TcpStream;
@@ -64,6 +72,11 @@ const REDIS_BENCHMARK: &str = "redis-benchmark";
 const BARE: &str = "bare actix";
 /// The key prefix the bench's Redis server writes under.
 const BENCH_PREFIX: &str = "bench-http:";
+/// The service key (scope `privacy`) the bench pushes settings and friendships with.
+const PRIVACY_KEY: &str = "http-bench-privacy-key-0123456789abcdef";
+/// Signed-in viewers of the friends-only scenario: ids far above the heartbeating users.
+const VIEWER_BASE: u64 = 1_000_000_000;
+const FRIENDS_ONLY: &str = "friends-only";
 
 fn main() {
     // Cargo passes `--bench` (and maybe a filter); there is nothing to choose, so all
@@ -75,7 +88,9 @@ fn main() {
     let servers = Servers::start(redis_url.as_deref(), config.users);
     let auth = Authenticator::new(SECRET);
     let heartbeats = Arc::new(heartbeat_requests(&auth, config.users));
-    let lookups = Arc::new(lookup_requests(config.users));
+    let lookup_ids = lookup_id_lists(config.users);
+    let lookups = Arc::new(lookup_requests(&lookup_ids, None));
+    let signed_in = Arc::new(lookup_requests(&lookup_ids, Some(&auth)));
 
     println!(
         "HTTP load: {cores} cores, {} connections, {} client thread(s), {} users, \
@@ -112,6 +127,14 @@ fn main() {
             row.redis_cpu_us = cpu.and_then(|c| c.per_request(row.requests));
             results.push(row);
         }
+    }
+
+    for &(server, addr) in targets.iter().filter(|(server, _)| *server != BARE) {
+        eprintln!("making the lookups' users friends-only on {server} ...");
+        make_friends_only(addr, config.users, &lookup_ids);
+        eprintln!("running {FRIENDS_ONLY} lookups against {server} ...");
+        let outcome = run_load(addr, &signed_in, &config);
+        results.push(Row::new(FRIENDS_ONLY, server, outcome, config.measure));
     }
 
     servers.stop();
@@ -267,8 +290,63 @@ fn presence_settings() -> Settings {
     settings.rate_limit.register_burst = 1_000_000;
     settings.rate_limit.lookup_per_second = 1_000_000;
     settings.rate_limit.lookup_burst = 1_000_000;
+    settings.auth.service_keys = vec![ServiceKeySettings {
+        name: "bench".into(),
+        sha256: sha256_hex(PRIVACY_KEY),
+        scopes: vec!["privacy".into()],
+    }];
     settings.validate().expect("bench settings must be valid");
     settings
+}
+
+/// Makes every id the lookups ask for (`1..=2 * users`) visible to friends only, and the
+/// viewer of each lookup body a friend of every other id in it, through the API, on one
+/// connection. Stops the bench on any answer but 200.
+fn make_friends_only(addr: SocketAddr, users: u64, bodies: &[Vec<u64>]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the set-up");
+    rt.block_on(async {
+        let mut conn = TcpStream::connect(addr).await.expect("the server accepts");
+        let mut buf = Vec::new();
+        let key = format!("x-api-key: {PRIVACY_KEY}\r\n");
+        for id in 1..=users * 2 {
+            let request = http_request(
+                "PUT",
+                &format!("/v1/users/{id}/presence-settings"),
+                &key,
+                r#"{"visibility":"friends"}"#,
+            );
+            let status = exchange(&mut conn, &request, &mut buf)
+                .await
+                .expect("an answer");
+            assert_eq!(status, 200, "settings: {}", String::from_utf8_lossy(&buf));
+        }
+        let pairs: Vec<String> = bodies
+            .iter()
+            .enumerate()
+            .flat_map(|(k, ids)| {
+                let viewer = VIEWER_BASE + k as u64;
+                ids.iter()
+                    .step_by(2)
+                    .map(move |id| format!("[{viewer},{id}]"))
+            })
+            .collect();
+        for chunk in pairs.chunks(1000) {
+            let body = format!(r#"{{"add":[{}]}}"#, chunk.join(","));
+            let request = http_request("POST", "/v1/friendships", &key, &body);
+            let status = exchange(&mut conn, &request, &mut buf)
+                .await
+                .expect("an answer");
+            assert_eq!(
+                status,
+                200,
+                "friendships: {}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    });
 }
 
 fn json_ok() -> HttpResponse {
@@ -361,6 +439,16 @@ fn check_fair_baseline(presence: SocketAddr, bare: SocketAddr, request: &[u8]) {
 // Requests
 // ---------------------------------------------------------------------------------------
 
+/// A request with JSON `body` and extra header lines `headers` (each ending in CRLF).
+fn http_request(method: &str, path: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn http_post(path: &str, authorization: Option<&str>, body: &str) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
@@ -388,9 +476,9 @@ fn heartbeat_requests(auth: &Authenticator, users: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Lookup requests of 50 distinct ids drawn from `1..=2 * users`: about half of them are
-/// heartbeating users, the rest were never seen.
-fn lookup_requests(users: u64) -> Vec<Vec<u8>> {
+/// The ids of each lookup body: 50 distinct ids drawn from `1..=2 * users` (about half of
+/// them heartbeating users, the rest never seen).
+fn lookup_id_lists(users: u64) -> Vec<Vec<u64>> {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     let mut next = move || {
         // xorshift64
@@ -413,10 +501,27 @@ fn lookup_requests(users: u64) -> Vec<Vec<u8>> {
             while ids.len() < IDS_PER_LOOKUP {
                 ids.push(ids[ids.len() % distinct]);
             }
+            ids
+        })
+        .collect()
+}
+
+/// One lookup request per body; with `auth`, body `k` is sent by the signed-in viewer
+/// `VIEWER_BASE + k`.
+fn lookup_requests(bodies: &[Vec<u64>], auth: Option<&Authenticator>) -> Vec<Vec<u8>> {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(k, ids)| {
+            let token = auth.map(|auth| {
+                let viewer = UserId::new(VIEWER_BASE + k as u64).expect("a valid id");
+                auth.mint(viewer, Duration::from_secs(3600))
+                    .expect("a credential is minted")
+            });
             let list: Vec<String> = ids.iter().map(u64::to_string).collect();
             http_post(
                 USERS,
-                None,
+                token.as_deref(),
                 &format!(r#"{{"userIds":[{}]}}"#, list.join(",")),
             )
         })
@@ -641,6 +746,19 @@ fn ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64)> {
     out
 }
 
+/// Per server, the throughput of signed-in lookups of friends-only users over that of
+/// anonymous lookups of the same ids (everyone-visible then), in the same run.
+fn privacy_ratios(rows: &[Row]) -> Vec<(&'static str, f64)> {
+    rows.iter()
+        .filter(|r| r.scenario == FRIENDS_ONLY)
+        .filter_map(|signed_in| {
+            rows.iter()
+                .find(|r| r.scenario == "lookups" && r.server == signed_in.server)
+                .map(|anonymous| (signed_in.server, signed_in.per_sec / anonymous.per_sec))
+        })
+        .collect()
+}
+
 fn print_table(rows: &[Row]) {
     println!();
     println!(
@@ -662,6 +780,9 @@ fn print_table(rows: &[Row]) {
         println!(
             "{scenario:<11} presence/bare: throughput {throughput:.2}x, p50 latency {p50:.2}x"
         );
+    }
+    for (server, ratio) in privacy_ratios(rows) {
+        println!("{FRIENDS_ONLY} signed-in / anonymous lookups on {server}: {ratio:.2}x");
     }
     for row in rows.iter().filter(|r| r.first_error.is_some()) {
         let mut error = row.first_error.clone().unwrap_or_default();
@@ -700,6 +821,10 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "scenario": scenario,
             "throughput_presence_over_bare": finite(throughput),
             "p50_presence_over_bare": finite(p50),
+        })).collect::<Vec<_>>(),
+        "friends_only_over_anonymous": privacy_ratios(rows).into_iter().map(|(server, ratio)| serde_json::json!({
+            "server": server,
+            "throughput_signed_in_over_anonymous": finite(ratio),
         })).collect::<Vec<_>>(),
     })
 }

@@ -25,6 +25,14 @@
 //!    from the watch lists (the sum of each changed user's watchers: what
 //!    `Hub::deliveries()` counts, which a child process does not expose); received can be
 //!    lower, because a watcher's pending changes to one user are coalesced;
+//!
+//!    Then (4b) **deliveries with some users friends-only** (this package's binary only,
+//!    when `BENCH_FRIENDS_ONLY_PERCENT` is above 0, default 10): that share of the pool is
+//!    made visible to friends only (`PUT /v1/users/{id}/presence-settings` with a
+//!    `privacy` service key the bench configures), and phase 4 runs again: the
+//!    subscribers are anonymous, so those users' changes are decided per watcher and send
+//!    nothing. The received per server CPU-second is compared with phase 4's, in the same
+//!    run;
 //! 5. **heartbeats with N idle subscribers against none**: 64 keep-alive connections send
 //!    refresh heartbeats (the same location every time) of 4096 users, in two variants:
 //!    users nobody watches, and watched users that only refresh. Each variant is measured
@@ -50,6 +58,8 @@
 //! - `BENCH_AB_SECONDS`: measured seconds of each A or B heartbeat run (default 3);
 //! - `BENCH_AB_ROUNDS`: A/B pairs per variant (default 3);
 //! - `BENCH_SUBSCRIBER_THREADS`: client threads for all subscribers (default 1);
+//! - `BENCH_FRIENDS_ONLY_PERCENT`: the share of the pool made friends-only in phase 4b
+//!   (default 10; 0 skips it);
 //! - `BENCH_SERVER_BIN`: the server binary (default: the one cargo built for this bench);
 //! - `BENCH_SERVER_CONFIG`: the config file to start it with (default: this package's
 //!   `config.toml`; give an older build its own).
@@ -81,6 +91,8 @@ use tokio::task::JoinHandle;
 use support::{env_number, exchange, invalid, json_path, write_json};
 
 const SECRET: &str = "stream-bench-secret";
+/// The service key (scope `privacy`) phase 4b pushes settings with.
+const PRIVACY_KEY: &str = "stream-bench-privacy-key-0123456789abcdef";
 const REGISTER: &str = "/v1/presence/register-app-presence";
 const STREAM: &str = "/v1/presence/stream";
 const WATCHED_PER_SUBSCRIBER: usize = 50;
@@ -257,6 +269,24 @@ fn main() {
             None,
             &config,
         ));
+        // 4b. The same with a share of the users friends-only.
+        if config.friends_only_percent > 0 && std::env::var_os("BENCH_SERVER_BIN").is_none() {
+            eprintln!(
+                "  deliveries with {}% of the users friends-only ...",
+                config.friends_only_percent
+            );
+            server.make_friends_only(&driver, config.pool, config.friends_only_percent);
+            result.private_deliveries = Some(measure_changes(
+                &driver,
+                &server,
+                &subs,
+                addr,
+                &pool_tokens,
+                &watchers,
+                None,
+                &config,
+            ));
+        }
         result.stream_errors = subs.stats.errors.load(Ordering::Relaxed);
         result.first_stream_error = subs.stats.first_error.lock().clone();
 
@@ -326,6 +356,8 @@ fn main() {
 
 /// What the environment asks for.
 struct Config {
+    /// Share of the pool phase 4b makes friends-only.
+    friends_only_percent: u64,
     subscribers: Vec<usize>,
     pool: u64,
     changes_per_sec: f64,
@@ -360,6 +392,8 @@ impl Config {
             ab_measure: Duration::from_secs_f64(env_number("BENCH_AB_SECONDS", 3.0).max(0.1)),
             ab_rounds: env_number("BENCH_AB_ROUNDS", 3.0).max(1.0) as usize,
             subscriber_threads: env_number("BENCH_SUBSCRIBER_THREADS", 1.0).max(1.0) as usize,
+            friends_only_percent: env_number("BENCH_FRIENDS_ONLY_PERCENT", 10.0).clamp(0.0, 100.0)
+                as u64,
         }
     }
 }
@@ -367,6 +401,25 @@ impl Config {
 // ---------------------------------------------------------------------------------------
 // The server, as a child process
 // ---------------------------------------------------------------------------------------
+
+/// This package's `config.toml` with the bench's `privacy` service key, written under
+/// `target/` (service keys are set in the file only).
+fn own_config() -> PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let text = std::fs::read_to_string(&shipped).expect("config.toml is readable");
+    let key = format!(
+        "service_keys = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"privacy\"] }}]",
+        presence_server::auth::sha256_hex(PRIVACY_KEY)
+    );
+    assert!(
+        text.contains("service_keys = []"),
+        "config.toml names no service keys"
+    );
+    let path = json_path("bench-stream-config.toml");
+    std::fs::write(&path, text.replacen("service_keys = []", &key, 1))
+        .expect("the bench's config file is written");
+    path
+}
 
 /// `BENCH_SERVER_BIN`, else the binary cargo builds for benches of this package.
 fn server_binary() -> PathBuf {
@@ -401,7 +454,7 @@ impl Server {
         let own = std::env::var_os("BENCH_SERVER_BIN").is_none();
         let config = std::env::var_os("BENCH_SERVER_CONFIG")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+            .unwrap_or_else(own_config);
         let mut command = Command::new(bin);
         if own {
             command.env("PRESENCE__STREAM__MAX_CONNECTIONS_PER_ADDRESS", "0");
@@ -447,6 +500,30 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Makes every `100 / percent`-th user of `1..=pool` visible to friends only; stops the
+    /// bench on any answer but 200.
+    fn make_friends_only(&self, driver: &Runtime, pool: u64, percent: u64) {
+        let every = (100 / percent.max(1)).max(1);
+        let addr = self.addr;
+        driver.block_on(async move {
+            let mut conn = connect(addr).await.expect("the server accepts");
+            let mut buf = Vec::new();
+            let body = r#"{"visibility":"friends"}"#;
+            for id in (every..=pool).step_by(every as usize) {
+                let request = format!(
+                    "PUT /v1/users/{id}/presence-settings HTTP/1.1\r\nHost: localhost\r\n\
+                     x-api-key: {PRIVACY_KEY}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let status = exchange(&mut conn, request.as_bytes(), &mut buf)
+                    .await
+                    .expect("an answer");
+                assert_eq!(status, 200, "settings: {}", String::from_utf8_lossy(&buf));
+            }
+        });
     }
 
     fn rss_kib(&self) -> u64 {
@@ -1189,6 +1266,8 @@ struct RunResult {
     keepalive_rss_after_kib: u64,
     latency: Option<ChangePhase>,
     deliveries: Option<ChangePhase>,
+    /// Phase 4b: deliveries with a share of the users friends-only.
+    private_deliveries: Option<ChangePhase>,
     ab: Vec<AbRun>,
     stream_errors: u64,
     first_stream_error: Option<String>,
@@ -1208,6 +1287,7 @@ impl RunResult {
             keepalive_rss_after_kib: 0,
             latency: None,
             deliveries: None,
+            private_deliveries: None,
             ab: Vec::new(),
             stream_errors: 0,
             first_stream_error: None,
@@ -1372,6 +1452,27 @@ fn print_table(results: &[RunResult], config: &Config) {
             .as_ref()
             .map_or_else(na, |p| format!("{:.0}", p.received_per_server_cpu_second()))
     });
+    row(
+        &format!(
+            "{}% friends-only: received per server CPU-second",
+            config.friends_only_percent
+        ),
+        &|r| {
+            r.private_deliveries
+                .as_ref()
+                .map_or_else(na, |p| format!("{:.0}", p.received_per_server_cpu_second()))
+        },
+    );
+    row(
+        "  ... over all visible  [>= 0.8]",
+        &|r| match (&r.private_deliveries, &r.deliveries) {
+            (Some(private), Some(all)) => format!(
+                "{:.2}",
+                private.received_per_server_cpu_second() / all.received_per_server_cpu_second()
+            ),
+            _ => na(),
+        },
+    );
     for variant in [Variant::Unwatched, Variant::WatchedRefresh] {
         row(&format!("{}: none / N idle (hb/s)", variant.name()), &|r| {
             let (none, with, _) = r.ab_medians(variant);
@@ -1391,7 +1492,10 @@ fn print_table(results: &[RunResult], config: &Config) {
                 e.escape_debug()
             );
         }
-        for p in [&r.latency, &r.deliveries].into_iter().flatten() {
+        for p in [&r.latency, &r.deliveries, &r.private_deliveries]
+            .into_iter()
+            .flatten()
+        {
             if let Some(e) = &p.first_driver_error {
                 println!(
                     "N = {}: {} driver errors, first: {}",
@@ -1499,6 +1603,7 @@ fn to_json(results: &[RunResult], cores: usize, config: &Config) -> serde_json::
             "keepalive_rss_after_kib": r.keepalive_rss_after_kib,
             "kb_per_idle_keepalive_connection": finite(r.kb_per_keepalive()),
             "latency": r.latency.as_ref().map(phase_json),
+            "friends_only_deliveries": r.private_deliveries.as_ref().map(phase_json),
             "deliveries": r.deliveries.as_ref().map(phase_json),
             "heartbeats_with_idle_subscribers": ab_json(r),
             "stream_errors": r.stream_errors,

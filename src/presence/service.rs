@@ -376,7 +376,8 @@ impl Presence {
     }
 
     /// Sends the watchers of every watched user whose invisibility ended by now what they
-    /// now see (run by the sweeper; reads are exact regardless).
+    /// now see (run after each sweep; reads are exact regardless). Users whose read fails
+    /// are noted again, to be tried after the next sweep.
     pub async fn end_invisibility(&self) -> Result<(), PresenceError> {
         let now = match &self.backend {
             Engine::Memory(_) => self.clock.now().wall,
@@ -388,16 +389,44 @@ impl Presence {
         }
         let marks = self.hub.marks(&due);
         let mut marks = marks.into_iter();
-        let hub = self.hub.clone();
-        self.visit_seen(Viewer::Anonymous, &due, |seen| {
-            hub.catch_up(
+        let hub = &self.hub;
+        let read = self
+            .visit_seen(Viewer::Anonymous, &due, |seen| {
+                hub.catch_up(
+                    seen.view,
+                    seen.settings,
+                    seen.now,
+                    marks.next().unwrap_or_default(),
+                );
+            })
+            .await;
+        if read.is_err() {
+            self.hub.due_again(&due, now);
+        }
+        read
+    }
+
+    /// [`Self::end_invisibility`] on the memory backend, from the sweeper's own thread (no
+    /// runtime needed); nothing on Redis.
+    pub fn end_invisibility_on_memory(&self) {
+        let Engine::Memory(store) = &self.backend else {
+            return;
+        };
+        let now = self.clock.now();
+        let due = self.hub.due_ends(now.wall);
+        if due.is_empty() {
+            return;
+        }
+        let marks = self.hub.marks(&due);
+        let mut marks = marks.into_iter();
+        store.visit_seen(Viewer::Anonymous, &due, now, |seen| {
+            self.hub.catch_up(
                 seen.view,
                 seen.settings,
                 seen.now,
                 marks.next().unwrap_or_default(),
             );
-        })
-        .await
+        });
     }
 
     /// The deployment's counts (this process's, on memory).
@@ -443,7 +472,7 @@ impl Presence {
         match &self.backend {
             Engine::Memory(store) => {
                 let report = store.sweep(self.clock.now());
-                self.end_invisibility().await?;
+                self.end_invisibility_on_memory();
                 Ok(report)
             }
             Engine::Redis(redis) => {

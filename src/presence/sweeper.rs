@@ -55,6 +55,7 @@ impl Sweeper {
         if let Some(redis) = presence.redis_backend() {
             let stop = Arc::new(Notify::new());
             let task = tokio::spawn(run_on_redis(
+                presence.clone(),
                 redis.clone(),
                 interval,
                 Arc::clone(&stop),
@@ -78,6 +79,7 @@ impl Sweeper {
                     return;
                 };
                 let report = store.sweep(presence.clock().now());
+                presence.end_invisibility_on_memory();
                 swept(&report, started.elapsed());
             },
             restarted,
@@ -117,6 +119,7 @@ impl Sweeper {
 /// `interval`, until `stop` is notified. A failed sweep is logged and tried again at the
 /// next interval; one that panics is counted through `restarted`.
 async fn run_on_redis(
+    presence: Presence,
     redis: RedisBackend,
     interval: Duration,
     stop: Arc<Notify>,
@@ -138,7 +141,14 @@ async fn run_on_redis(
             }
             _ = sweeps.tick() => {
                 let started = Instant::now();
-                match AssertUnwindSafe(redis.sweep()).catch_unwind().await {
+                let sweep = async {
+                    let report = redis.sweep().await?;
+                    // Ends of invisibility are re-sent after the sweep; a failure is
+                    // retried at the next one (the users stay due).
+                    let _ = presence.end_invisibility().await;
+                    Ok::<_, super::redis::PartialSweep>(report)
+                };
+                match AssertUnwindSafe(sweep).catch_unwind().await {
                     Ok(Ok(report)) => {
                         if failing {
                             tracing::info!("sweeps on Redis succeed again");

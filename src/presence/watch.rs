@@ -28,6 +28,16 @@
 //!   event is sent exactly the users whose entry now differs from what it held as of that
 //!   event, or everything when the record is gone.
 //!
+//! Privacy (CONTRACT section 11) is decided per watcher by the one function `sight`: each
+//! watcher has its viewer, each slot knows whether that viewer is a friend of the user
+//! (from the first read, or from a friendship change told since, which is newer and wins),
+//! and every change carries the user's settings. A change encodes each distinct entry it
+//! can show once (one for a user who restricted nothing), and a watcher from whom the user
+//! is hidden is offered the never-seen entry it already holds: it is sent nothing at all.
+//! A change of settings or of a friendship is published like any other change, and the
+//! end of an invisibility is noted per watched user and re-sent when due
+//! ([`Hub::due_ends`]).
+//!
 //! Each watcher holds at most one pending entry per user (a newer one replaces it), so what
 //! a slow reader makes the server hold is bounded by the users it watches. Entries are
 //! handed to watchers after the store's lock is released ([`Delivery`]): a popular user's
@@ -621,6 +631,19 @@ impl Hub {
     /// entries again (see [`Self::marks`]).
     pub fn watched_users(&self) -> Vec<UserId> {
         self.topics.iter().map(|topic| *topic.key()).collect()
+    }
+
+    /// Notes `users` due again at `now` (their re-send failed): the next [`Self::due_ends`]
+    /// returns those still watched.
+    pub fn due_again(&self, users: &[UserId], now: WallMillis) {
+        for &user in users {
+            if let Some(mut topic) = self.topics.get_mut(&user) {
+                if topic.invisible_until.is_none() {
+                    topic.invisible_until = Some(now);
+                    self.ends.lock().insert((now, user));
+                }
+            }
+        }
     }
 
     /// The version of each user's latest change (0 for a user nobody watches): taken before
@@ -1231,17 +1254,27 @@ mod tests {
     use std::borrow::Cow;
 
     fn hub_with(limits: Limits) -> Arc<Hub> {
+        hub_showing(limits, true)
+    }
+
+    /// Entries written `{"u":..,"t":"<type>","loc":"..","lastOnline":..}`.
+    fn hub_showing(limits: Limits, show_last_online: bool) -> Arc<Hub> {
         Hub::new(
-            Box::new(|v: &PresenceView<'_>, _| {
+            Box::new(|v: &PresenceView<'_>, invisible| {
+                let kind = if invisible {
+                    "Invisible"
+                } else {
+                    v.kind.as_str()
+                };
                 Bytes::from(format!(
-                    "{{\"u\":{},\"loc\":\"{}\",\"lastOnline\":{:?}}}",
+                    "{{\"u\":{},\"t\":\"{kind}\",\"loc\":\"{}\",\"lastOnline\":{:?}}}",
                     v.user_id,
                     v.last_location,
                     v.last_online.map(|t| t.0)
                 ))
             }),
             limits,
-            true,
+            show_last_online,
         )
     }
 
@@ -1563,5 +1596,205 @@ mod tests {
         // Made after closing: closed from the start.
         let late = hub.subscribe();
         assert!(matches!(late.poll_batch(&mut cx), Poll::Ready(None)));
+    }
+
+    // ---- privacy: what each watcher is shown (CONTRACT section 11) ----
+
+    fn settings(visibility: Visibility, invisible_until: Option<Option<i64>>) -> Settings {
+        Settings::new(
+            visibility,
+            invisible_until.map(|until| crate::presence::privacy::Invisibility {
+                until: until.map(WallMillis),
+                last_online: Some(WallMillis(1_000)),
+            }),
+        )
+    }
+
+    fn seen_with<'v, 'a>(
+        view: &'v PresenceView<'a>,
+        settings: Settings,
+        friend: bool,
+    ) -> Seen<'v, 'a> {
+        Seen {
+            view,
+            settings,
+            friend,
+            now: NOW,
+        }
+    }
+
+    /// A watcher for `viewer` of user 1, first read with `settings` (`friend` as the read
+    /// says); returns the first entry's text.
+    fn watcher_of_one(
+        hub: &Arc<Hub>,
+        viewer: Viewer,
+        settings: Settings,
+        friend: bool,
+    ) -> (Subscription, String) {
+        let mut sub = hub.subscribe_as(viewer);
+        sub.add(&[user(1)]);
+        let read = view(1, "first");
+        let entry = sub.first(&seen_with(&read, settings, friend));
+        sub.settle(&[(user(1), &entry)], 0);
+        (sub, String::from_utf8_lossy(&entry.bytes).into_owned())
+    }
+
+    fn texts(sub: &Subscription) -> Vec<String> {
+        sub.take()
+            .map(|b| {
+                b.entries
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(e).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    const NEVER_SEEN_ONE: &str = "{\"u\":1,\"t\":\"Offline\",\"loc\":\"\",\"lastOnline\":None}";
+
+    #[test]
+    fn each_watcher_is_shown_what_its_viewer_may_see() {
+        let hub = hub();
+        let friends_only = settings(Visibility::Friends, None);
+        let (anonymous, first) = watcher_of_one(&hub, Viewer::Anonymous, friends_only, false);
+        assert_eq!(first, NEVER_SEEN_ONE);
+        let (stranger, first) = watcher_of_one(&hub, Viewer::User(user(7)), friends_only, false);
+        assert_eq!(first, NEVER_SEEN_ONE);
+        let (friend, first) = watcher_of_one(&hub, Viewer::User(user(8)), friends_only, true);
+        assert!(first.contains("first"), "{first}");
+        let (itself, _) = watcher_of_one(&hub, Viewer::User(user(1)), friends_only, false);
+        let (reader, _) = watcher_of_one(&hub, Viewer::Reader, friends_only, false);
+        for n in 0..5 {
+            hub.publish(&view(1, &format!("moved{n}")), friends_only, NOW);
+        }
+        // A hidden user's activity sends those who cannot see it nothing at all.
+        assert!(texts(&anonymous).is_empty());
+        assert!(texts(&stranger).is_empty());
+        for sub in [&friend, &itself, &reader] {
+            assert_eq!(take(sub), vec!["moved4"]);
+        }
+    }
+
+    #[test]
+    fn a_user_who_restricted_nothing_is_encoded_once_for_every_watcher() {
+        let hub = hub();
+        let shown = Shown::new(&hub, &view(1, "a"), Settings::default(), NOW);
+        assert!(shown.no_last_online.is_none());
+        assert!(shown.hidden.is_none());
+        assert!(shown.invisible.is_none());
+        assert!(shown.own_invisible.is_none());
+        for viewer in [
+            Viewer::Anonymous,
+            Viewer::Reader,
+            Viewer::User(user(1)),
+            Viewer::User(user(2)),
+        ] {
+            assert!(std::ptr::eq(
+                shown.for_viewer(viewer, user(1), false),
+                &shown.real
+            ));
+        }
+    }
+
+    #[test]
+    fn a_friendship_change_re_decides_what_a_watcher_sees() {
+        let hub = hub();
+        let friends_only = settings(Visibility::Friends, None);
+        let (sub, first) = watcher_of_one(&hub, Viewer::User(user(7)), friends_only, false);
+        assert_eq!(first, NEVER_SEEN_ONE);
+        // Nobody else's friendship concerns this watcher.
+        assert!(!hub.befriend(user(1), user(8), true));
+        assert!(!hub.befriend(user(2), user(7), true));
+        assert!(hub.befriend(user(1), user(7), true));
+        hub.publish(&view(1, "now-seen"), friends_only, NOW);
+        assert_eq!(take(&sub), vec!["now-seen"]);
+        assert!(hub.befriend(user(1), user(7), false));
+        hub.publish(&view(1, "now-seen"), friends_only, NOW);
+        assert_eq!(texts(&sub), vec![NEVER_SEEN_ONE.to_owned()]);
+    }
+
+    #[test]
+    fn a_friendship_told_during_the_first_read_wins_over_the_read() {
+        let hub = hub();
+        let friends_only = settings(Visibility::Friends, None);
+        let mut sub = hub.subscribe_as(Viewer::User(user(7)));
+        sub.add(&[user(1)]);
+        // The change arrives after the watch began, the read was made before it.
+        assert!(hub.befriend(user(1), user(7), true));
+        let read = view(1, "first");
+        let entry = sub.first(&seen_with(&read, friends_only, false));
+        assert!(String::from_utf8_lossy(&entry.bytes).contains("first"));
+        sub.settle(&[(user(1), &entry)], 0);
+        hub.publish(&view(1, "later"), friends_only, NOW);
+        assert_eq!(take(&sub), vec!["later"]);
+    }
+
+    #[test]
+    fn an_invisible_user_is_offline_to_others_and_invisible_to_itself_until_it_ends() {
+        let hub = hub();
+        let until = NOW.0 + 5_000;
+        let invisible = settings(Visibility::Everyone, Some(Some(until)));
+        let (other, first) = watcher_of_one(&hub, Viewer::Anonymous, invisible, false);
+        assert_eq!(
+            first,
+            "{\"u\":1,\"t\":\"Offline\",\"loc\":\"\",\"lastOnline\":Some(1000)}"
+        );
+        let (itself, first) = watcher_of_one(&hub, Viewer::User(user(1)), invisible, false);
+        assert!(first.contains("\"t\":\"Invisible\""), "{first}");
+        let (reader, first) = watcher_of_one(&hub, Viewer::Reader, invisible, false);
+        assert!(first.contains("\"t\":\"Online\""), "{first}");
+        hub.publish(&view(1, "moved"), invisible, NOW);
+        assert!(
+            texts(&other).is_empty(),
+            "an invisible user's moves show nothing"
+        );
+        assert_eq!(take(&itself), vec!["moved"]);
+        assert_eq!(take(&reader), vec!["moved"]);
+        // Its end is due exactly at `until`, once.
+        assert!(hub.due_ends(WallMillis(until - 1)).is_empty());
+        assert_eq!(hub.due_ends(WallMillis(until)), vec![user(1)]);
+        assert!(hub.due_ends(WallMillis(until + 1)).is_empty());
+        let mark = hub.marks(&[user(1)])[0];
+        hub.catch_up(&view(1, "moved"), invisible, WallMillis(until), mark);
+        assert_eq!(take(&other), vec!["moved"]);
+        let shown = texts(&itself);
+        assert_eq!(shown.len(), 1);
+        assert!(shown[0].contains("\"t\":\"Online\""), "{shown:?}");
+        assert!(texts(&reader).is_empty());
+    }
+
+    #[test]
+    fn an_end_noted_then_replaced_is_not_due() {
+        let hub = hub();
+        let (_sub, _) = watcher_of_one(
+            &hub,
+            Viewer::Anonymous,
+            settings(Visibility::Everyone, Some(Some(NOW.0 + 10))),
+            false,
+        );
+        hub.publish(
+            &view(1, "a"),
+            settings(Visibility::Everyone, Some(None)),
+            NOW,
+        );
+        assert!(hub.due_ends(WallMillis(NOW.0 + 10)).is_empty());
+    }
+
+    #[test]
+    fn without_show_last_online_others_get_the_never_seen_last_online() {
+        let hub = hub_showing(Limits::default(), false);
+        let mut real = view(1, "a");
+        real.last_online = Some(WallMillis(5));
+        let mut other = hub.subscribe();
+        other.add(&[user(1)]);
+        let mut itself = hub.subscribe_as(Viewer::User(user(1)));
+        itself.add(&[user(1)]);
+        let mut reader = hub.subscribe_as(Viewer::Reader);
+        reader.add(&[user(1)]);
+        hub.publish(&real, Settings::default(), NOW);
+        let last = |sub: &Subscription| texts(sub).concat();
+        assert!(last(&other).ends_with("\"lastOnline\":None}"));
+        assert!(last(&itself).ends_with("\"lastOnline\":Some(5)}"));
+        assert!(last(&reader).ends_with("\"lastOnline\":Some(5)}"));
     }
 }
