@@ -525,3 +525,31 @@ async fn a_stream_ends_when_its_credential_expires() {
         "the stream outlived its credential"
     );
 }
+
+#[tokio::test]
+async fn a_signed_in_stream_ends_when_its_credential_expires_even_where_lookups_are_open() {
+    // What a signed-in viewer is shown of friends-only users (CONTRACT section 11) must not
+    // outlive the credential that made it that viewer.
+    let app = spawn_live_with_clock(|s| {
+        s.stream.keep_alive = Duration::from_secs(1);
+    })
+    .await;
+    let token = app
+        .auth
+        .mint(UserId::new(9).unwrap(), Duration::from_secs(3))
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let mut sse = watch(&app, &[1], &[("Authorization", bearer.as_str())]).await;
+    sse.event().await;
+    let mut anonymous = watch(&app, &[1], &[]).await;
+    anonymous.event().await;
+    app.advance(Duration::from_secs(4));
+    assert!(
+        sse.ended_within(Duration::from_secs(8)).await,
+        "the signed-in stream outlived its credential"
+    );
+    assert!(
+        !anonymous.ended_within(Duration::from_secs(3)).await,
+        "an anonymous stream has no credential to outlive"
+    );
+}

@@ -135,8 +135,8 @@ pub(super) fn open(
         .map_err(ApiError::StreamsFull)
 }
 
-/// Ends a stream when its credential does, where lookups require one: the client then
-/// reconnects with a fresh credential. Checked against the application's clock.
+/// Ends a stream when its credential does, where lookups require one or where the stream
+/// sees as that credential's user: the client then reconnects with a fresh credential. Checked against the application's clock.
 pub(super) struct Expiry {
     until: WallMillis,
     clock: Clock,
@@ -144,9 +144,16 @@ pub(super) struct Expiry {
 }
 
 impl Expiry {
-    /// For the caller's credential, when `api.require_auth_for_lookup` is on.
-    pub(super) fn of(state: &AppState, caller: Option<(UserId, WallMillis)>) -> Option<Self> {
-        if !state.settings.api.require_auth_for_lookup {
+    /// For the caller's credential, when `api.require_auth_for_lookup` is on, or when the
+    /// stream's viewer is the signed-in user of that credential: what it is shown of
+    /// friends-only users (CONTRACT section 11) must not outlive the credential.
+    pub(super) fn of(
+        state: &AppState,
+        caller: Option<(UserId, WallMillis)>,
+        viewer: Viewer,
+    ) -> Option<Self> {
+        let signed_in = matches!(viewer, Viewer::User(_));
+        if !state.settings.api.require_auth_for_lookup && !signed_in {
             return None;
         }
         let (_, until) = caller?;
@@ -220,7 +227,7 @@ pub async fn sse(
         sub,
         ping: ticker(state.settings.stream.keep_alive),
         held: hold_connection(&req),
-        expiry: Expiry::of(&state, caller),
+        expiry: Expiry::of(&state, caller, viewer),
         next_batch: Instant::now(),
         pacing: None,
     };

@@ -47,7 +47,7 @@ pub async fn ws(
     refuse_foreign_cookie(&req, &state)?;
     let caller = stream_caller(&req, &state);
     let sub = open(&req, &state, caller.map(|(user, _)| user), viewer)?;
-    let expiry = Expiry::of(&state, caller);
+    let expiry = Expiry::of(&state, caller, viewer);
     let mut handshake = actix_http::ws::handshake(req.head())
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
     let (outbox, frames) = outbox();
