@@ -1664,3 +1664,101 @@ async fn counts_in_metrics_stay_totals() {
     })
     .await;
 }
+
+/// "the end of `invisibleUntil` sends each watcher U's entry as that watcher now sees it":
+/// also when U's real entry changed while it was invisible (what the watcher is sent then is
+/// the entry of that moment), whether the clock lands on the end or passes it.
+#[tokio::test]
+async fn the_end_of_invisibility_sends_what_changed_while_invisible() {
+    for past_the_end in [0, 1, 1500] {
+        let app = clocked(|_| {}).await;
+        let u = 61;
+        app.heartbeat(u, json!({"location": "Home"})).await;
+        let (mut anonymous, _) = Watch::open(&app, &Who::Anonymous, &[u], false).await;
+        let (mut friendly, _) = Watch::open(&app, &Who::User(62), &[u], true).await;
+        app.advance(Duration::from_secs(1));
+        let end = app.now_ms() + 3_000;
+        app.set_settings(
+            u,
+            json!({"invisible": true, "invisibleUntil": rfc3339(end)}),
+        )
+        .await;
+        assert_eq!(anonymous.expect("invisible").await[0]["lastLocation"], "");
+        assert_eq!(friendly.expect("invisible").await[0]["lastLocation"], "");
+        app.advance(Duration::from_secs(1));
+        app.heartbeat(u, json!({"location": "Elsewhere"})).await;
+        anonymous.silent(QUIET, "a change while invisible").await;
+        app.advance(Duration::from_millis(2_000 + past_the_end));
+        let real = app.seen_as(&Who::Key(READ_KEY), u).await;
+        assert_eq!(g::fields(&real), g::online(u, "Elsewhere"));
+        assert_eq!(app.seen_as(&Who::Anonymous, u).await, real);
+        let what = format!("the end, {past_the_end} ms past it");
+        assert_eq!(anonymous.expect(&what).await, vec![real.clone()], "{what}");
+        assert_eq!(friendly.expect(&what).await, vec![real.clone()], "{what}");
+    }
+}
+
+/// The same for a user never seen when its invisibility began: others are shown the
+/// never-seen entry while it lasts (its `lastOnline` was that of a user never seen), and
+/// "the end of `invisibleUntil` sends each watcher U's entry as that watcher now sees it".
+#[tokio::test]
+async fn the_end_of_invisibility_of_a_user_never_seen_before_it_is_sent() {
+    for exact in [true, false] {
+        let app = clocked(|_| {}).await;
+        let u = 71;
+        let (mut anonymous, first) = Watch::open(&app, &Who::Anonymous, &[u], true).await;
+        assert_eq!(first, vec![never_seen(u)]);
+        let (mut keyed, _) = Watch::open(&app, &Who::Key(GAME_KEY), &[u], false).await;
+        let end = app.now_ms() + 615;
+        app.put_settings(
+            u,
+            json!({"invisible": true, "invisibleUntil": rfc3339(end)}),
+        )
+        .await;
+        app.heartbeat(u, json!({"placeId": 1818})).await;
+        assert_eq!(app.seen_as(&Who::Anonymous, u).await, never_seen(u));
+        app.advance(Duration::from_millis(if exact { 615 } else { 1_000 }));
+        let real = app.seen_as(&Who::Key(READ_KEY), u).await;
+        assert_eq!(real["userPresenceType"], "InGame");
+        assert_eq!(app.seen_as(&Who::Anonymous, u).await, real);
+        let what = format!("the end (exactly on it: {exact})");
+        assert_eq!(anonymous.expect(&what).await, vec![real.clone()], "{what}");
+        assert_eq!(keyed.expect(&what).await, vec![real.clone()], "{what}");
+    }
+}
+
+/// "the end of `invisibleUntil` sends each watcher U's entry as that watcher now sees it":
+/// every watcher, also when another starts watching U after the end and before the sweeper
+/// (here every 1 s) has sent it.
+#[tokio::test]
+async fn a_watcher_opened_after_the_end_does_not_take_the_end_from_the_others() {
+    for seen_before in [true, false] {
+        let app = clocked(|s| s.presence.sweep_interval = Duration::from_secs(1)).await;
+        let u = 81;
+        if seen_before {
+            app.heartbeat(u, json!({"location": "Home"})).await;
+        }
+        let (mut first_watcher, _) = Watch::open(&app, &Who::Anonymous, &[u], true).await;
+        let end = app.now_ms() + 615;
+        app.put_settings(
+            u,
+            json!({"invisible": true, "invisibleUntil": rfc3339(end)}),
+        )
+        .await;
+        app.heartbeat(u, json!({"placeId": 1818})).await;
+        app.advance(Duration::from_millis(1_000));
+        let real = app.seen_as(&Who::Key(READ_KEY), u).await;
+        assert_eq!(real["userPresenceType"], "InGame");
+        let (_later, first) = Watch::open(&app, &Who::Anonymous, &[u], false).await;
+        assert_eq!(first, vec![real.clone()]);
+        let mut last = None;
+        while let Some(entries) = first_watcher.next(Duration::from_secs(3)).await {
+            last = Some(entries);
+        }
+        assert_eq!(
+            last,
+            Some(vec![real.clone()]),
+            "the first watcher ends on the real entry (seen before: {seen_before})"
+        );
+    }
+}

@@ -433,9 +433,10 @@ fn fixed_viewers() -> Vec<(Who, Looker)> {
 impl Run {
     fn log(&self, what: &str) {
         eprintln!(
-            "[{:>3}] t+{}ms {what}",
+            "[{:>3}] t+{}ms ({}) {what}",
             self.step,
-            self.model.now - self.start
+            self.model.now - self.start,
+            rfc3339(self.model.now)
         );
     }
 
@@ -533,7 +534,8 @@ impl Run {
             self.settings_body()
         };
         let how = if by_platform { "PUT" } else { "PATCH" };
-        self.log(&format!("{how} settings of {user} {body}"));
+        let note = if refused { " (to be refused)" } else { "" };
+        self.log(&format!("{how} settings of {user} {body}{note}"));
         let res = if by_platform {
             self.app.put_settings_raw(user, &body).await
         } else {
@@ -734,6 +736,8 @@ impl Run {
         for (who, looker) in fixed_viewers() {
             self.check_lookup(&who, looker).await?;
         }
+        // Every watcher is checked, so that a failure shows all the watchers it touches.
+        let mut failures = Vec::new();
         for slot in 0..SLOTS {
             let Some(w) = &self.slots[slot] else {
                 continue;
@@ -743,13 +747,20 @@ impl Run {
             let expected: HashMap<u64, Value> = TARGETS.zip(seen).collect();
             let exact: HashMap<u64, bool> =
                 TARGETS.map(|u| (u, self.model.masked(looker, u))).collect();
-            self.slots[slot]
+            let settled = self.slots[slot]
                 .as_mut()
                 .unwrap()
                 .settle(&expected, &exact)
-                .await?;
+                .await;
+            if let Err(failure) = settled {
+                failures.push(failure);
+            }
         }
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("\n"))
+        }
     }
 }
 
