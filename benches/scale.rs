@@ -4,7 +4,8 @@
 //! and the memory of game-server sessions (CONTRACT section 10): per user with an app
 //! session, as a player of game servers of 700 players, or both, and a live server's own
 //! cost, fitted from many servers of few players against few servers of many; and the
-//! memory of friendships (CONTRACT section 11) per pair at 1M pairs.
+//! memory of privacy (CONTRACT section 11): per friendship pair at 1M pairs, and per user
+//! of its settings at 1M users.
 //!
 //! Run: `cargo bench --bench scale` (about a minute). Prints a table and writes it to
 //! `target/bench-scale.json`.
@@ -263,6 +264,84 @@ fn friendship_memory(rows: &mut Vec<(&'static str, f64)>) {
     }
 }
 
+/// A settings body, checked at `at(0)`.
+fn settings_patch(
+    visibility: Option<&str>,
+    invisible_until: Option<&str>,
+) -> presence_server::presence::privacy::CheckedPatch {
+    presence_server::presence::privacy::SettingsPatch {
+        visibility: visibility.map(str::to_owned),
+        invisible: invisible_until.map(|_| true),
+        invisible_until: invisible_until.map(str::to_owned),
+    }
+    .check(at(0).wall)
+    .unwrap()
+}
+
+/// Bytes `apply` leaves allocated, per user, applied to `store` (built before counting).
+fn extra_per_user(users: u64, store: &Store, apply: impl FnOnce(&Store)) -> f64 {
+    let region = Region::new(GLOBAL);
+    apply(store);
+    let change = region.change();
+    (change.bytes_allocated as f64 - change.bytes_deallocated as f64) / users as f64
+}
+
+/// Memory rows of privacy settings (CONTRACT section 11), at 1M users: what settings add
+/// to the same Offline users without them (a visibility alone; an invisibility with an end
+/// time), and what users never seen cost once they hold settings (nothing without).
+fn settings_memory(rows: &mut Vec<(&'static str, f64)>) {
+    let friends = settings_patch(Some("friends"), None);
+    let until = settings_patch(None, Some("2030-01-01T00:00:00Z"));
+    let change_all = |patch: presence_server::presence::privacy::CheckedPatch| {
+        move |store: &Store| {
+            for n in 1..=MILLION {
+                store.change_settings(user(n), &patch, at(ms(TTL)));
+            }
+        }
+    };
+
+    let store = offline_users(MILLION);
+    let visibility = extra_per_user(MILLION, &store, change_all(friends));
+    assert_eq!(store.len() as u64, MILLION);
+    assert_eq!(store.users_with_settings() as u64, MILLION);
+    assert_eq!(store.invisible_users(), 0);
+    drop(store);
+    rows.push((
+        "settings: extra per Offline user with a visibility only, 1M (bytes)",
+        visibility,
+    ));
+
+    let store = offline_users(MILLION);
+    let invisible = extra_per_user(MILLION, &store, change_all(until));
+    assert_eq!(store.invisible_users() as u64, MILLION);
+    drop(store);
+    rows.push((
+        "settings: extra per Offline user invisible with an end, 1M (bytes)",
+        invisible,
+    ));
+
+    for (patch, label) in [
+        (
+            friends,
+            "settings: per user never seen with a visibility only, 1M (bytes)",
+        ),
+        (
+            until,
+            "settings: per user never seen invisible with an end, 1M (bytes)",
+        ),
+    ] {
+        let (bytes, store) = bytes_per_user(MILLION, || {
+            let store = new_store();
+            change_all(patch)(&store);
+            store
+        });
+        assert!(store.is_empty());
+        assert_eq!(store.unseen_with_settings() as u64, MILLION);
+        drop(store);
+        rows.push((label, bytes));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` asks benches to name themselves.
@@ -363,6 +442,7 @@ fn main() {
     drop(store);
     game_memory(&mut rows);
     friendship_memory(&mut rows);
+    settings_memory(&mut rows);
 
     println!("{:<64} {:>12}", "measure", "value");
     for (name, value) in &rows {

@@ -320,10 +320,12 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
             // Each worker its own copy: nothing shared between workers per request.
             let cors = api::cors::Cors::new(&shared.settings.api.cors_origins);
             // CORS inside the logging: preflights are counted and logged like any request.
-            // Without origins (the default) it is not in the path at all.
+            // Without origins (the default) it is not in the path at all. The refusal of
+            // unknown service keys inside CORS: a page can read its 401 too.
             let cors_on = cors.is_on();
             let app = App::new()
                 .app_data(shared)
+                .wrap(from_fn(api::middleware::refuse_unknown_keys))
                 .wrap(Condition::new(
                     cors_on,
                     from_fn(move |req, next| cors.handle(req, next)),

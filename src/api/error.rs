@@ -17,6 +17,10 @@ pub enum ApiError {
     InvalidUserId,
     #[error("too many user ids")]
     TooManyUserIds,
+    /// A privacy body that is refused (CONTRACT section 11): 400 with the error's own code
+    /// and the table's message for it; the specific reason is logged only.
+    #[error("privacy body refused: {0}")]
+    Privacy(#[from] crate::presence::privacy::PrivacyError),
     #[error("unauthorized: {0}")]
     Unauthorized(#[from] AuthError),
     /// A cookie-authenticated call without the right CSRF token; carries the right one.
@@ -92,6 +96,7 @@ impl ApiError {
             Self::BadRequest(_) => (0, "BadRequest"),
             Self::InvalidUserId => (1, "Invalid user id."),
             Self::TooManyUserIds => (2, "Too many User Ids being sent in the request."),
+            Self::Privacy(e) => (e.code(), e.message()),
             Self::Unauthorized(_) => (0, "Authorization has been denied for this request."),
             Self::CsrfFailed { .. } => (0, "Token Validation Failed"),
             Self::Forbidden => (0, "Forbidden"),
@@ -114,7 +119,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::InvalidUserId | Self::TooManyUserIds => {
+            Self::BadRequest(_) | Self::InvalidUserId | Self::TooManyUserIds | Self::Privacy(_) => {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -179,6 +184,28 @@ mod tests {
             v,
             serde_json::json!({"errors":[{"code":2,"message":"Too many User Ids being sent in the request."}]})
         );
+    }
+
+    #[actix_web::test]
+    async fn a_privacy_refusal_is_400_with_its_own_code_and_the_tables_message() {
+        use crate::presence::privacy::PrivacyError;
+        for (e, code, message) in [
+            (PrivacyError::UnknownVisibility, 0, "BadRequest"),
+            (PrivacyError::UntilNotInFuture, 0, "BadRequest"),
+            (PrivacyError::SelfPair, 1, "Invalid user id."),
+            (
+                PrivacyError::TooManyPairs { max: 1000 },
+                2,
+                "Too many User Ids being sent in the request.",
+            ),
+        ] {
+            let e = ApiError::from(e);
+            assert_eq!(e.status_code(), StatusCode::BAD_REQUEST);
+            assert_eq!(
+                body_of(e).await,
+                serde_json::json!({"errors":[{"code":code,"message":message}]})
+            );
+        }
     }
 
     #[actix_web::test]

@@ -2,7 +2,10 @@
 //!
 //! Authentication comes before CSRF, so a bad credential is 401 even without a CSRF token.
 //! Trusted callers send a service key instead ([`ServiceCaller`]): no CSRF token, no rate
-//! limit, and a user's credential is never one.
+//! limit, and a user's credential is never one. A sent key that matches no configured key
+//! is refused before any extractor runs, on every API route
+//! ([`super::middleware::refuse_unknown_keys`]); on the routes that act for a user's own
+//! credential, a known key is not read at all.
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{AuthError, Scope, ServiceKeys};
+use crate::auth::{AuthError, Scope, ServiceKey, ServiceKeys};
 use crate::presence::privacy::Viewer;
 use crate::presence::time::WallMillis;
 use crate::presence::UserId;
@@ -72,8 +75,14 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(UserId, Credenti
     Ok((user, credential))
 }
 
-/// A caller allowed to change its own presence: a valid credential, within its user's
-/// rate limit, and for cookie-borne credentials the CSRF token issued for that credential.
+/// A caller allowed to change its own presence (a heartbeat) or its own privacy settings:
+/// a valid credential, within its user's rate limit, and for cookie-borne credentials the
+/// CSRF token issued for that credential.
+///
+/// Heartbeats and settings changes share the user's bucket (`rate_limit.register_*`): both
+/// write the user's own presence and both are sent to every watcher of the user, so one
+/// bound on a user's writes bounds what the user can make the server send. A settings
+/// change is rare beside the heartbeats that keep a user present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WritingUser(pub UserId);
 
@@ -99,6 +108,25 @@ impl FromRequest for WritingUser {
     }
 }
 
+/// A signed-in caller reading its own data (`GET /v1/presence/settings`): a valid
+/// credential, bearer or cookie, and no CSRF token (a read changes nothing). Within its
+/// address's read limit (`rate_limit.lookup_*`), as lookups are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedIn(pub UserId);
+
+impl FromRequest for SignedIn {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(state(req).and_then(|state| {
+            let (user, _) = authenticate(req, state)?;
+            state.limits.lookup(req)?;
+            Ok(SignedIn(user))
+        }))
+    }
+}
+
 /// A caller of the lookup and of live streams: anyone within its address's rate limit,
 /// unless `api.require_auth_for_lookup` asks for a valid credential. No CSRF token is
 /// needed. Carries who is looking (CONTRACT section 11): a service key with `read` sees
@@ -114,6 +142,11 @@ impl FromRequest for Reader {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(state(req).and_then(|state| {
             let viewer = viewer_of(req, state)?;
+            // A `read` key is a trusted caller (CONTRACT section 10): it needs no user's
+            // credential and no rate limit applies to it.
+            if viewer == Viewer::Reader {
+                return Ok(Reader(viewer));
+            }
             if state.settings.api.require_auth_for_lookup {
                 authenticate(req, state)?;
             }
@@ -164,6 +197,22 @@ impl ServiceCaller {
 
     /// [`Self::require`] against `keys`.
     fn check(req: &HttpRequest, keys: &ServiceKeys, scope: Scope) -> Result<Self, ApiError> {
+        let key = Self::identify(req, keys)?;
+        if !key.allows(scope) {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self {
+            name: key.name().clone(),
+        })
+    }
+
+    /// The configured key that `req` sent in `x-api-key`, whatever its scopes. 401 without
+    /// the header or with an empty one, with two of them, with one that is not printable
+    /// ASCII, or with one that matches no configured key.
+    pub fn identify<'k>(
+        req: &HttpRequest,
+        keys: &'k ServiceKeys,
+    ) -> Result<&'k ServiceKey, ApiError> {
         let mut sent = req.headers().get_all(API_KEY_HEADER);
         let value = sent.next().ok_or(AuthError::Missing)?;
         if sent.next().is_some() {
@@ -177,15 +226,8 @@ impl ServiceCaller {
         if !presented.iter().all(u8::is_ascii_graphic) {
             return Err(AuthError::Malformed.into());
         }
-        let key = keys
-            .verify(presented)
-            .ok_or_else(|| AuthError::Invalid("unknown service key".into()))?;
-        if !key.allows(scope) {
-            return Err(ApiError::Forbidden);
-        }
-        Ok(Self {
-            name: key.name().clone(),
-        })
+        keys.verify(presented)
+            .ok_or_else(|| AuthError::Invalid("unknown service key".into()).into())
     }
 }
 
@@ -199,6 +241,20 @@ impl FromRequest for GameServerCaller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(ServiceCaller::require(req, Scope::GameServers).map(GameServerCaller))
+    }
+}
+
+/// A caller of the privacy routes (CONTRACT section 11): a service key with the `privacy`
+/// scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivacyCaller(pub ServiceCaller);
+
+impl FromRequest for PrivacyCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(ServiceCaller::require(req, Scope::Privacy).map(PrivacyCaller))
     }
 }
 

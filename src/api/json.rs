@@ -2,12 +2,8 @@
 //! presences (the one place that knows string versus integer presence types).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
-use chrono::{Datelike as _, Timelike as _};
-
-use chrono::{DateTime, Utc};
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -16,6 +12,7 @@ use super::body::FromBody;
 use super::error::ApiError;
 use crate::config::PresenceTypeFormat;
 use crate::presence::privacy::{Seen, Viewer};
+use crate::presence::time::WallMillis;
 use crate::presence::{AppReport, PresenceView, UserId};
 
 /// `lastOnline` of a user never seen.
@@ -136,65 +133,7 @@ impl<'a> RegisterAppPresenceRequest<'a> {
     }
 }
 
-/// One element of `userIds` as sent: a valid id, or something that is not one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdItem {
-    Valid(UserId),
-    Invalid,
-}
-
-impl IdItem {
-    pub fn from_text(text: &str) -> Self {
-        UserId::parse(text).map_or(Self::Invalid, Self::Valid)
-    }
-}
-
-impl<'de> Deserialize<'de> for IdItem {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl<'de> Visitor<'de> for IdVisitor {
-            type Value = IdItem;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a user id")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdItem, E> {
-                Ok(UserId::new(v).map_or(IdItem::Invalid, IdItem::Valid))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdItem, E> {
-                Ok(u64::try_from(v)
-                    .ok()
-                    .and_then(UserId::new)
-                    .map_or(IdItem::Invalid, IdItem::Valid))
-            }
-            /// A number written with a fraction or exponent is an id when its value is a
-            /// whole positive int64, as JSON Schema's `integer` says (`1.0`, `1e3`).
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IdItem, E> {
-                Ok(whole_int64(v)
-                    .and_then(|n| u64::try_from(n).ok())
-                    .and_then(UserId::new)
-                    .map_or(IdItem::Invalid, IdItem::Valid))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdItem, E> {
-                Ok(IdItem::from_text(v))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IdItem, E> {
-                Ok(IdItem::Invalid)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<IdItem, E> {
-                Ok(IdItem::Invalid)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdItem, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IdItem::Invalid)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdItem, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IdItem::Invalid)
-            }
-        }
-        d.deserialize_any(IdVisitor)
-    }
-}
+pub use crate::presence::model::IdItem;
 
 /// The body of `/v1/presence/users`, before validation. Missing or `null` ids are none.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -414,50 +353,8 @@ fn write_opt_int(out: &mut Vec<u8>, value: Option<i64>) {
 
 /// RFC 3339 in UTC with milliseconds and `Z`; the sentinel for a user never seen.
 fn write_last_online(out: &mut Vec<u8>, millis: Option<i64>) {
-    let Some(t) = millis.and_then(DateTime::<Utc>::from_timestamp_millis) else {
+    if !millis.is_some_and(|t| WallMillis(t).write_rfc3339(out)) {
         out.extend_from_slice(NEVER_SEEN_LAST_ONLINE.as_bytes());
-        return;
-    };
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
-        let _ = write!(VecWriter(out), "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
-        return;
-    }
-    let ms = t.timestamp_subsec_millis();
-    let digits = [
-        (year as u32 / 100, 2),
-        (year as u32 % 100, 2),
-        (t.month(), 2),
-        (t.day(), 2),
-        (t.hour(), 2),
-        (t.minute(), 2),
-        (t.second(), 2),
-        (ms, 3),
-    ];
-    for (i, (value, width)) in digits.into_iter().enumerate() {
-        out.extend_from_slice(match i {
-            2 | 3 => b"-",
-            4 => b"T",
-            5 | 6 => b":",
-            7 => b".",
-            _ => b"",
-        });
-        if width == 3 {
-            out.push(b'0' + (value / 100) as u8);
-        }
-        out.push(b'0' + (value / 10 % 10) as u8);
-        out.push(b'0' + (value % 10) as u8);
-    }
-    out.push(b'Z');
-}
-
-/// `fmt::Write` into a byte vector, for the rare fallback above.
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

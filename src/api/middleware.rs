@@ -1,15 +1,17 @@
-//! Response negotiation, request metrics and request logs, applied around every route.
+//! Response negotiation, request metrics and request logs, applied around every route;
+//! the refusal of unknown service keys, applied around the API's routes.
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpRequest;
 
 use super::error::JSON_UTF8;
-use super::routes::route_name;
+use super::extract::{ServiceCaller, API_KEY_HEADER};
+use super::routes::{reads_credentials, route_name};
 use super::AppState;
 
 const TEXT_JSON_UTF8: HeaderValue = HeaderValue::from_static("text/json; charset=utf-8");
@@ -44,6 +46,34 @@ pub async fn negotiate_and_log(
         "request"
     );
     Ok(res)
+}
+
+/// CONTRACT section 11: a request to an API route that sends `x-api-key` with a key that
+/// matches no configured key (or an empty, repeated or unprintable one) is answered 401 here,
+/// before routing to its handler, whatever the route would have read. A known key passes,
+/// whatever its scopes: each route decides what the key's scopes allow (a service route
+/// answers 403 without its scope, a lookup or stream views as anonymous without `read`, a
+/// route that acts for the caller's own credential does not read the key at all).
+///
+/// The operators' routes and the page ([`reads_credentials`] is false for them) read no
+/// credential of any kind and answer every caller alike: a health probe or a scraper that
+/// passes a stray header on is not turned away. A path that is no route stays 404.
+///
+/// Requests without the header (every user's call) cost one header lookup.
+pub async fn refuse_unknown_keys<B: MessageBody>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    if req.headers().contains_key(API_KEY_HEADER) && reads_credentials(req.path()) {
+        if let Some(state) = req.app_data::<actix_web::web::Data<AppState>>() {
+            if let Err(refused) = ServiceCaller::identify(req.request(), &state.service_keys) {
+                return Ok(req.error_response(refused).map_into_right_body());
+            }
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// True when `Accept` names `text/json` and not `application/json` (ignoring `q=0` entries).

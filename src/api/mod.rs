@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod page;
+pub mod privacy;
 pub mod routes;
 pub mod stream;
 pub mod ws;

@@ -27,6 +27,12 @@ use crate::config::{PresenceTypeFormat, Settings};
         super::game_servers::report,
         super::game_servers::players,
         super::game_servers::end,
+        super::privacy::own_settings,
+        super::privacy::change_own_settings,
+        super::privacy::change_settings,
+        super::privacy::friendships,
+        super::privacy::replace_friends,
+        super::privacy::friends,
         super::ops::health,
         super::ops::ready,
         super::ops::metrics,
@@ -40,7 +46,14 @@ use crate::config::{PresenceTypeFormat, Settings};
         Empty,
         Status,
         super::game_servers::GameServerReport,
-        super::game_servers::PlayersChange
+        super::game_servers::PlayersChange,
+        PresenceSettings,
+        PresenceSettingsChange,
+        Visibility,
+        FriendshipsChange,
+        FriendListRequest,
+        Skipped,
+        FriendIds
     )),
     modifiers(&Credentials)
 )]
@@ -91,7 +104,7 @@ pub struct UserPresencesResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UserPresence {
-    /// `Offline`, `Online`, `InGame`, `InStudio`, or 0 to 3 (`api.presence_type`).
+    /// `Offline`, `Online`, `InGame`, `InStudio`, `Invisible`, or 0 to 4 (`api.presence_type`).
     #[schema(value_type = String)]
     user_presence_type: Value,
     /// The user's last location; `""` for a user never seen.
@@ -133,6 +146,97 @@ pub struct ErrorItem {
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
+/// A user's privacy settings, as `GET` and `PATCH /v1/presence/settings` answer them.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(description = "A user's privacy settings")]
+pub struct PresenceSettings {
+    visibility: Visibility,
+    /// Whether the user appears Offline to everyone else now.
+    invisible: bool,
+    /// When the invisibility ends by itself (RFC 3339, UTC, milliseconds); `null` when the
+    /// user is not invisible, or is until turned off.
+    #[schema(required, format = DateTime)]
+    invisible_until: Option<String>,
+}
+
+/// Who may see a user.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(
+    description = "Who may see the user: everyone, signed-in friends only, or nobody \
+    (the user itself and read keys always do)"
+)]
+pub enum Visibility {
+    Everyone,
+    Friends,
+    Nobody,
+}
+
+/// The body of `PATCH /v1/presence/settings` and `PUT /v1/users/{userId}/presence-settings`.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(description = "The settings to change; every field is optional, absent or null keeps it")]
+pub struct PresenceSettingsChange {
+    visibility: Option<Visibility>,
+    /// `true`: invisible from now, until `invisibleUntil` or, without it, until turned off
+    /// (replacing an earlier end); `false`: visible again.
+    invisible: Option<bool>,
+    /// When the invisibility turned on in the same body ends (RFC 3339); accepted only
+    /// with `invisible: true`, and must be later than now.
+    #[schema(format = DateTime)]
+    invisible_until: Option<String>,
+}
+
+/// The body of `POST /v1/friendships`.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(description = "Friendship pairs to remove, then to add: at most 1000 pairs in all")]
+pub struct FriendshipsChange {
+    #[serde(default)]
+    #[schema(schema_with = add_pairs_schema)]
+    add: Option<Value>,
+    #[serde(default)]
+    #[schema(schema_with = remove_pairs_schema)]
+    remove: Option<Value>,
+}
+
+/// The body of `PUT /v1/users/{userId}/friends`.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(description = "A user's whole friend list")]
+pub struct FriendListRequest {
+    #[serde(rename = "userIds")]
+    #[schema(schema_with = friend_ids_schema, required)]
+    user_ids: Value,
+}
+
+/// `{"skipped":[[1,3]]}`.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(
+    description = "The pairs not added because a side would hold more than privacy.max_friends friends"
+)]
+pub struct Skipped {
+    #[schema(schema_with = skipped_schema)]
+    skipped: Vec<[u64; 2]>,
+}
+
+/// `{"userIds":[...]}`, as `GET /v1/users/{userId}/friends` answers.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(description = "A user's friends")]
+pub struct FriendIds {
+    #[serde(rename = "userIds")]
+    #[schema(schema_with = friend_ids_answer_schema)]
+    user_ids: Vec<u64>,
+}
+
 /// `{"status":"ok"}` or `{"status":"ready"}`.
 #[allow(dead_code)]
 #[derive(Debug, Deserialize, ToSchema)]
@@ -170,19 +274,74 @@ pub fn player_ids_schema() -> impl Into<RefOr<Schema>> {
     ids_schema(&[Type::Array], "every player in the server now")
 }
 
-/// An array of user ids, each a positive int64 as a number or a decimal string.
-fn ids_schema(types: &[Type], description: &str) -> ArrayBuilder {
-    let number = ObjectBuilder::new()
+/// A friend list's `userIds`: required, never `null`; its bound is set by [`document`].
+pub fn friend_ids_schema() -> impl Into<RefOr<Schema>> {
+    ids_schema(&[Type::Array], "the user's whole friend list; [] for none")
+}
+
+/// A friendships change's `add`: absent or `null` is none.
+pub fn add_pairs_schema() -> impl Into<RefOr<Schema>> {
+    pairs_schema("friendships to make, after the removals")
+}
+
+/// A friendships change's `remove`: absent or `null` is none.
+pub fn remove_pairs_schema() -> impl Into<RefOr<Schema>> {
+    pairs_schema("friendships to end, first")
+}
+
+/// A list of friendship pairs, each an array of two ids as [`ids_schema`] reads them.
+fn pairs_schema(description: &str) -> ArrayBuilder {
+    let pair = ArrayBuilder::new()
+        .items(id_item())
+        .min_items(Some(2))
+        .max_items(Some(2));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(pair)
+        .max_items(Some(crate::presence::privacy::MAX_PAIRS_PER_CALL))
+        .description(Some(description))
+}
+
+/// An answer's `skipped`: pairs of ids, as given.
+pub fn skipped_schema() -> impl Into<RefOr<Schema>> {
+    let pair = ArrayBuilder::new()
+        .items(positive_integer())
+        .min_items(Some(2))
+        .max_items(Some(2));
+    ArrayBuilder::new()
+        .items(pair)
+        .description(Some("pairs not added, as they were given"))
+}
+
+/// An answer's `userIds`: ids, ascending.
+pub fn friend_ids_answer_schema() -> impl Into<RefOr<Schema>> {
+    ArrayBuilder::new()
+        .items(positive_integer())
+        .description(Some("the user's friends, ascending"))
+}
+
+/// A positive int64 as a JSON number.
+fn positive_integer() -> ObjectBuilder {
+    ObjectBuilder::new()
         .schema_type(Type::Integer)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .minimum(Some(1))
-        .maximum(Some(i64::MAX));
+        .maximum(Some(i64::MAX))
+}
+
+/// A user id as a body may send it: a positive int64 as a number or a decimal string.
+fn id_item() -> OneOfBuilder {
     let text = ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(positive_int64_pattern()));
+    OneOfBuilder::new().item(positive_integer()).item(text)
+}
+
+/// An array of user ids, each a positive int64 as a number or a decimal string.
+fn ids_schema(types: &[Type], description: &str) -> ArrayBuilder {
     ArrayBuilder::new()
         .schema_type(SchemaType::from_iter(types.iter().cloned()))
-        .items(OneOfBuilder::new().item(number).item(text))
+        .items(id_item())
         .description(Some(description))
 }
 
@@ -317,6 +476,100 @@ fn strip_null(schema: &mut Value) {
     }
 }
 
+/// A list field of a form read as a game server's `players` is: at least one field, where
+/// an empty value stands for no id (so `name=` alone is the empty list), with `description`.
+fn empty_value_is_no_id(field: &mut Value, description: &str) {
+    let no_id = json!({ "const": "", "description": "no id (an empty form value)" });
+    field["anyOf"][0]["minItems"] = json!(1);
+    for item in ["/anyOf/0/items/oneOf", "/anyOf/1/oneOf"] {
+        if let Some(alternatives) = field.pointer_mut(item).and_then(Value::as_array_mut) {
+            alternatives.push(no_id.clone());
+        }
+    }
+    field["description"] = json!(description);
+}
+
+/// What the privacy routes' schemas take from the configuration, and their forms.
+///
+/// - A friend list holds at most `privacy.max_friends` ids (more is 400 code 2); its form
+///   is one `userIds` field per id, `userIds=` alone the empty list.
+/// - The settings form is read by `serde_html_form`: each field is text, an empty value the
+///   field left out.
+/// - A friendships form is one `add` or `remove` field per pair, its two ids separated by
+///   a comma.
+fn privacy_schemas(doc: &mut Value, settings: &Settings) {
+    let max_friends = settings.privacy.max_friends;
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["FriendListRequest"]["properties"]["userIds"]["maxItems"] = json!(max_friends);
+    empty_value_is_no_id(
+        &mut schemas["FriendListForm"]["properties"]["userIds"],
+        &format!(
+            "the user's whole friend list, one field per id (at most {max_friends} non-empty \
+             ones); `userIds=` alone is no friends"
+        ),
+    );
+    schemas["PresenceSettingsForm"] = json!({
+        "type": "object",
+        "description": "The settings to change; every field is optional, an empty value keeps it",
+        "properties": {
+            "visibility": {
+                "type": "string",
+                "enum": ["everyone", "friends", "nobody", ""],
+                "description": "Who may see the user"
+            },
+            "invisible": {
+                "type": "string",
+                "enum": ["true", "false", ""],
+                "description": "true: invisible from now; false: visible again"
+            },
+            "invisibleUntil": {
+                "anyOf": [{ "type": "string", "format": "date-time" }, { "const": "" }],
+                "description": "When the invisibility turned on in the same body ends \
+                    (RFC 3339); only with invisible=true, later than now"
+            }
+        }
+    });
+    let digits = positive_int64_digits();
+    let pair = json!({
+        "type": "string",
+        "pattern": format!("^0*({digits}),0*({digits})$"),
+        "description": "two user ids separated by a comma"
+    });
+    let pairs = |description: &str| {
+        json!({
+            "anyOf": [
+                { "type": "array", "items": pair, "maxItems": crate::presence::privacy::MAX_PAIRS_PER_CALL },
+                pair
+            ],
+            "description": description
+        })
+    };
+    schemas["FriendshipsChangeForm"] = json!({
+        "type": "object",
+        "description": "Friendship pairs to remove, then to add, one field per pair: at most \
+            1000 pairs in all",
+        "properties": {
+            "add": pairs("friendships to make, after the removals"),
+            "remove": pairs("friendships to end, first"),
+        }
+    });
+    for (path, method, form) in [
+        ("/v1/presence/settings", "patch", "PresenceSettingsForm"),
+        (
+            "/v1/users/{userId}/presence-settings",
+            "put",
+            "PresenceSettingsForm",
+        ),
+        ("/v1/friendships", "post", "FriendshipsChangeForm"),
+    ] {
+        let body = &mut doc["paths"][path][method]["requestBody"];
+        // An empty body counts as `{}`: nothing to change.
+        body["required"] = json!(false);
+        body["content"]["application/x-www-form-urlencoded"]["schema"] =
+            json!({ "$ref": format!("#/components/schemas/{form}") });
+    }
+}
+
 /// The document for this configuration, as JSON.
 pub fn document(settings: &Settings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
@@ -329,13 +582,15 @@ pub fn document(settings: &Settings) -> Value {
     schemas["UserPresence"]["properties"]["userPresenceType"] = match settings.api.presence_type {
         PresenceTypeFormat::String => json!({
             "type": "string",
-            "enum": ["Offline", "Online", "InGame", "InStudio"],
-            "description": "User presence Type"
+            "enum": ["Offline", "Online", "InGame", "InStudio", "Invisible"],
+            "description": "User presence Type; Invisible only in a user's own entry, while \
+                it is invisible and present"
         }),
         PresenceTypeFormat::Integer => json!({
             "type": "integer",
-            "enum": [0, 1, 2, 3],
-            "description": "User presence Type: 0 Offline, 1 Online, 2 InGame, 3 InStudio"
+            "enum": [0, 1, 2, 3, 4],
+            "description": "User presence Type: 0 Offline, 1 Online, 2 InGame, 3 InStudio, \
+                4 Invisible (only in a user's own entry, while it is invisible and present)"
         }),
     };
     // Forms cannot say `null` and carry only text: their schemas are the JSON ones without
@@ -375,6 +630,14 @@ pub fn document(settings: &Settings) -> Value {
             false,
             false,
         ),
+        (
+            "FriendListRequest",
+            "FriendListForm",
+            "/v1/users/{userId}/friends",
+            "put",
+            false,
+            false,
+        ),
     ] {
         let mut form = doc["components"]["schemas"][json_schema].clone();
         strip_null(&mut form);
@@ -395,20 +658,15 @@ pub fn document(settings: &Settings) -> Value {
     // that `players=` alone reports an empty server: the list has at least one field (a form
     // without any is a report without its players), an empty value among them stands for no
     // player. Only the other values count towards the bound, so the form states it in words.
-    let form_players =
-        &mut doc["components"]["schemas"]["GameServerReportForm"]["properties"]["players"];
-    let no_player = json!({ "const": "", "description": "no player (an empty form value)" });
-    form_players["anyOf"][0]["minItems"] = json!(1);
-    for item in ["/anyOf/0/items/oneOf", "/anyOf/1/oneOf"] {
-        if let Some(alternatives) = form_players.pointer_mut(item).and_then(Value::as_array_mut) {
-            alternatives.push(no_player.clone());
-        }
-    }
-    form_players["description"] = json!(format!(
-        "every player in the server now, one field each (at most {} non-empty ones); \
-         `players=` alone is an empty server",
-        settings.api.max_players_per_server
-    ));
+    empty_value_is_no_id(
+        &mut doc["components"]["schemas"]["GameServerReportForm"]["properties"]["players"],
+        &format!(
+            "every player in the server now, one field each (at most {} non-empty ones); \
+             `players=` alone is an empty server",
+            settings.api.max_players_per_server
+        ),
+    );
+    privacy_schemas(&mut doc, settings);
     if settings.api.require_auth_for_lookup {
         doc["paths"]["/v1/presence/users"]["post"]["security"] =
             json!([{"bearer": []}, {"cookie": []}]);
@@ -760,6 +1018,10 @@ mod tests {
         for path in [
             "/v1/presence/register-app-presence",
             "/v1/presence/users",
+            "/v1/presence/settings",
+            "/v1/users/{userId}/presence-settings",
+            "/v1/friendships",
+            "/v1/users/{userId}/friends",
             "/health",
             "/ready",
             "/metrics",
@@ -776,6 +1038,85 @@ mod tests {
             doc["components"]["schemas"]["UserPresence"]["properties"]["userPresenceType"]["type"],
             "integer"
         );
+    }
+
+    #[test]
+    fn the_privacy_routes_are_documented_with_their_keys_bounds_and_forms() {
+        let mut settings = Settings::default();
+        settings.privacy.max_friends = 123;
+        let doc = document(&settings);
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["FriendListRequest"]["properties"]["userIds"]["maxItems"],
+            123
+        );
+        for form in [
+            "PresenceSettingsForm",
+            "FriendshipsChangeForm",
+            "FriendListForm",
+        ] {
+            let text = schemas[form].to_string();
+            assert!(!text.contains("\"integer\""), "{form}: {text}");
+            assert!(!text.contains("\"null\""), "{form}: {text}");
+        }
+        let own = [json!({"bearer": []}), json!({"cookie": []})];
+        let key = [json!({"api_key": []})];
+        for (path, method, security) in [
+            ("/v1/presence/settings", "get", &own[..]),
+            ("/v1/presence/settings", "patch", &own[..]),
+            ("/v1/users/{userId}/presence-settings", "put", &key[..]),
+            ("/v1/friendships", "post", &key[..]),
+            ("/v1/users/{userId}/friends", "put", &key[..]),
+            ("/v1/users/{userId}/friends", "get", &key[..]),
+        ] {
+            let operation = &doc["paths"][path][method];
+            assert_eq!(
+                operation["security"].as_array().unwrap().as_slice(),
+                security,
+                "{method} {path}"
+            );
+            if let Some(body) = operation.get("requestBody") {
+                let form = &body["content"]["application/x-www-form-urlencoded"]["schema"];
+                assert!(form["$ref"].as_str().unwrap().ends_with("Form"), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_privacy_answers_match_their_documented_shapes() {
+        use crate::presence::privacy::{Invisibility, Settings as Stored, Visibility as V};
+        use crate::presence::time::WallMillis;
+        let now = WallMillis(1_800_000_000_000);
+        for stored in [
+            Stored::default(),
+            Stored::new(
+                V::Friends,
+                Some(Invisibility {
+                    until: Some(WallMillis(now.0 + 1)),
+                    last_online: None,
+                }),
+            ),
+            Stored::new(
+                V::Nobody,
+                Some(Invisibility {
+                    until: None,
+                    last_online: None,
+                }),
+            ),
+        ] {
+            let written = serde_json::to_vec(&stored.view(now)).unwrap();
+            let parsed: Result<PresenceSettings, _> = serde_json::from_slice(&written);
+            assert!(parsed.is_ok(), "{}", String::from_utf8_lossy(&written));
+        }
+        let default = serde_json::to_string(&Stored::default().view(now)).unwrap();
+        assert_eq!(
+            default,
+            r#"{"visibility":"everyone","invisible":false,"invisibleUntil":null}"#
+        );
+        let skipped: Skipped = serde_json::from_str(r#"{"skipped":[[1,3]]}"#).unwrap();
+        assert_eq!(skipped.skipped, vec![[1, 3]]);
+        let ids: FriendIds = serde_json::from_str(r#"{"userIds":[2,9]}"#).unwrap();
+        assert_eq!(ids.user_ids, vec![2, 9]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::openapi::{Empty, ErrorBody, UserPresencesResponse};
 use super::ops;
 use super::page;
 use super::AppState;
-use super::{game_servers, stream, ws};
+use super::{game_servers, privacy, stream, ws};
 use crate::presence::Heartbeat;
 
 pub const REGISTER_APP_PRESENCE: &str = "/v1/presence/register-app-presence";
@@ -37,24 +37,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only(Method::GET, STREAM, stream::sse))
         .service(only(Method::GET, WS, ws::ws))
         .service(
-            web::resource(game_servers::GAME_SERVER)
+            resource(game_servers::GAME_SERVER, GAME_SERVER_METHODS)
                 .route(web::put().to(game_servers::report))
-                .route(web::delete().to(game_servers::end))
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-                        allow: GAME_SERVER_METHODS,
-                    })
-                })),
+                .route(web::delete().to(game_servers::end)),
         )
         .service(only(
             Method::POST,
             game_servers::GAME_SERVER_PLAYERS,
             game_servers::players,
-        ));
+        ))
+        .service(
+            resource(privacy::SETTINGS, SETTINGS_METHODS)
+                .route(web::get().to(privacy::own_settings))
+                .route(web::patch().to(privacy::change_own_settings)),
+        )
+        .service(only(
+            Method::PUT,
+            privacy::USER_SETTINGS,
+            privacy::change_settings,
+        ))
+        .service(only(
+            Method::POST,
+            privacy::FRIENDSHIPS,
+            privacy::friendships,
+        ))
+        .service(
+            resource(privacy::USER_FRIENDS, USER_FRIENDS_METHODS)
+                .route(web::get().to(privacy::friends))
+                .route(web::put().to(privacy::replace_friends)),
+        );
 }
 
 /// What `/v1/game-servers/{gameId}` answers.
 const GAME_SERVER_METHODS: &str = "PUT, DELETE";
+/// What `/v1/presence/settings` answers.
+const SETTINGS_METHODS: &str = "GET, PATCH";
+/// What `/v1/users/{userId}/friends` answers.
+const USER_FRIENDS_METHODS: &str = "GET, PUT";
 
 /// `path` answered by `handler` for `method`, and 405 with `Allow` for any other method.
 fn only<F, Args>(method: Method, path: &'static str, handler: F) -> actix_web::Resource
@@ -63,12 +82,21 @@ where
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    let allow = if method == Method::GET { "GET" } else { "POST" };
-    web::resource(path)
-        .route(web::method(method).to(handler))
-        .default_service(web::to(move || async move {
-            Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
-        }))
+    let allow = match method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "POST",
+    };
+    resource(path, allow).route(web::method(method).to(handler))
+}
+
+/// `path`, answering 405 with `Allow: allow` to any method its routes do not take.
+fn resource(path: &'static str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+    }))
 }
 
 /// `POST /v1/presence/register-app-presence`: the caller's own heartbeat.
@@ -92,7 +120,7 @@ where
     responses(
         (status = 200, description = "OK", content((Empty = "application/json"), (Empty = "text/json"))),
         (status = 400, description = "0: BadRequest", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (also an x-api-key that matches no configured key)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 403, description = "0: Token Validation Failed", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("x-csrf-token" = String, description = "The CSRF token to repeat the call with"))),
         (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -144,7 +172,9 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
     post,
     path = "/v1/presence/users",
     description = "Get Presence for a list of users: one entry per distinct id, in order of \
-        first appearance. An empty body counts as `{}`.",
+        first appearance, each as the caller may see it (a user's privacy settings: a \
+        signed-in caller sees its friends and its own entry, a service key with the read \
+        scope every real entry). An empty body counts as `{}`.",
     request_body(
         description = "Get users presences request model",
         content(
@@ -156,7 +186,7 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "OK", content((UserPresencesResponse = "application/json"), (UserPresencesResponse = "text/json"))),
         (status = 400, description = "0: BadRequest; 1: Invalid user id.; 2: Too many User Ids being sent in the request.", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
-        (status = 401, description = "0: Authorization has been denied for this request. (with api.require_auth_for_lookup)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
+        (status = 401, description = "0: Authorization has been denied for this request. (an x-api-key that matches no configured key; with api.require_auth_for_lookup, no valid credential)", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 408, description = "0: RequestTimeout", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 413, description = "0: PayloadTooLarge", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
         (status = 415, description = "0: UnsupportedMediaType", content((ErrorBody = "application/json"), (ErrorBody = "text/json"))),
@@ -166,7 +196,7 @@ fn check_location_length(location: &str, max: usize) -> Result<(), ApiError> {
         (status = 503, description = "0: ServiceUnavailable (the storage backend cannot be reached in time)", content((ErrorBody = "application/json"), (ErrorBody = "text/json")),
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
-    security((), ("bearer" = []), ("cookie" = []))
+    security((), ("bearer" = []), ("cookie" = []), ("api_key" = []))
 )]
 pub async fn users(
     state: web::Data<AppState>,
@@ -192,7 +222,7 @@ pub async fn users(
 /// The fixed name of a request's route, for metrics: unknown paths share one name, so an
 /// attacker cannot create series.
 pub fn route_name(path: &str) -> &'static str {
-    if let Some(route) = game_server_route(path) {
+    if let Some(route) = templated_route(path) {
         return route;
     }
     ROUTES
@@ -202,38 +232,60 @@ pub fn route_name(path: &str) -> &'static str {
         .unwrap_or(UNMATCHED)
 }
 
-/// The game-server route a path is, whatever its `{gameId}` segment.
-fn game_server_route(path: &str) -> Option<&'static str> {
-    let rest = path.strip_prefix("/v1/game-servers/")?;
+/// The route with a path parameter that `path` is, whatever its parameter's segment (any
+/// non-empty segment, as the router matches it).
+fn templated_route(path: &str) -> Option<&'static str> {
+    if let Some(rest) = path.strip_prefix("/v1/game-servers/") {
+        return match rest.split_once('/') {
+            None if !rest.is_empty() => Some(game_servers::GAME_SERVER),
+            Some((id, "players")) if !id.is_empty() => Some(game_servers::GAME_SERVER_PLAYERS),
+            _ => None,
+        };
+    }
+    let rest = path.strip_prefix("/v1/users/")?;
     match rest.split_once('/') {
-        None if !rest.is_empty() => Some(game_servers::GAME_SERVER),
-        Some((id, "players")) if !id.is_empty() => Some(game_servers::GAME_SERVER_PLAYERS),
+        Some((id, "presence-settings")) if !id.is_empty() => Some(privacy::USER_SETTINGS),
+        Some((id, "friends")) if !id.is_empty() => Some(privacy::USER_FRIENDS),
         _ => None,
     }
 }
 
-/// The method a route answers (its `Allow`), `None` for a path that is no route.
+/// The methods a route answers (its `Allow`), `None` for a path that is no route.
 pub fn method_of(path: &str) -> Option<&'static str> {
-    match game_server_route(path) {
+    match templated_route(path) {
         Some(game_servers::GAME_SERVER) => return Some(GAME_SERVER_METHODS),
+        Some(privacy::USER_FRIENDS) => return Some(USER_FRIENDS_METHODS),
+        Some(privacy::USER_SETTINGS) => return Some("PUT"),
         Some(_) => return Some("POST"),
         None => {}
     }
     match path {
-        REGISTER_APP_PRESENCE | USERS => Some("POST"),
+        REGISTER_APP_PRESENCE | USERS | privacy::FRIENDSHIPS => Some("POST"),
+        privacy::SETTINGS => Some(SETTINGS_METHODS),
         STREAM | WS | PAGE | ops::HEALTH | ops::READY | ops::METRICS | ops::OPENAPI => Some("GET"),
         _ => None,
     }
 }
 
+/// Whether `path` is a route of the API, which reads who is calling (a user's credential,
+/// a service key, or both), rather than an operators' route or the page, which answer
+/// every caller alike.
+pub fn reads_credentials(path: &str) -> bool {
+    path.starts_with("/v1/") && method_of(path).is_some()
+}
+
 /// Every route's name, as metrics label it.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 15] = [
     game_servers::GAME_SERVER,
     game_servers::GAME_SERVER_PLAYERS,
     REGISTER_APP_PRESENCE,
     USERS,
     STREAM,
     WS,
+    privacy::SETTINGS,
+    privacy::USER_SETTINGS,
+    privacy::FRIENDSHIPS,
+    privacy::USER_FRIENDS,
     PAGE,
     ops::HEALTH,
     ops::READY,
@@ -247,4 +299,78 @@ pub const UNMATCHED: &str = "unmatched";
 /// The answer to any route that does not exist.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_name_and_methods_whatever_its_path_parameter() {
+        for (path, name, methods) in [
+            (USERS, USERS, "POST"),
+            ("/v1/presence/settings", privacy::SETTINGS, "GET, PATCH"),
+            ("/v1/friendships", privacy::FRIENDSHIPS, "POST"),
+            (
+                "/v1/users/42/presence-settings",
+                privacy::USER_SETTINGS,
+                "PUT",
+            ),
+            ("/v1/users/x/friends", privacy::USER_FRIENDS, "GET, PUT"),
+            (
+                "/v1/game-servers/abc",
+                game_servers::GAME_SERVER,
+                "PUT, DELETE",
+            ),
+            (
+                "/v1/game-servers/abc/players",
+                game_servers::GAME_SERVER_PLAYERS,
+                "POST",
+            ),
+            (ops::HEALTH, ops::HEALTH, "GET"),
+        ] {
+            assert_eq!(route_name(path), name, "{path}");
+            assert_eq!(method_of(path), Some(methods), "{path}");
+        }
+        for path in [
+            "/v1/users//friends",
+            "/v1/users/1/friends/",
+            "/v1/users/1",
+            "/v1/users/1/other",
+            "/v1/friendships/1",
+            "/elsewhere",
+        ] {
+            assert_eq!(route_name(path), UNMATCHED, "{path}");
+            assert_eq!(method_of(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn only_the_apis_routes_read_credentials() {
+        for path in [
+            REGISTER_APP_PRESENCE,
+            USERS,
+            STREAM,
+            WS,
+            "/v1/presence/settings",
+            "/v1/friendships",
+            "/v1/users/1/friends",
+            "/v1/users/1/presence-settings",
+            "/v1/game-servers/g",
+            "/v1/game-servers/g/players",
+        ] {
+            assert!(reads_credentials(path), "{path}");
+        }
+        for path in [
+            PAGE,
+            ops::HEALTH,
+            ops::READY,
+            ops::METRICS,
+            ops::OPENAPI,
+            "/v1/nothing",
+            "/elsewhere",
+        ] {
+            assert!(!reads_credentials(path), "{path}");
+        }
+    }
 }

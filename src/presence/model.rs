@@ -39,6 +39,87 @@ impl fmt::Display for UserId {
     }
 }
 
+impl UserId {
+    /// The id a JSON number written as a float stands for, when it is a whole number from
+    /// 1 to `i64::MAX` (`5.0`, `1e3`): JSON Schema counts such numbers as integers.
+    pub fn from_whole_number(v: f64) -> Option<Self> {
+        // 2^63, the first float past i64::MAX; every whole float below it converts exactly.
+        const ABOVE_MAX: f64 = 9_223_372_036_854_775_808.0;
+        if v.fract() == 0.0 && (1.0..ABOVE_MAX).contains(&v) {
+            Self::new(v as u64)
+        } else {
+            None
+        }
+    }
+}
+
+/// One element where a user id is expected, as sent: a valid id (a positive int64 as a
+/// JSON integer, as a whole number written with a fraction or exponent, or as decimal
+/// text), or something that is not one, which the caller refuses with code 1. Never fails
+/// to deserialize, so that a bad element is told apart from a malformed body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdItem {
+    Valid(UserId),
+    Invalid,
+}
+
+impl IdItem {
+    pub fn from_text(text: &str) -> Self {
+        UserId::parse(text).map_or(Self::Invalid, Self::Valid)
+    }
+
+    /// The id, when it is one.
+    pub fn id(self) -> Option<UserId> {
+        match self {
+            Self::Valid(id) => Some(id),
+            Self::Invalid => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IdItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct IdVisitor;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = IdItem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a user id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdItem, E> {
+                Ok(UserId::new(v).map_or(IdItem::Invalid, IdItem::Valid))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdItem, E> {
+                Ok(u64::try_from(v)
+                    .ok()
+                    .and_then(UserId::new)
+                    .map_or(IdItem::Invalid, IdItem::Valid))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IdItem, E> {
+                Ok(UserId::from_whole_number(v).map_or(IdItem::Invalid, IdItem::Valid))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdItem, E> {
+                Ok(IdItem::from_text(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IdItem, E> {
+                Ok(IdItem::Invalid)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<IdItem, E> {
+                Ok(IdItem::Invalid)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdItem, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IdItem::Invalid)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdItem, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(IdItem::Invalid)
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
+}
+
 /// What a lookup reports. The discriminants are the integer wire values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PresenceType {

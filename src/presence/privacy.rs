@@ -15,12 +15,12 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use chrono::DateTime;
+use serde::de::Deserializer;
 use serde::ser::{SerializeStruct as _, SerializeTuple as _, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::model::{PresenceType, PresenceView, UserId};
+use super::model::{IdItem, PresenceType, PresenceView, UserId};
 use super::time::WallMillis;
 
 // ---------------------------------------------------------------------------------------
@@ -267,11 +267,13 @@ impl Serialize for SettingsView {
     }
 }
 
-/// `t` as the API writes every time (`lastOnline`): RFC 3339, UTC, milliseconds, `Z`, as
-/// chrono writes it. `None` only for a time chrono cannot hold, which settings never keep.
+/// `t` as the API writes every time ([`WallMillis::write_rfc3339`]). `None` only for a
+/// time chrono cannot hold, which settings never keep.
 fn time_text(t: WallMillis) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(t.0)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    let mut out = Vec::with_capacity(24);
+    t.write_rfc3339(&mut out)
+        .then(|| String::from_utf8(out).ok())
+        .flatten()
 }
 
 /// The instant an RFC 3339 text names, in milliseconds since the epoch, rounded up to the
@@ -520,73 +522,17 @@ impl Serialize for FriendPair {
     }
 }
 
-/// One element where an id is expected: `Some` for a positive int64 given as a JSON
-/// integer, as a whole number written with a fraction or exponent (`5.0`, `1e3`), or as
-/// decimal text (`"5"`); `None` for any other value, which [`FriendshipsBody::check`] and
-/// [`FriendListBody::check`] refuse with code 1.
-struct IdSlot(Option<UserId>);
-
-/// The id a JSON number stands for when it is a whole number from 1 to `i64::MAX`.
-fn whole_id(v: f64) -> Option<UserId> {
-    // 2^63, the first whole float above i64::MAX; every whole float below converts exactly.
-    const ABOVE_MAX: f64 = 9_223_372_036_854_775_808.0;
-    if v.fract() == 0.0 && (1.0..ABOVE_MAX).contains(&v) {
-        UserId::new(v as u64)
-    } else {
-        None
-    }
-}
-
-impl<'de> Deserialize<'de> for IdSlot {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SlotVisitor;
-        impl<'de> Visitor<'de> for SlotVisitor {
-            type Value = IdSlot;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a user id")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IdSlot, E> {
-                Ok(IdSlot(UserId::new(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IdSlot, E> {
-                Ok(IdSlot(u64::try_from(v).ok().and_then(UserId::new)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<IdSlot, E> {
-                Ok(IdSlot(whole_id(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IdSlot, E> {
-                Ok(IdSlot(UserId::parse(v)))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IdSlot, E> {
-                Ok(IdSlot(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<IdSlot, E> {
-                Ok(IdSlot(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IdSlot, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IdSlot(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdSlot, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IdSlot(None))
-            }
-        }
-        d.deserialize_any(SlotVisitor)
-    }
-}
-
 /// A list of pairs; `null` is the empty list. A pair is an array of exactly two elements
-/// (anything else fails deserialization); each element is read as an [`IdSlot`].
+/// (anything else fails deserialization); each element is read as an [`IdItem`].
 fn pair_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[Option<UserId>; 2]>, D::Error> {
-    let pairs = Option::<Vec<[IdSlot; 2]>>::deserialize(d)?.unwrap_or_default();
-    Ok(pairs.into_iter().map(|[a, b]| [a.0, b.0]).collect())
+    let pairs = Option::<Vec<[IdItem; 2]>>::deserialize(d)?.unwrap_or_default();
+    Ok(pairs.into_iter().map(|[a, b]| [a.id(), b.id()]).collect())
 }
 
 /// A list of ids that must be present; `null` is absent.
 fn id_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Option<UserId>>>, D::Error> {
-    let ids = Option::<Vec<IdSlot>>::deserialize(d)?;
-    Ok(ids.map(|ids| ids.into_iter().map(|slot| slot.0).collect()))
+    let ids = Option::<Vec<IdItem>>::deserialize(d)?;
+    Ok(ids.map(|ids| ids.into_iter().map(IdItem::id).collect()))
 }
 
 /// The body of `POST /v1/friendships` as sent: `{"add": [[1, 2]], "remove": [[4, 5]]}`.

@@ -375,14 +375,20 @@ impl Presence {
         }
     }
 
+    /// The one clock's time now (CONTRACT section 7): Redis's on Redis, this process's on
+    /// memory. A settings body is checked against it (`invisibleUntil` must be later).
+    pub async fn wall_now(&self) -> WallMillis {
+        match &self.backend {
+            Engine::Memory(_) => self.clock.wall(),
+            Engine::Redis(redis) => redis.wall_now().await,
+        }
+    }
+
     /// Sends the watchers of every watched user whose invisibility ended by now what they
     /// now see (run after each sweep; reads are exact regardless). Users whose read fails
     /// are noted again, to be tried after the next sweep.
     pub async fn end_invisibility(&self) -> Result<(), PresenceError> {
-        let now = match &self.backend {
-            Engine::Memory(_) => self.clock.now().wall,
-            Engine::Redis(redis) => redis.wall_now().await,
-        };
+        let now = self.wall_now().await;
         let due = self.hub.due_ends(now);
         if due.is_empty() {
             return Ok(());

@@ -27,6 +27,50 @@ impl Mono {
 pub struct WallMillis(pub i64);
 
 impl WallMillis {
+    /// Appends this instant as the API writes every time (`lastOnline`, `invisibleUntil`):
+    /// RFC 3339 in UTC with milliseconds and `Z`, `2026-12-06T03:00:00.000Z`. False, and
+    /// nothing written, for an instant chrono cannot hold.
+    pub fn write_rfc3339(self, out: &mut Vec<u8>) -> bool {
+        use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+        let Some(t) = DateTime::<Utc>::from_timestamp_millis(self.0) else {
+            return false;
+        };
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
+            return true;
+        }
+        let ms = t.timestamp_subsec_millis();
+        let digits = [
+            (year as u32 / 100, 2),
+            (year as u32 % 100, 2),
+            (t.month(), 2),
+            (t.day(), 2),
+            (t.hour(), 2),
+            (t.minute(), 2),
+            (t.second(), 2),
+            (ms, 3),
+        ];
+        for (i, (value, width)) in digits.into_iter().enumerate() {
+            out.extend_from_slice(match i {
+                2 | 3 => b"-",
+                4 => b"T",
+                5 | 6 => b":",
+                7 => b".",
+                _ => b"",
+            });
+            if width == 3 {
+                out.push(b'0' + (value / 100) as u8);
+            }
+            out.push(b'0' + (value / 10 % 10) as u8);
+            out.push(b'0' + (value % 10) as u8);
+        }
+        out.push(b'Z');
+        true
+    }
+}
+
+impl WallMillis {
     /// The same instant as a `SystemTime` (the epoch for times before it).
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0))

@@ -1,6 +1,6 @@
 //! The memory backend's friendships (CONTRACT section 11, "Friends"): who is whose friend,
-//! symmetric, with at most `privacy.max_friends` friends a user. Not wired into the store
-//! or the routes yet.
+//! symmetric, with at most `privacy.max_friends` friends a user. Held by the store, which
+//! tells watchers of the pairs a write changed (see [`Applied::changed`]).
 //!
 //! A sharded map from a user to its friends: the ids, ascending, in one allocation of
 //! exactly their size (a `Box<[UserId]>`: 8 bytes a friend, a 16-byte pointer and length
@@ -17,9 +17,10 @@
 //! search. While a write is being published, a reader may find a pair on one side and not
 //! yet on the other; once the call returns, both sides agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -37,6 +38,35 @@ const RESTORE_BATCH: usize = 4096;
 /// Pairs copied before [`Friendships::for_each_pair`] hands them out (one user's list may
 /// take a batch past it).
 const VISIT_BATCH: usize = 4096;
+
+/// What one write did: the pairs it skipped for the bound, and the friendships it changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Pairs not added because either user would pass `max_friends`, as the write returns
+    /// them.
+    pub skipped: Vec<FriendPair>,
+    /// Every friendship whose state differs after the write from before it, with that new
+    /// state (`true`: now friends), in the order the write first touched them: a removal
+    /// of a pair that existed, an addition of a pair that did not. A pair removed and added
+    /// again in one call is not changed.
+    pub changed: Vec<(FriendPair, bool)>,
+}
+
+/// One user's friends, read in place: holds its shard's read lock while it lives (writes
+/// of lists in that shard wait for it), so keep it for one short read.
+pub struct FriendsRef<'a>(Ref<'a, UserId, Friends>);
+
+impl FriendsRef<'_> {
+    /// Whether `user` is among these friends: one binary search.
+    pub fn contains(&self, user: UserId) -> bool {
+        self.0.binary_search(&user).is_ok()
+    }
+
+    /// The friends, ascending.
+    pub fn ids(&self) -> &[UserId] {
+        self.0.value()
+    }
+}
 
 /// Every friendship, both sides. Shared behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
@@ -77,6 +107,12 @@ impl Friendships {
             .is_some_and(|friends| friends.binary_search(&b).is_ok())
     }
 
+    /// `user`'s friends read in place, without a copy; `None` for a user without any. See
+    /// [`FriendsRef`] for the lock it holds.
+    pub fn list(&self, user: UserId) -> Option<FriendsRef<'_>> {
+        self.lists.get(&user).map(FriendsRef)
+    }
+
     /// `user`'s friends, ascending; empty for a user without any.
     pub fn friends_of(&self, user: UserId) -> Vec<UserId> {
         self.lists
@@ -100,6 +136,11 @@ impl Friendships {
     /// present is neither added again nor skipped; removing a pair that is not present
     /// does nothing.
     pub fn apply(&self, changes: &FriendshipChanges) -> Vec<FriendPair> {
+        self.apply_reported(changes).skipped
+    }
+
+    /// [`Friendships::apply`], also saying which friendships it changed.
+    pub fn apply_reported(&self, changes: &FriendshipChanges) -> Applied {
         let _writer = self.writer.lock();
         let mut draft = Draft::new(&self.lists, self.max_friends);
         for &pair in changes.remove() {
@@ -111,8 +152,8 @@ impl Friendships {
             .copied()
             .filter(|&pair| !draft.add(pair))
             .collect();
-        self.publish(draft);
-        skipped
+        let changed = self.publish(draft);
+        Applied { skipped, changed }
     }
 
     /// Makes `user`'s friends exactly `list` (`PUT /v1/users/{userId}/friends`): every
@@ -121,6 +162,12 @@ impl Friendships {
     /// more than `max_friends` friends. Returns the pairs not added, as `(user, other)`,
     /// ascending. `user`'s own id in `list`, were one there, is ignored.
     pub fn replace(&self, user: UserId, list: &FriendList) -> Vec<FriendPair> {
+        self.replace_reported(user, list).skipped
+    }
+
+    /// [`Friendships::replace`], also saying which friendships it changed (each as
+    /// `(user, other)`).
+    pub fn replace_reported(&self, user: UserId, list: &FriendList) -> Applied {
         // A checked list is ascending and distinct already; sorting it again costs one pass
         // and keeps the merge below right whatever the list.
         let mut wanted = list.ids().to_vec();
@@ -141,8 +188,8 @@ impl Friendships {
             .filter_map(|&other| FriendPair::new(user, other))
             .filter(|&pair| !draft.add(pair))
             .collect();
-        self.publish(draft);
-        skipped
+        let changed = self.publish(draft);
+        Applied { skipped, changed }
     }
 
     /// Adds `pairs` as [`Friendships::apply`] adds them (a snapshot read back at start-up):
@@ -197,7 +244,9 @@ impl Friendships {
 
     /// Publishes a write's lists, one at a time, each under its shard's write lock for
     /// just that store; an emptied list takes its entry away. Called with `writer` held.
-    fn publish(&self, draft: Draft<'_>) {
+    /// Returns the friendships the write changed (see [`Applied::changed`]).
+    fn publish(&self, draft: Draft<'_>) -> Vec<(FriendPair, bool)> {
+        let changed = draft.changed();
         let Draft {
             edited,
             added,
@@ -223,6 +272,7 @@ impl Friendships {
             .saturating_add(added)
             .saturating_sub(removed);
         self.pairs.store(pairs, Ordering::Relaxed);
+        changed
     }
 }
 
@@ -236,6 +286,11 @@ struct Draft<'a> {
     edited: HashMap<UserId, Vec<UserId>, Hasher>,
     added: usize,
     removed: usize,
+    /// Every friendship this write added or removed, once, as first touched, with whether
+    /// it existed before the write.
+    touched: Vec<(FriendPair, bool)>,
+    /// The keys of `touched`.
+    touched_keys: HashSet<(UserId, UserId), Hasher>,
 }
 
 impl<'a> Draft<'a> {
@@ -246,7 +301,29 @@ impl<'a> Draft<'a> {
             edited: HashMap::with_hasher(Hasher::default()),
             added: 0,
             removed: 0,
+            touched: Vec::new(),
+            touched_keys: HashSet::with_hasher(Hasher::default()),
         }
+    }
+
+    /// Notes that `pair`, which existed before this change (`was`) or not, is changed now;
+    /// only its first change in a write is kept, with the state before the write.
+    fn touch(&mut self, pair: FriendPair, was: bool) {
+        if self.touched_keys.insert(pair.key()) {
+            self.touched.push((pair, was));
+        }
+    }
+
+    /// The friendships whose state now differs from before the write, with their state.
+    fn changed(&self) -> Vec<(FriendPair, bool)> {
+        self.touched
+            .iter()
+            .filter_map(|&(pair, was)| {
+                let (a, b) = pair.users();
+                let now = self.contains(a, b);
+                (now != was).then_some((pair, now))
+            })
+            .collect()
     }
 
     /// `f` of `user`'s friends as this write sees them.
@@ -288,6 +365,7 @@ impl<'a> Draft<'a> {
         if self.count(a) >= self.max_friends || self.count(b) >= self.max_friends {
             return false;
         }
+        self.touch(pair, false);
         for (user, friend) in [(a, b), (b, a)] {
             let friends = self.edit(user);
             if let Err(at) = friends.binary_search(&friend) {
@@ -304,6 +382,7 @@ impl<'a> Draft<'a> {
         if !self.contains(a, b) {
             return;
         }
+        self.touch(pair, true);
         for (user, friend) in [(a, b), (b, a)] {
             let friends = self.edit(user);
             if let Ok(at) = friends.binary_search(&friend) {
@@ -439,6 +518,50 @@ mod tests {
         assert_eq!(friends(&t, 1), vec![3]);
         assert_eq!((t.pairs(), t.users()), (1, 2));
         check_invariants(&t);
+    }
+
+    #[test]
+    fn a_write_reports_exactly_the_friendships_it_changed() {
+        let t = Friendships::new(2);
+        let applied = t.apply_reported(&adds(&[(1, 2), (3, 1), (2, 1)]));
+        assert_eq!(
+            applied.changed,
+            vec![(pair(1, 2), true), (pair(3, 1), true)]
+        );
+        // Already there: no change. Past the bound: skipped, no change. Removed, and
+        // removed then added again: only the removal that stays is a change.
+        let applied = t.apply_reported(&changes(&[(2, 1), (1, 3), (5, 6)], &[(1, 2), (1, 4)]));
+        assert_eq!(written(&applied.skipped), Vec::<(u64, u64)>::new());
+        assert_eq!(
+            applied.changed,
+            vec![(pair(1, 3), false), (pair(1, 4), true)]
+        );
+        let applied = t.apply_reported(&adds(&[(1, 5)]));
+        assert_eq!(written(&applied.skipped), vec![(1, 5)]);
+        assert!(applied.changed.is_empty());
+        // A list: the friendships it ends and makes, as (user, other).
+        let applied = t.replace_reported(id(1), &list(1, &[4, 6]));
+        assert_eq!(
+            applied.changed,
+            vec![(pair(1, 2), false), (pair(1, 6), true)]
+        );
+        assert!(t
+            .replace_reported(id(1), &list(1, &[4, 6]))
+            .changed
+            .is_empty());
+        check_invariants(&t);
+    }
+
+    #[test]
+    fn a_list_read_in_place_answers_as_friends_of_does() {
+        let t = Friendships::new(10);
+        t.apply(&adds(&[(1, 5), (1, 3), (2, 3)]));
+        let list = t.list(id(1)).unwrap();
+        assert_eq!(ids(list.ids()), vec![3, 5]);
+        assert!(list.contains(id(3)) && list.contains(id(5)));
+        assert!(!list.contains(id(2)) && !list.contains(id(1)));
+        drop(list);
+        assert!(t.list(id(4)).is_none());
     }
 
     #[test]
@@ -798,14 +921,17 @@ mod tests {
             max: MODEL_MAX,
         };
         for step in 0..MODEL_STEPS {
-            let (what, got, want) = match rng.below(10) {
+            let before = reference.pairs.clone();
+            // `None` for a write that does not report its changes (a restore).
+            let (what, got, want, changed) = match rng.below(10) {
                 // Mostly additions and removals, some of them many at once.
                 0..=5 => {
                     let remove = random_pairs(&mut rng, 6);
                     let add = random_pairs(&mut rng, 10);
-                    let got = t.apply(&changes(&remove, &add));
+                    let got = t.apply_reported(&changes(&remove, &add));
                     let want = reference.apply(&remove, &add);
-                    (format!("apply remove {remove:?} add {add:?}"), got, want)
+                    let what = format!("apply remove {remove:?} add {add:?}");
+                    (what, got.skipped, want, Some(got.changed))
                 }
                 // Whole lists, some longer than the bound, some with repeats.
                 6..=8 => {
@@ -814,9 +940,15 @@ mod tests {
                         .map(|_| rng.user(MODEL_USERS))
                         .filter(|&other| other != user)
                         .collect();
-                    let got = t.replace(id(user), &list(user, &ids));
+                    let got = t.replace_reported(id(user), &list(user, &ids));
                     let want = reference.replace(user, &ids);
-                    (format!("replace {user} with {ids:?}"), got, want)
+                    assert!(
+                        got.changed.iter().all(|(p, _)| p.users().0 == id(user)),
+                        "{:?}",
+                        got.changed
+                    );
+                    let what = format!("replace {user} with {ids:?}");
+                    (what, got.skipped, want, Some(got.changed))
                 }
                 // A snapshot read back: additions without a body's de-duplication.
                 _ => {
@@ -828,9 +960,22 @@ mod tests {
                         .copied()
                         .filter(|&(a, b)| !reference.add(a, b))
                         .collect();
-                    (format!("restore {pairs:?}"), got, want)
+                    (format!("restore {pairs:?}"), got, want, None)
                 }
             };
+            if let Some(changed) = changed {
+                // Exactly the pairs whose state differs, each once, with its new state.
+                let mut got: Vec<((u64, u64), bool)> = changed
+                    .iter()
+                    .map(|&(p, now)| ((p.key().0.get(), p.key().1.get()), now))
+                    .collect();
+                got.sort_unstable();
+                let want: Vec<((u64, u64), bool)> = before
+                    .symmetric_difference(&reference.pairs)
+                    .map(|&key| (key, reference.pairs.contains(&key)))
+                    .collect();
+                assert_eq!(got, want, "changed, seed {seed:#x} step {step}: {what}");
+            }
             let context = format!(
                 "seed {seed:#x} step {step}: {what} (replay: FRIENDS_MODEL_SEED={seed:#x})"
             );

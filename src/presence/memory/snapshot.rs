@@ -1,6 +1,6 @@
 //! Snapshots: the whole store written to one file, atomically, and read back at start-up.
 //!
-//! # Format (version 2, little-endian; version 1 files are read too)
+//! # Format (version 3, little-endian; versions 1 and 2 are read too)
 //!
 //! ```text
 //! header   b"PRESNAP\n", version: u32, written_at: i64 (Unix ms)
@@ -14,10 +14,23 @@
 //! server   2u8 (version 2), game_id: 16 bytes, place_id: i64, root_place_id: i64,
 //!          universe_id: i64, location_len: u32, location, deadline: i64 (Unix ms),
 //!          players: u32, each user_id: u64
+//! settings 3u8 (version 3), user_id: u64, visibility: u8 (0 everyone, 1 friends,
+//!          2 nobody), flags: u8 (bit 0 invisible, bit 1 with an end time, bit 2 with a
+//!          frozen lastOnline), until: i64, last_online: i64 (Unix ms; 0 when the flag
+//!          is clear)
+//! friends  4u8 (version 3), pairs: u32, each user_id: u64, user_id: u64 (lower first)
 //! end      0u8, users: u64, crc32: u32 (of every byte before it)
 //! ```
 //!
-//! Version 1 (written before game servers) is version 2 without games and servers.
+//! Version 1 (written before game servers) is version 2 without games and servers; version
+//! 2 (written before privacy settings) is version 3 without settings and friendships.
+//! `users` counts the user records only.
+//!
+//! A user's settings record, when its settings are not the default ones, follows its user
+//! record; a user never seen (or forgotten) that holds settings has a settings record
+//! alone. Friendships come last, in records of at most `FRIEND_BATCH` pairs, and are put
+//! back under `privacy.max_friends`: pairs past it (the bound was lowered since) are left
+//! out and logged.
 //!
 //! A file is written beside its final path, fsynced, renamed over it, and the folder is
 //! fsynced: a crash leaves the previous snapshot or the new one, never a torn file. A
@@ -37,17 +50,27 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::store::Saving;
 use crate::presence::model::{PlaceInfo, SavedGame, SavedServer, SavedSession, SavedUser, Session};
+use crate::presence::privacy::{FriendPair, Invisibility, Settings, Visibility};
 use crate::presence::time::WallMillis;
 use crate::presence::{Now, PresenceType, Store, UserId};
 
 const MAGIC: &[u8; 8] = b"PRESNAP\n";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest version this build still reads.
 const FIRST_VERSION: u32 = 1;
 const USER_TAG: u8 = 1;
 const SERVER_TAG: u8 = 2;
+const SETTINGS_TAG: u8 = 3;
+const FRIENDS_TAG: u8 = 4;
 const END_TAG: u8 = 0;
+/// In a settings record's flags.
+const FLAG_INVISIBLE: u8 = 1;
+const FLAG_UNTIL: u8 = 2;
+const FLAG_FROZEN: u8 = 4;
+/// Friendships per friends record, written and put back at a time.
+const FRIEND_BATCH: usize = 4096;
 /// Users read from the store per batch while writing: each is one short read lock.
 const WRITE_BATCH: usize = 1024;
 
@@ -161,6 +184,12 @@ pub struct SnapshotStats {
     /// On a load: users in the file not restored, being Offline past
     /// `presence.offline_retention` already.
     pub forgotten: u64,
+    /// Users whose settings were written, or read (seen or not).
+    pub settings: u64,
+    /// Friendships written, or restored.
+    pub friendships: u64,
+    /// On a load: friendships in the file not restored, past `privacy.max_friends`.
+    pub friendships_skipped: u64,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -241,15 +270,26 @@ pub fn write(store: &Store, path: &Path, now: Now) -> io::Result<SnapshotStats> 
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
     }
-    result.map(|(users, bytes)| SnapshotStats {
-        users,
+    result.map(|written| SnapshotStats {
+        users: written.users,
         forgotten: 0,
-        bytes,
+        settings: written.settings,
+        friendships: written.friendships,
+        friendships_skipped: 0,
+        bytes: written.bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)> {
+/// What `write_to` wrote.
+struct Written {
+    users: u64,
+    settings: u64,
+    friendships: u64,
+    bytes: u64,
+}
+
+fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<Written> {
     let file = create_temporary(temporary)?;
     let mut out = Encoder {
         out: BufWriter::with_capacity(1 << 20, file),
@@ -261,17 +301,35 @@ fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)>
     out.put(&VERSION.to_le_bytes());
     out.put(&now.wall.0.to_le_bytes());
     let mut users = 0u64;
+    let mut settings = 0u64;
     for batch in store.user_ids().chunks(WRITE_BATCH) {
         // Runs with no lock of the store held (see `Store::save_many`).
-        store.save_many(batch, now, |user| {
-            users += 1;
-            encode_user(&mut out, user);
+        store.save_many(batch, now, |saving| match saving {
+            Saving::User(user) => {
+                users += 1;
+                encode_user(&mut out, user);
+            }
+            Saving::Settings(user, saved) => {
+                settings += 1;
+                encode_settings(&mut out, user, saved);
+            }
         });
         if let Some(e) = out.failed.take() {
             return Err(e);
         }
     }
     store.save_servers(now, |server| encode_server(&mut out, server));
+    // Runs with no lock of the table held (see `Friendships::for_each_pair`).
+    let mut pairs = Vec::with_capacity(FRIEND_BATCH);
+    let mut friendships = 0u64;
+    store.friendships().for_each_pair(|a, b| {
+        pairs.push((a, b));
+        if pairs.len() == FRIEND_BATCH {
+            friendships += encode_friends(&mut out, &pairs);
+            pairs.clear();
+        }
+    });
+    friendships += encode_friends(&mut out, &pairs);
     out.put(&[END_TAG]);
     out.put(&users.to_le_bytes());
     let crc = out.crc.clone().finalize();
@@ -281,7 +339,12 @@ fn write_to(store: &Store, temporary: &Path, now: Now) -> io::Result<(u64, u64)>
     }
     let file = out.out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok((users, out.bytes))
+    Ok(Written {
+        users,
+        settings,
+        friendships,
+        bytes: out.bytes,
+    })
 }
 
 /// Bytes to a buffered file and to the checksum; remembers the first write error.
@@ -324,6 +387,41 @@ fn encode_user<W: Write>(out: &mut Encoder<W>, user: &SavedUser<'_>) {
         out.put(&game.joined.to_le_bytes());
         out.put(&game.deadline.0.to_le_bytes());
     }
+}
+
+fn encode_settings<W: Write>(out: &mut Encoder<W>, user: UserId, settings: Settings) {
+    out.put(&[SETTINGS_TAG]);
+    out.put(&user.get().to_le_bytes());
+    let visibility = match settings.visibility() {
+        Visibility::Everyone => 0,
+        Visibility::Friends => 1,
+        Visibility::Nobody => 2,
+    };
+    let invisibility = settings.invisibility();
+    let until = invisibility.and_then(|i| i.until);
+    let last_online = invisibility.and_then(|i| i.last_online);
+    let flag = |set: bool, flag: u8| if set { flag } else { 0 };
+    let flags = flag(invisibility.is_some(), FLAG_INVISIBLE)
+        | flag(until.is_some(), FLAG_UNTIL)
+        | flag(last_online.is_some(), FLAG_FROZEN);
+    out.put(&[visibility, flags]);
+    out.put(&until.map_or(0, |t| t.0).to_le_bytes());
+    out.put(&last_online.map_or(0, |t| t.0).to_le_bytes());
+}
+
+/// Writes one friends record of `pairs` (none for no pairs); returns how many.
+fn encode_friends<W: Write>(out: &mut Encoder<W>, pairs: &[(UserId, UserId)]) -> u64 {
+    if pairs.is_empty() {
+        return 0;
+    }
+    out.put(&[FRIENDS_TAG]);
+    // At most `FRIEND_BATCH`.
+    out.put(&(pairs.len() as u32).to_le_bytes());
+    for (a, b) in pairs {
+        out.put(&a.get().to_le_bytes());
+        out.put(&b.get().to_le_bytes());
+    }
+    pairs.len() as u64
 }
 
 fn encode_place<W: Write>(out: &mut Encoder<W>, place: &PlaceInfo, location: &str) {
@@ -396,29 +494,55 @@ pub fn load(store: &Store, path: &Path, now: Now) -> Result<Option<SnapshotStats
     let mut bytes = Vec::with_capacity(capacity);
     file.take(len).read_to_end(&mut bytes).map_err(io_error)?;
     let mut restored = 0u64;
+    let mut settings = 0u64;
+    let mut friendships = 0u64;
+    let mut skipped = 0u64;
     let users = decode(&bytes, |saved| match saved {
         Saved::User(user) => restored += u64::from(store.restore(user, now)),
         Saved::Server(server) => {
             store.restore_server(server, now);
         }
+        Saved::Settings(user, saved) => {
+            settings += 1;
+            store.restore_settings(user, saved, now);
+        }
+        Saved::Friends(pairs) => {
+            friendships += pairs.len() as u64;
+            let left_out = store.restore_friendships(pairs).len() as u64;
+            friendships -= left_out;
+            skipped += left_out;
+        }
     })
     .map_err(invalid)?;
+    if skipped > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            skipped,
+            max_friends = store.friendships().max_friends(),
+            "friendships in the snapshot past privacy.max_friends were not restored"
+        );
+    }
     Ok(Some(SnapshotStats {
         users: restored,
         forgotten: users.saturating_sub(restored),
+        settings,
+        friendships,
+        friendships_skipped: skipped,
         bytes: bytes.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     }))
 }
 
-/// Checks the whole file first (magic, version, checksum), then hands each user to
-/// `restore`. Returns how many users it held.
 /// One record of a snapshot.
 enum Saved<'a> {
     User(SavedUser<'a>),
     Server(SavedServer<'a>),
+    Settings(UserId, Settings),
+    Friends(Vec<FriendPair>),
 }
 
+/// Checks the whole file first (magic, version, checksum), then hands each record to
+/// `restore`. Returns how many users it held.
 fn decode(bytes: &[u8], mut restore: impl FnMut(Saved<'_>)) -> Result<u64, String> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
         return Err("it is not a presence snapshot (wrong magic bytes)".into());
@@ -450,6 +574,11 @@ fn decode(bytes: &[u8], mut restore: impl FnMut(Saved<'_>)) -> Result<u64, Strin
                 users += 1;
             }
             SERVER_TAG if version >= 2 => restore(Saved::Server(decode_server(&mut r)?)),
+            SETTINGS_TAG if version >= 3 => {
+                let (user, settings) = decode_settings(&mut r)?;
+                restore(Saved::Settings(user, settings));
+            }
+            FRIENDS_TAG if version >= 3 => restore(Saved::Friends(decode_friends(&mut r)?)),
             END_TAG => break,
             tag => return Err(format!("unknown record tag {tag} at byte {}", r.at - 1)),
         }
@@ -500,6 +629,48 @@ fn decode_server<'a>(r: &mut Reader<'a>) -> Result<SavedServer<'a>, String> {
         deadline,
         players,
     })
+}
+
+fn decode_user_id(r: &mut Reader<'_>) -> Result<UserId, String> {
+    let raw = r.u64()?;
+    UserId::new(raw).ok_or_else(|| format!("invalid user id {raw}"))
+}
+
+fn decode_settings(r: &mut Reader<'_>) -> Result<(UserId, Settings), String> {
+    let user = decode_user_id(r)?;
+    let visibility = match r.u8()? {
+        0 => Visibility::Everyone,
+        1 => Visibility::Friends,
+        2 => Visibility::Nobody,
+        other => return Err(format!("user {user} has unknown visibility {other}")),
+    };
+    let flags = r.u8()?;
+    if flags & !(FLAG_INVISIBLE | FLAG_UNTIL | FLAG_FROZEN) != 0
+        || (flags & FLAG_INVISIBLE == 0 && flags != 0)
+    {
+        return Err(format!("user {user} has unknown settings flags {flags:#x}"));
+    }
+    let until = WallMillis(r.i64()?);
+    let last_online = WallMillis(r.i64()?);
+    let invisibility = (flags & FLAG_INVISIBLE != 0).then_some(Invisibility {
+        until: (flags & FLAG_UNTIL != 0).then_some(until),
+        last_online: (flags & FLAG_FROZEN != 0).then_some(last_online),
+    });
+    Ok((user, Settings::new(visibility, invisibility)))
+}
+
+fn decode_friends(r: &mut Reader<'_>) -> Result<Vec<FriendPair>, String> {
+    let count = r.u32()? as usize;
+    // Each pair is 16 bytes: a count past the end is refused before any allocation.
+    if count.saturating_mul(16) > r.bytes.len().saturating_sub(r.at) {
+        return Err("a friends record declares more pairs than the file holds".into());
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (a, b) = (decode_user_id(r)?, decode_user_id(r)?);
+        pairs.push(FriendPair::new(a, b).ok_or_else(|| format!("user {a} is its own friend"))?);
+    }
+    Ok(pairs)
 }
 
 fn decode_user<'a>(r: &mut Reader<'a>, version: u32) -> Result<SavedUser<'a>, String> {
@@ -641,6 +812,11 @@ mod tests {
         match saved {
             Saved::User(user) => store.restore(user, now),
             Saved::Server(server) => store.restore_server(server, now),
+            Saved::Settings(user, settings) => {
+                store.restore_settings(user, settings, now);
+                true
+            }
+            Saved::Friends(pairs) => store.restore_friendships(pairs).is_empty(),
         }
     }
 
@@ -850,6 +1026,240 @@ mod tests {
         let ended = restored.get_many(&[user(2)], Mono(50 + 58_000));
         assert_eq!(ended[0].kind, PresenceType::Online);
         assert_eq!(ended[0].last_location, "Web");
+    }
+
+    fn patch(json: &str, now: Now) -> crate::presence::privacy::CheckedPatch {
+        serde_json::from_str::<crate::presence::privacy::SettingsPatch>(json)
+            .unwrap()
+            .check(now.wall)
+            .unwrap()
+    }
+
+    fn friend_pairs(add: &[(u64, u64)]) -> crate::presence::privacy::FriendshipChanges {
+        crate::presence::privacy::FriendshipsBody {
+            add: add
+                .iter()
+                .map(|&(a, b)| [UserId::new(a), UserId::new(b)])
+                .collect(),
+            remove: Vec::new(),
+        }
+        .check()
+        .unwrap()
+    }
+
+    #[test]
+    fn settings_and_friendships_round_trip_those_of_users_never_seen_included() {
+        // More friends than one friends record holds, for one user.
+        let original = filled().with_max_friends(10_000);
+        let t = at(1_500, 1_700_000_000_500);
+        original.change_settings(user(1), &patch(r#"{"visibility":"friends"}"#, t), t);
+        // Invisible after being seen: the frozen lastOnline is kept.
+        original.change_settings(user(3), &patch(r#"{"invisible":true}"#, t), t);
+        // Never seen, with an end time; never seen, visibility only.
+        let until =
+            r#"{"visibility":"nobody","invisible":true,"invisibleUntil":"2023-11-14T22:13:30Z"}"#;
+        original.change_settings(user(7), &patch(until, t), t);
+        original.change_settings(user(8), &patch(r#"{"visibility":"friends"}"#, t), t);
+        // An invisibility that has ended by the time of writing is not written.
+        let ends = r#"{"invisible":true,"invisibleUntil":"2023-11-14T22:13:20.800Z"}"#;
+        original.change_settings(user(9), &patch(ends, t), t);
+        let pairs: Vec<(u64, u64)> = (2..=6_000)
+            .map(|n| (1, n))
+            .chain([(7, 8), (3, 2)])
+            .collect();
+        for chunk in pairs.chunks(1_000) {
+            assert!(original
+                .change_friendships(&friend_pairs(chunk), t)
+                .is_empty());
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        let now = at(2_000, 1_700_000_001_000);
+        let written = write(&original, &path, now).unwrap();
+        assert_eq!(
+            (written.users, written.settings, written.friendships),
+            (3, 4, 6_001)
+        );
+        let restored = store().with_max_friends(10_000);
+        let later = at(50, 1_700_000_002_000);
+        let loaded = load(&restored, &path, later).unwrap().unwrap();
+        assert_eq!((loaded.users, loaded.forgotten), (3, 0));
+        assert_eq!(
+            (
+                loaded.settings,
+                loaded.friendships,
+                loaded.friendships_skipped
+            ),
+            (4, 6_001, 0)
+        );
+        for n in 1..=9 {
+            assert_eq!(
+                restored.settings(user(n), later),
+                original.settings(user(n), later),
+                "{n}"
+            );
+            assert_eq!(
+                restored.friends_of(user(n)),
+                original.friends_of(user(n)),
+                "{n}"
+            );
+        }
+        assert!(restored
+            .settings(user(3), later)
+            .invisibility()
+            .unwrap()
+            .last_online
+            .is_some());
+        assert!(restored.settings(user(7), later).invisible_at(later.wall));
+        assert_eq!(restored.friendships().pairs(), 6_001);
+        // Users never seen still read as never seen, and are not users held.
+        let ids: Vec<UserId> = (1..=9).map(user).collect();
+        assert_eq!(
+            original.get_many(&ids, Mono(3_000)),
+            restored.get_many(&ids, Mono(50 + 1_000))
+        );
+        assert_eq!(restored.len(), 3);
+    }
+
+    #[test]
+    fn restored_friendships_respect_max_friends() {
+        let original = store();
+        let t = at(0, 1_700_000_000_000);
+        original.change_friendships(&friend_pairs(&[(1, 2), (1, 3), (4, 5)]), t);
+        let bytes = encode(&original, t);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        fs::write(&path, &bytes).unwrap();
+        let restored = store().with_max_friends(1);
+        let loaded = load(&restored, &path, t).unwrap().unwrap();
+        assert_eq!((loaded.friendships, loaded.friendships_skipped), (2, 1));
+        assert_eq!(restored.friends_of(user(1)).len(), 1);
+        assert_eq!(restored.friends_of(user(4)), vec![user(5)]);
+    }
+
+    /// A file in version 2's layout, as servers before privacy settings wrote it, byte by
+    /// byte: one user in a game server's session, one Offline, and the server.
+    fn version_2_file(written_at: i64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&written_at.to_le_bytes());
+        let place = |b: &mut Vec<u8>| {
+            for n in [1818i64, 1818, 13058] {
+                b.extend_from_slice(&n.to_le_bytes());
+            }
+            b.extend_from_slice(&7u32.to_le_bytes());
+            b.extend_from_slice(b"Playing");
+        };
+        // User 1: no app session, one game session until 30 s after writing.
+        b.push(USER_TAG);
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&(written_at - 500).to_le_bytes());
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(b"Playing");
+        b.push(0);
+        b.push(1);
+        b.extend_from_slice(Uuid::from_u128(5).as_bytes());
+        place(&mut b);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(written_at + 30_000).to_le_bytes());
+        // User 2: Offline at Home, no games.
+        b.push(USER_TAG);
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&(written_at - 500).to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(b"Home");
+        b.push(0);
+        b.push(0);
+        // The server, with user 1.
+        b.push(SERVER_TAG);
+        b.extend_from_slice(Uuid::from_u128(5).as_bytes());
+        place(&mut b);
+        b.extend_from_slice(&(written_at + 30_000).to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(END_TAG);
+        b.extend_from_slice(&2u64.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_version_2_file_loads_with_default_settings_and_no_friendships() {
+        let written_at = 1_700_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        fs::write(&path, version_2_file(written_at)).unwrap();
+        let restored = store();
+        let later = at(10, written_at + 1_000);
+        let loaded = load(&restored, &path, later).unwrap().unwrap();
+        assert_eq!(
+            (loaded.users, loaded.settings, loaded.friendships),
+            (2, 0, 0)
+        );
+        let views = restored.get_many(&[user(1), user(2)], Mono(20));
+        assert_eq!(views[0].kind, PresenceType::InGame);
+        assert_eq!(views[0].game_id, Some(Uuid::from_u128(5)));
+        assert_eq!(views[1].kind, PresenceType::Offline);
+        assert_eq!(views[1].last_location, "Home");
+        assert_eq!(restored.game_servers(), 1);
+        for n in [1, 2] {
+            assert!(restored.settings(user(n), later).is_default());
+            assert!(restored.friends_of(user(n)).is_empty());
+        }
+        // Written again, it is a version 3 file that reads back the same.
+        let again = dir.path().join("again");
+        write(&restored, &again, later).unwrap();
+        assert_eq!(fs::read(&again).unwrap()[8..12], VERSION.to_le_bytes());
+        let reloaded = store();
+        assert_eq!(load(&reloaded, &again, later).unwrap().unwrap().users, 2);
+        assert_eq!(reloaded.get_many(&[user(1), user(2)], Mono(20)), views);
+    }
+
+    #[test]
+    fn a_settings_or_friends_record_in_an_older_version_or_out_of_range_is_refused() {
+        let body = |version: u32, record: &[u8]| {
+            let mut b = Vec::new();
+            b.extend_from_slice(MAGIC);
+            b.extend_from_slice(&version.to_le_bytes());
+            b.extend_from_slice(&0i64.to_le_bytes());
+            b.extend_from_slice(record);
+            b.push(END_TAG);
+            b.extend_from_slice(&0u64.to_le_bytes());
+            let crc = crc32fast::hash(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let settings = |visibility: u8, flags: u8| {
+            let mut r = vec![SETTINGS_TAG];
+            r.extend_from_slice(&1u64.to_le_bytes());
+            r.extend_from_slice(&[visibility, flags]);
+            r.extend_from_slice(&[0; 16]);
+            r
+        };
+        let friends = |a: u64, b: u64, count: u32| {
+            let mut r = vec![FRIENDS_TAG];
+            r.extend_from_slice(&count.to_le_bytes());
+            r.extend_from_slice(&a.to_le_bytes());
+            r.extend_from_slice(&b.to_le_bytes());
+            r
+        };
+        assert!(decode(&body(3, &settings(2, 7)), |_| {}).is_ok());
+        assert!(decode(&body(3, &friends(1, 2, 1)), |_| {}).is_ok());
+        for bad in [
+            body(2, &settings(0, 1)),
+            body(2, &friends(1, 2, 1)),
+            body(3, &settings(3, 0)),
+            body(3, &settings(0, 8)),
+            body(3, &settings(0, 2)),
+            body(3, &friends(1, 1, 1)),
+            body(3, &friends(0, 2, 1)),
+            body(3, &friends(1, 2, u32::MAX)),
+        ] {
+            assert!(decode(&bad, |_| {}).is_err());
+        }
     }
 
     #[test]

@@ -25,9 +25,23 @@
 //!   [`FORGET_CHECK_EVERY`] it reads the due users still watched, and publishes those whose
 //!   record is gone as never seen, as the memory backend does when it drops a user.
 //!
-//! A message is `<user id>|<record>`; an empty record means the user was forgotten (reads
-//! as never seen). One that cannot be read is logged and skipped. The task ends when the
-//! backend is dropped.
+//! - Friendships: a message that a user's friends gained or lost another user tells the
+//!   hub ([`Changes::befriend`]); when some watcher of the other user has the first as its
+//!   viewer, the other user's entry and settings are read and published again (as after a
+//!   gap), so that each such watcher is sent what it now sees. Those reads are made by a
+//!   task of their own, a batch at a time, so that the messages behind never wait for them.
+//!
+//! A change message is `<user id>|<record>` for a user with the default settings (as
+//! every change was before settings existed), `<user id>|s<settings>|<record>` for one with
+//! settings of its own; an empty record means the user was forgotten (reads as never
+//! seen). A friendship message is
+//! `f<user id>|<other user id>|<1 or 0>` (see [`super::scripts`]). One that cannot be read
+//! is logged and skipped. The task ends when the backend is dropped.
+//!
+//! Known gap: a friendship message missed while a node was not subscribed is not caught
+//! up: the catch-up reads every watched user's entry and settings, but not the friendships
+//! of the watchers' viewers, so such a watcher keeps deciding with the friendship its
+//! stream last knew until the stream is opened again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,14 +55,14 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::keys::{Keys, SHARDS};
+use super::privacy::stored_settings;
 use super::{record, Inner, RedisBackend, Target};
 use crate::presence::model::{PresenceType, PresenceView, UserId};
-use crate::presence::privacy::Settings;
-use crate::presence::time::WallMillis;
+use crate::presence::privacy::{Settings, Viewer};
 use crate::presence::watch::{Changes, Hub};
 
 /// First wait before subscribing again; doubled after each failure up to [`LAST_RETRY`].
@@ -246,11 +260,14 @@ pub(super) async fn run(
         backend,
         shared,
         hub,
+        befriended: Mutex::new(HashSet::new()),
+        befriend_wake: Notify::new(),
     };
     tokio::select! {
         _ = stop => {}
         () = feed.follow() => {}
         () = feed.forget_all_due() => {}
+        () = feed.refresh_befriended() => {}
     }
 }
 
@@ -259,6 +276,10 @@ struct Feed {
     backend: Weak<Inner>,
     shared: Arc<Shared>,
     hub: Arc<Hub>,
+    /// Users whose watchers were told of a friendship change and whose entry is to be
+    /// published again (see [`Self::refresh_befriended`]).
+    befriended: Mutex<HashSet<UserId>>,
+    befriend_wake: Notify,
 }
 
 /// A doubling wait between attempts, capped.
@@ -436,29 +457,52 @@ impl Feed {
         if !self.hub.watched() {
             return;
         }
-        let Some((user, record)) = parse(payload) else {
+        let Some(message) = parse(payload) else {
             tracing::warn!(
                 message = %String::from_utf8_lossy(payload),
                 "live presence: ignoring an unreadable message"
             );
             return;
         };
+        let (user, settings, record) = match message {
+            Message::Change {
+                user,
+                settings,
+                record,
+            } => (user, settings, record),
+            Message::Friends {
+                user,
+                other,
+                friends,
+            } => {
+                if self.hub.befriend(other, user, friends) {
+                    self.befriended
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(other);
+                    self.befriend_wake.notify_one();
+                }
+                return;
+            }
+        };
         let Some(backend) = self.backend() else {
             return;
         };
-        let now = backend.feed_now().await;
+        let settings = match settings {
+            Some(value) => stored_settings(user, Some(value)),
+            None => Settings::default(),
+        };
+        let now = backend.wall_now().await;
         if record.is_empty() {
             let view = PresenceView::never_seen(user);
             self.shared.note(&view);
-            self.hub
-                .publish(&view, Settings::default(), WallMillis(now));
+            self.hub.publish(&view, settings, now);
             return;
         }
-        match record::decode(user, record, now) {
+        match record::decode(user, record, now.0) {
             Ok(view) => {
                 self.shared.note(&view);
-                self.hub
-                    .publish(&view, Settings::default(), WallMillis(now));
+                self.hub.publish(&view, settings, now);
             }
             Err(e) => {
                 tracing::warn!(user = %user, error = %e, "live presence: ignoring a message");
@@ -478,27 +522,68 @@ impl Feed {
         let Some(backend) = self.backend() else {
             return true;
         };
-        for chunk in users.chunks(RESYNC_CHUNK) {
-            let marks = self.hub.marks(chunk);
-            let mut marks = marks.into_iter();
-            let now = WallMillis(backend.feed_now().await);
-            if let Err(e) = backend
-                .visit_many(chunk, |view| {
-                    self.hub.catch_up(
-                        view,
-                        Settings::default(),
-                        now,
-                        marks.next().unwrap_or_default(),
-                    );
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");
-                return false;
-            }
+        if let Err(e) = self.catch_up(&backend, &users).await {
+            tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");
+            return false;
         }
         tracing::debug!(users = users.len(), "live presence: caught up after a gap");
         true
+    }
+
+    /// Reads the entry and settings of each of `users` and publishes it unless a newer
+    /// change of it arrived meanwhile (see `Hub::catch_up`).
+    async fn catch_up(
+        &self,
+        backend: &RedisBackend,
+        users: &[UserId],
+    ) -> Result<(), crate::presence::PresenceError> {
+        for chunk in users.chunks(RESYNC_CHUNK) {
+            let marks = self.hub.marks(chunk);
+            let mut marks = marks.into_iter();
+            backend
+                .visit_seen(Viewer::Anonymous, chunk, |seen| {
+                    self.hub.catch_up(
+                        seen.view,
+                        seen.settings,
+                        seen.now,
+                        marks.next().unwrap_or_default(),
+                    );
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes again, a batch at a time, the users whose watchers were told of a
+    /// friendship change, so that each is sent what it now sees; a batch that cannot be
+    /// read is tried again after [`RESYNC_RETRY`]. Returns when the backend is gone.
+    async fn refresh_befriended(&self) {
+        loop {
+            self.befriend_wake.notified().await;
+            loop {
+                let users: Vec<UserId> = self
+                    .befriended
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .drain()
+                    .collect();
+                if users.is_empty() {
+                    break;
+                }
+                let Some(backend) = self.backend() else {
+                    return;
+                };
+                if let Err(e) = self.catch_up(&backend, &users).await {
+                    tracing::debug!(error = %e, "live presence: reading users after a friendship change failed; retrying");
+                    self.befriended
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend(users);
+                    drop(backend);
+                    sleep(RESYNC_RETRY).await;
+                }
+            }
+        }
     }
 
     /// Every [`FORGET_CHECK_EVERY`], publishes the users retention forgot (see
@@ -533,11 +618,11 @@ impl Feed {
         let due: Vec<UserId> = due.into_iter().filter(|u| watched.contains(u)).collect();
         for chunk in due.chunks(RESYNC_CHUNK) {
             let read = backend
-                .visit_many(chunk, |view| {
-                    if view.last_online.is_none() {
-                        self.hub.publish(view, Settings::default(), WallMillis(now));
+                .visit_seen(Viewer::Anonymous, chunk, |seen| {
+                    if seen.view.last_online.is_none() {
+                        self.hub.publish(seen.view, seen.settings, seen.now);
                     } else {
-                        self.shared.note(view);
+                        self.shared.note(seen.view);
                     }
                 })
                 .await;
@@ -745,11 +830,62 @@ impl<'a> ClusterListener<'a> {
     }
 }
 
-/// `<user id>|<record>`.
-fn parse(payload: &[u8]) -> Option<(UserId, &[u8])> {
+/// A message of the scripts (see the module's documentation).
+#[derive(Debug, PartialEq, Eq)]
+enum Message<'a> {
+    /// A user's record (empty: forgotten) and settings as stored (`None`: the default).
+    Change {
+        user: UserId,
+        settings: Option<&'a [u8]>,
+        record: &'a [u8],
+    },
+    /// `other` was added to (`friends`) or removed from `user`'s friends.
+    Friends {
+        user: UserId,
+        other: UserId,
+        friends: bool,
+    },
+}
+
+/// A user id in decimal.
+fn user_id(text: &[u8]) -> Option<UserId> {
+    UserId::new(std::str::from_utf8(text).ok()?.parse().ok()?)
+}
+
+/// `<user id>|s<settings>|<record>`, `<user id>|<record>` or `f<user id>|<user id>|<0 or 1>`.
+fn parse(payload: &[u8]) -> Option<Message<'_>> {
+    if let Some(rest) = payload.strip_prefix(b"f") {
+        let mut fields = rest.split(|&b| b == b'|');
+        let user = user_id(fields.next()?)?;
+        let other = user_id(fields.next()?)?;
+        let friends = match fields.next()? {
+            b"1" => true,
+            b"0" => false,
+            _ => return None,
+        };
+        return fields.next().is_none().then_some(Message::Friends {
+            user,
+            other,
+            friends,
+        });
+    }
     let bar = payload.iter().position(|&b| b == b'|')?;
-    let id: u64 = std::str::from_utf8(&payload[..bar]).ok()?.parse().ok()?;
-    Some((UserId::new(id)?, &payload[bar + 1..]))
+    let user = user_id(&payload[..bar])?;
+    let rest = &payload[bar + 1..];
+    // A record never starts with `s` (see `record`).
+    let Some(rest) = rest.strip_prefix(b"s") else {
+        return Some(Message::Change {
+            user,
+            settings: None,
+            record: rest,
+        });
+    };
+    let bar = rest.iter().position(|&b| b == b'|')?;
+    Some(Message::Change {
+        user,
+        settings: Some(&rest[..bar]),
+        record: &rest[bar + 1..],
+    })
 }
 
 /// A RESP3 cluster client whose pushes (messages, subscriptions, disconnections) go to
@@ -792,13 +928,68 @@ async fn subscribe_shards(
 mod tests {
     use super::*;
 
+    fn change<'a>(user: u64, settings: Option<&'a [u8]>, record: &'a [u8]) -> Message<'a> {
+        Message::Change {
+            user: UserId::new(user).unwrap(),
+            settings,
+            record,
+        }
+    }
+
     #[test]
-    fn messages_name_a_user_and_a_record() {
-        let (user, record) = parse(b"42|1|5|10|||||Web|site").unwrap();
-        assert_eq!((user.get(), record), (42, &b"1|5|10|||||Web|site"[..]));
-        assert_eq!(parse(b"7|").map(|(u, r)| (u.get(), r)), Some((7, &b""[..])));
-        for bad in [&b""[..], b"42", b"x|1", b"0|1", b"-3|1"] {
-            assert!(parse(bad).is_none(), "{bad:?}");
+    fn messages_name_a_user_its_settings_and_its_record() {
+        assert_eq!(
+            parse(b"42|s1,,17|1|5|10|||||Web|site"),
+            Some(change(42, Some(b"1,,17"), b"1|5|10|||||Web|site"))
+        );
+        assert_eq!(parse(b"42|s|0|5|"), Some(change(42, Some(b""), b"0|5|")));
+        assert_eq!(parse(b"7|s2|"), Some(change(7, Some(b"2"), b"")));
+        assert_eq!(parse(b"7|s|"), Some(change(7, Some(b""), b"")));
+        for bad in [&b""[..], b"42", b"x|1", b"0|1", b"-3|1", b"7|s2"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn messages_of_users_with_the_default_settings_carry_none() {
+        assert_eq!(
+            parse(b"42|1|5|10|||||Web|site"),
+            Some(change(42, None, b"1|5|10|||||Web|site"))
+        );
+        assert_eq!(parse(b"7|"), Some(change(7, None, b"")));
+        assert_eq!(parse(b"7|68"), Some(change(7, None, b"68")));
+    }
+
+    #[test]
+    fn friendship_messages_name_both_users_and_the_change() {
+        let id = |n| UserId::new(n).unwrap();
+        assert_eq!(
+            parse(b"f12|34|1"),
+            Some(Message::Friends {
+                user: id(12),
+                other: id(34),
+                friends: true
+            })
+        );
+        assert_eq!(
+            parse(b"f34|12|0"),
+            Some(Message::Friends {
+                user: id(34),
+                other: id(12),
+                friends: false
+            })
+        );
+        for bad in [
+            &b"f"[..],
+            b"f12",
+            b"f12|34",
+            b"f12|34|2",
+            b"f12|34|1|",
+            b"f0|34|1",
+            b"fx|34|1",
+            b"f12|-1|0",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
         }
     }
 

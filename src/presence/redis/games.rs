@@ -47,7 +47,8 @@ pub(super) struct Settings {
     end: Script,
     /// On a cluster, the node (an index) of each shard, as last read.
     nodes: std::sync::Mutex<Option<Arc<Vec<usize>>>>,
-    /// Pipelines and single script calls sent to shards (for tests of the cost).
+    /// Pipelines and single script calls sent to shards, for players and friendships
+    /// (for tests of the cost).
     round_trips: std::sync::atomic::AtomicU64,
 }
 
@@ -78,10 +79,10 @@ enum Op {
 }
 
 /// One shard's script call: its keys and arguments.
-struct ShardCall {
-    shard: u16,
-    keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+pub(super) struct ShardCall {
+    pub(super) shard: u16,
+    pub(super) keys: Vec<String>,
+    pub(super) args: Vec<Vec<u8>>,
 }
 
 impl ShardCall {
@@ -313,7 +314,7 @@ impl RedisBackend {
             .into_iter()
             .map(|(shard, users)| {
                 let (publish, channel) = self.publish_to(shard);
-                let mut keys = Vec::with_capacity(users.len() + 2);
+                let mut keys = Vec::with_capacity(2 * users.len() + 2);
                 keys.push(inner.keys.expiry(shard));
                 keys.push(inner.keys.counters(shard));
                 let mut args: Vec<Vec<u8>> = Vec::with_capacity(8 + 2 * users.len());
@@ -325,7 +326,7 @@ impl RedisBackend {
                 args.push(game.as_bytes().to_vec());
                 args.push(deadline.to_string().into_bytes());
                 args.push(session.to_vec());
-                for (user, op) in users {
+                for &(user, op) in &users {
                     keys.push(inner.keys.user(user));
                     args.push(user.get().to_string().into_bytes());
                     args.push(match op {
@@ -333,20 +334,44 @@ impl RedisBackend {
                         Op::Leave => b"l".to_vec(),
                     });
                 }
+                keys.extend(users.iter().map(|&(user, _)| inner.keys.settings(user)));
                 ShardCall { shard, keys, args }
             })
             .collect();
-        let calls: Vec<&ShardCall> = calls.iter().collect();
-        let mut failed = self.send_grouped(c, &calls).await?;
-        let script = &inner.games.users;
+        for answer in self.run_per_shard(c, &inner.games.users, &calls).await? {
+            if let Value::ServerError(e) = answer {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `script` once for each of `calls`: the calls of the shards of one node as one
+    /// pipeline, every node at once. A call its node answers with an error (a redirection
+    /// after the slots moved, a script not loaded yet) is sent again on its own, which the
+    /// client routes and repairs (after loading the script on every master when it was
+    /// missing). Returns each call's answer, in the order of `calls`.
+    pub(super) async fn run_per_shard(
+        &self,
+        c: &mut Connection,
+        script: &Script,
+        calls: &[ShardCall],
+    ) -> RedisResult<Vec<Value>> {
+        let mut answers: Vec<Value> = vec![Value::Nil; calls.len()];
+        let all: Vec<usize> = (0..calls.len()).collect();
+        let mut failed = self
+            .send_grouped(c, script, calls, &all, &mut answers)
+            .await?;
         if failed
             .iter()
             .any(|(_, e)| e.kind() == Some(ServerErrorKind::NoScript))
         {
             // First use on some node: loaded on every master, then those sent again.
             script.load_async(c).await?;
-            let retry: Vec<&ShardCall> = failed.iter().map(|(call, _)| *call).collect();
-            failed = self.send_grouped(c, &retry).await?;
+            let retry: Vec<usize> = failed.iter().map(|&(i, _)| i).collect();
+            failed = self
+                .send_grouped(c, script, calls, &retry, &mut answers)
+                .await?;
         }
         if failed.iter().any(|(_, e)| {
             matches!(
@@ -354,56 +379,62 @@ impl RedisBackend {
                 Some(ServerErrorKind::Moved | ServerErrorKind::Ask)
             )
         }) {
-            *inner
+            *self
+                .inner
                 .games
                 .nodes
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = None;
         }
-        let alone = failed.iter().map(|(call, _)| {
+        let alone = failed.iter().map(|&(i, _)| {
             let mut c = c.clone();
-            inner.games.round_trips.fetch_add(1, Ordering::Relaxed);
-            async move { call.invoke(script, &mut c).await }
+            self.inner.games.round_trips.fetch_add(1, Ordering::Relaxed);
+            async move { (i, calls[i].invoke(script, &mut c).await) }
         });
-        for result in join_all(alone).await {
-            result?;
+        for (i, result) in join_all(alone).await {
+            answers[i] = result?;
         }
-        Ok(())
+        Ok(answers)
     }
 
-    /// Sends `calls` as one pipeline per node, all at once; returns those a node answered
-    /// with an error, with it.
-    async fn send_grouped<'a>(
+    /// Sends the calls of `calls` at `which` as one pipeline per node, all at once, and
+    /// puts their answers in `answers`; returns those a node answered with an error (by
+    /// index), with it.
+    async fn send_grouped(
         &self,
         c: &mut Connection,
-        calls: &[&'a ShardCall],
-    ) -> RedisResult<Vec<(&'a ShardCall, redis::ServerError)>> {
-        if calls.is_empty() {
+        script: &Script,
+        calls: &[ShardCall],
+        which: &[usize],
+        answers: &mut [Value],
+    ) -> RedisResult<Vec<(usize, redis::ServerError)>> {
+        if which.is_empty() {
             return Ok(Vec::new());
         }
-        let groups: Vec<Vec<&ShardCall>> = match c {
-            Connection::Single(_) => vec![calls.to_vec()],
+        let groups: Vec<Vec<usize>> = match c {
+            Connection::Single(_) => vec![which.to_vec()],
             Connection::Cluster(cluster) => {
                 let nodes = self.shard_nodes(cluster).await?;
-                let mut groups: BTreeMap<usize, Vec<&ShardCall>> = BTreeMap::new();
-                for &call in calls {
-                    let node = nodes.get(usize::from(call.shard)).copied();
+                let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+                for &i in which {
+                    let shard = calls[i].shard;
+                    let node = nodes.get(usize::from(shard)).copied();
                     groups
-                        .entry(node.unwrap_or(usize::MAX - usize::from(call.shard)))
+                        .entry(node.unwrap_or(usize::MAX - usize::from(shard)))
                         .or_default()
-                        .push(call);
+                        .push(i);
                 }
                 groups.into_values().collect()
             }
         };
-        let script = &self.inner.games.users;
         let sends = groups.into_iter().map(|group| {
             let mut c = c.clone();
             let mut pipe = redis::pipe();
-            for call in &group {
-                pipe.add_command(call.evalsha(script));
+            for &i in &group {
+                pipe.add_command(calls[i].evalsha(script));
             }
             self.inner.games.round_trips.fetch_add(1, Ordering::Relaxed);
+            let first_shard = calls[group[0]].shard;
             async move {
                 let count = group.len();
                 let values = match &mut c {
@@ -412,7 +443,7 @@ impl RedisBackend {
                             .await?
                     }
                     Connection::Cluster(cluster) => {
-                        let route = Route::new(slot_of_shard(group[0].shard), SlotAddr::Master);
+                        let route = Route::new(slot_of_shard(first_shard), SlotAddr::Master);
                         cluster
                             .route_pipeline(
                                 pipe,
@@ -423,20 +454,18 @@ impl RedisBackend {
                             .await?
                     }
                 };
-                let failed: Vec<(&ShardCall, redis::ServerError)> = group
-                    .into_iter()
-                    .zip(values)
-                    .filter_map(|(call, value)| match value {
-                        Value::ServerError(e) => Some((call, e)),
-                        _ => None,
-                    })
-                    .collect();
-                Ok::<_, RedisError>(failed)
+                Ok::<_, RedisError>((group, values))
             }
         });
         let mut failed = Vec::new();
         for result in join_all(sends).await {
-            failed.extend(result?);
+            let (group, values) = result?;
+            for (i, value) in group.into_iter().zip(values) {
+                match value {
+                    Value::ServerError(e) => failed.push((i, e)),
+                    value => answers[i] = value,
+                }
+            }
         }
         Ok(failed)
     }

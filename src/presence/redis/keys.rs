@@ -5,7 +5,15 @@
 //! - `<prefix>{<shard>}e`: the shard's expiry set, user id → deadline (ms), present users
 //!   only;
 //! - `<prefix>{<shard>}n`: the shard's counters, a hash of presence type (`1`, `2`, `3`) →
-//!   users holding such a session, and `t` → records (see `scripts`).
+//!   users holding such a session, and `t` → records (see `scripts`);
+//! - `<prefix>{<shard>}p<user id>`: the user's privacy settings (see `record`), absent for
+//!   the default ones. No key expiry: the settings outlive the record's retention (a user
+//!   with settings and no record reads as never seen);
+//! - `<prefix>{<shard>}f<user id>`: the user's friends, a set of user ids in decimal, absent
+//!   when empty. Every friendship is in both users' sets (each in its own shard);
+//! - `<prefix>{<shard>}r<user id>`: friendships being added to the user (see `privacy`), a
+//!   sorted set of user id → until when the place is held (ms), counted against the bound
+//!   on friends; with a key expiry a little after the last hold ends.
 //!
 //! Game servers (CONTRACT section 10) live under one hash tag of their own, `{gs}`, so that
 //! the bound on live servers is one atomic count:
@@ -76,6 +84,29 @@ impl Keys {
     /// The record of `user`.
     pub fn user(&self, user: UserId) -> String {
         let mut key = self.tagged(shard_of(user), 20);
+        key.push_str(itoa::Buffer::new().format(user.get()));
+        key
+    }
+
+    /// The privacy settings of `user`.
+    pub fn settings(&self, user: UserId) -> String {
+        self.user_keyed(user, 'p')
+    }
+
+    /// The friends of `user`.
+    pub fn friends(&self, user: UserId) -> String {
+        self.user_keyed(user, 'f')
+    }
+
+    /// The friendships being added to `user`, with when each hold ends.
+    pub fn reserved(&self, user: UserId) -> String {
+        self.user_keyed(user, 'r')
+    }
+
+    /// `<prefix>{<shard>}<kind><user id>`.
+    fn user_keyed(&self, user: UserId, kind: char) -> String {
+        let mut key = self.tagged(shard_of(user), 21);
+        key.push(kind);
         key.push_str(itoa::Buffer::new().format(user.get()));
         key
     }
@@ -152,6 +183,18 @@ mod tests {
         assert_eq!(keys.counters(shard), format!("presence:{{{shard}}}n"));
         assert_eq!(keys.shard_channel(shard), format!("presence:{{{shard}}}c"));
         assert_eq!(
+            keys.settings(user),
+            format!("presence:{{{shard}}}p1000000007")
+        );
+        assert_eq!(
+            keys.friends(user),
+            format!("presence:{{{shard}}}f1000000007")
+        );
+        assert_eq!(
+            keys.reserved(user),
+            format!("presence:{{{shard}}}r1000000007")
+        );
+        assert_eq!(
             keys.shard_of_channel(keys.shard_channel(shard).as_bytes()),
             Some(shard)
         );
@@ -163,6 +206,9 @@ mod tests {
             keys.expiry(shard),
             keys.counters(shard),
             keys.shard_channel(shard),
+            keys.settings(user),
+            keys.friends(user),
+            keys.reserved(user),
         ] {
             assert_eq!(hash_tag(&key), shard.to_string());
         }

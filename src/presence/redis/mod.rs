@@ -4,8 +4,10 @@
 //!   under one hash tag (see [`keys`]); records are short strings (see [`record`]).
 //! - Writes: a heartbeat or disconnect is one script call (EVALSHA, loading the script on
 //!   `NOSCRIPT`), one round trip, atomic on the shard's node.
-//! - Reads: a lookup is one `MGET`; on a cluster the client splits it by slot and sends
-//!   every node its part at once. Nothing is written on a read.
+//! - Reads: a lookup is one `MGET` of the records and settings (and, for a signed-in
+//!   viewer, one `SMISMEMBER` of its friends, sent at the same time); on a cluster the
+//!   client splits the `MGET` by slot and sends every node its part at once. Nothing is
+//!   written on a read.
 //! - Time: Redis's clock for every node, estimated from a `TIME` sample plus this process's
 //!   monotonic time since the sample (refreshed by the sweeper every second, and by any
 //!   call that finds the sample stale), so no request waits for `TIME`. With a mock
@@ -23,6 +25,9 @@
 //!   subscribes and hands them to its [`Hub`] (see [`feed`]).
 //! - Game servers (see [`games`]): a report is one script on the server's record, then one
 //!   script per shard of its players, pipelined per Redis node.
+//! - Privacy (see [`privacy`]): settings are a key beside each record, read with it by
+//!   lookups and published with it by the scripts; friendships are a set per user, changed
+//!   by scripts per shard in an order that keeps both sides equal.
 
 mod feed;
 mod games;
@@ -111,6 +116,8 @@ struct Inner {
     time: TimeSource,
     heartbeat: Script,
     claim: Script,
+    /// Privacy settings and friendships (see [`privacy`]).
+    privacy: privacy::Scripts,
     /// Game servers and their players' sessions (see [`games`]).
     games: games::Settings,
     /// The change feed's health and retention schedule (see [`feed`]).
@@ -398,6 +405,7 @@ impl RedisBackend {
             time,
             heartbeat: Script::new(&scripts::heartbeat()),
             claim: Script::new(&scripts::claim()),
+            privacy: privacy::Scripts::new(redis.timeout),
             games: games::Settings::new(presence),
             feed: Arc::clone(&shared),
             _feed: feed_stop,
@@ -591,6 +599,7 @@ impl RedisBackend {
             let mut call = inner.heartbeat.key(inner.keys.user(user));
             call.key(inner.keys.expiry(shard))
                 .key(inner.keys.counters(shard))
+                .key(inner.keys.settings(user))
                 .arg(user.get())
                 .arg(now);
             match heartbeat {
@@ -747,10 +756,12 @@ impl RedisBackend {
             .arg(inner.retention_ms.unwrap_or(-1))
             .arg(publish)
             .arg(channel);
-        for &user in users {
-            if let Some(id) = UserId::new(user) {
-                call.key(inner.keys.user(id)).arg(user);
-            }
+        let ids: Vec<UserId> = users.iter().filter_map(|&user| UserId::new(user)).collect();
+        for &id in &ids {
+            call.key(inner.keys.user(id)).arg(id.get());
+        }
+        for &id in &ids {
+            call.key(inner.keys.settings(id));
         }
         call
     }

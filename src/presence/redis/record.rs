@@ -17,6 +17,14 @@
 //!   (m the bytes after `<m>|`). Only the scripts write it (see `scripts`); nodes of the
 //!   previous version cannot read it, which is fine: only users in game servers have one.
 //!
+//! A user's privacy settings (CONTRACT section 11) are a key of their own beside the record
+//! (see `keys`), absent for the default settings, written by [`encode_settings`]:
+//!
+//! - `<visibility>`: `1` friends, `2` nobody (`0`, everyone, is the default and not
+//!   stored), not invisible; an integer, which Redis keeps without a string allocation;
+//! - `<visibility>,<invisibleUntil ms>,<frozen lastOnline ms>`: invisible, either time
+//!   empty when there is none (until turned off; never seen when invisibility began).
+//!
 //! Times are Redis's clock, in milliseconds since the Unix epoch. A present record whose
 //! deadline has passed reads as Offline at once, whether or not a sweeper has claimed it;
 //! a record with game sessions shows, at the time it is read, the session
@@ -29,6 +37,7 @@ use std::num::NonZeroI64;
 use uuid::Uuid;
 
 use crate::presence::model::{PlaceInfo, PresenceType, PresenceView, Session, UserId};
+use crate::presence::privacy::{Invisibility, Settings, Visibility};
 use crate::presence::sessions::{self, GamePlace, Pick, Ranked};
 use crate::presence::time::WallMillis;
 
@@ -283,6 +292,57 @@ fn decode_packed(user: UserId, record: &[u8]) -> Result<PresenceView<'static>, C
     })
 }
 
+/// `settings` as Redis holds them (see the module's documentation); `None` for the default
+/// settings, which are not stored.
+pub fn encode_settings(settings: Settings) -> Option<String> {
+    if settings.is_default() {
+        return None;
+    }
+    let visibility = match settings.visibility() {
+        Visibility::Everyone => '0',
+        Visibility::Friends => '1',
+        Visibility::Nobody => '2',
+    };
+    let mut out = String::with_capacity(32);
+    out.push(visibility);
+    if let Some(invisibility) = settings.invisibility() {
+        let mut int = itoa::Buffer::new();
+        out.push(',');
+        if let Some(until) = invisibility.until {
+            out.push_str(int.format(until.0));
+        }
+        out.push(',');
+        if let Some(last_online) = invisibility.last_online {
+            out.push_str(int.format(last_online.0));
+        }
+    }
+    Some(out)
+}
+
+/// Settings written by [`encode_settings`]; an empty value is the default (what a change
+/// message carries for a user without settings).
+pub fn decode_settings(value: &[u8]) -> Result<Settings, Corrupt> {
+    if value.is_empty() {
+        return Ok(Settings::default());
+    }
+    let mut fields = value.split(|&b| b == b',');
+    let visibility = match fields.next() {
+        Some(b"0") => Visibility::Everyone,
+        Some(b"1") => Visibility::Friends,
+        Some(b"2") => Visibility::Nobody,
+        _ => return Err(Corrupt),
+    };
+    let invisibility = match (fields.next(), fields.next(), fields.next()) {
+        (None, _, _) => None,
+        (Some(until), Some(last_online), None) => Some(Invisibility {
+            until: optional(Some(until))?.map(WallMillis),
+            last_online: optional(Some(last_online))?.map(WallMillis),
+        }),
+        _ => return Err(Corrupt),
+    };
+    Ok(Settings::new(visibility, invisibility))
+}
+
 fn number(field: Option<&[u8]>) -> Result<i64, Corrupt> {
     let field = field.ok_or(Corrupt)?;
     std::str::from_utf8(field)
@@ -453,6 +513,71 @@ mod tests {
         let place = GamePlace::new(77, None, &catalog).unwrap();
         let rest = encode_game_session(Uuid::from_u128(2), &place);
         assert_eq!(rest, GAME_B.as_bytes());
+    }
+
+    #[test]
+    fn settings_read_back_as_written() {
+        let at = |ms| Some(WallMillis(ms));
+        let cases = [
+            (Settings::default(), None),
+            (Settings::new(Visibility::Friends, None), Some("1")),
+            (Settings::new(Visibility::Nobody, None), Some("2")),
+            (
+                Settings::new(
+                    Visibility::Everyone,
+                    Some(Invisibility {
+                        until: None,
+                        last_online: None,
+                    }),
+                ),
+                Some("0,,"),
+            ),
+            (
+                Settings::new(
+                    Visibility::Friends,
+                    Some(Invisibility {
+                        until: at(1_795_652_111_123),
+                        last_online: at(1_700_000_000_000),
+                    }),
+                ),
+                Some("1,1795652111123,1700000000000"),
+            ),
+            (
+                Settings::new(
+                    Visibility::Nobody,
+                    Some(Invisibility {
+                        until: None,
+                        last_online: at(0),
+                    }),
+                ),
+                Some("2,,0"),
+            ),
+        ];
+        for (settings, text) in cases {
+            let written = encode_settings(settings);
+            assert_eq!(written.as_deref(), text, "{settings:?}");
+            let value = written.unwrap_or_default();
+            assert_eq!(decode_settings(value.as_bytes()), Ok(settings), "{value}");
+        }
+        assert_eq!(decode_settings(b"0"), Ok(Settings::default()));
+    }
+
+    #[test]
+    fn settings_not_written_by_this_module_are_refused() {
+        for bad in [
+            &b"3"[..],
+            b"x",
+            b"01",
+            b"1,",
+            b"1,2",
+            b"1,2,3,4",
+            b"1,x,",
+            b"1,,-",
+            b" 1",
+            b"1|2|3",
+        ] {
+            assert_eq!(decode_settings(bad), Err(Corrupt), "{bad:?}");
+        }
     }
 
     #[test]

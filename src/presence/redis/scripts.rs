@@ -3,8 +3,16 @@
 //! commands that Valkey 7.2 also has.
 //!
 //! Each change a watcher must see (anything but `lastOnline` and the deadline) is published
-//! by the script that makes it, as `<user id>|<new record>` (`<user id>|` for a record
-//! deleted: the user reads as never seen). The command and channel are arguments: `PUBLISH`
+//! by the script that makes it, as `<user id>|<new record>` for a user with the default
+//! privacy settings, `<user id>|s<settings>|<new record>` for one with settings of its own
+//! (as stored, see `record`), read by the script as it publishes; an empty record means
+//! the record was deleted (the user reads as never seen). A record never starts with `s`;
+//! a node of the previous version reads every change of a user without settings, and
+//! skips (as unreadable) those of a user with some, which it could not honour anyway. A
+//! change of settings is published the same way, with the record as it is. A change of a
+//! user's friends is published as `f<user id>|<other user id>|<1 or 0>`: the other user
+//! was added to (1) or removed from (0) the user's set. The command and channel are
+//! arguments: `PUBLISH`
 //! to the one channel of a standalone server, `SPUBLISH` to the shard's channel on a cluster
 //! (same hash tag as the shard's keys, so the script may name it and it stays on the
 //! shard's node). Published from within the script, a user's changes reach subscribers in
@@ -45,6 +53,13 @@ local function field(rec, n)
   local at = field_start(rec, n)
   local stop = string.find(rec, '|', at, true)
   return string.sub(rec, at, stop - 1)
+end
+-- The message of a change of `user`: its settings, if it has any, and its record.
+local function message(user, settings, rec)
+  if settings and settings ~= '' then
+    return user .. '|s' .. settings .. '|' .. rec
+  end
+  return user .. '|' .. rec
 end
 local function location_of(rec)
   if is_packed(rec) then
@@ -211,8 +226,9 @@ end
 -- Writes `st` as of `now` to `key`: keeps the live sessions; files the user in the expiry
 -- set at its earliest deadline (or takes it out); moves the counters; gives an Offline
 -- record its retention; publishes when what it shows differs from what it showed as of
--- its last write or shows at `now`. Returns the type written (0: Offline).
-local function save(ctx, key, user, st, old, now)
+-- its last write or shows at `now`, with the user's settings (key `skey`). Returns the
+-- type written (0: Offline).
+local function save(ctx, key, skey, user, st, old, now)
   local live, at = {}, nil
   for _, g in ipairs(st.games) do
     if g.deadline > now then
@@ -266,7 +282,7 @@ local function save(ctx, key, user, st, old, now)
       rec, changed = '', true
     end
   end
-  if changed then redis.call(ctx.publish, ctx.channel, user .. '|' .. rec) end
+  if changed then redis.call(ctx.publish, ctx.channel, message(user, redis.call('GET', skey), rec)) end
   return kind
 end
 "#;
@@ -283,7 +299,7 @@ end
 /// first); one that only moves a deadline still ahead publishes nothing. An old record
 /// this version cannot read (it reads as never seen) is replaced, uncounted, as a change.
 ///
-/// KEYS: the record, the shard's expiry set, the shard's counters.
+/// KEYS: the record, the shard's expiry set, the shard's counters, the user's settings.
 /// ARGV: the user id, now (ms), `p` (present) or `d` (disconnect), the new app record (for
 /// `p`), its deadline (for `p`), the retention in ms or `-1` for none, the publish
 /// command, the channel.
@@ -303,7 +319,7 @@ if ARGV[3] == 'p' then
 elseif st.app and st.app.deadline > now then
   st.app.deadline = now
 end
-save(ctx, KEYS[1], ARGV[1], st, old, now)
+save(ctx, KEYS[1], KEYS[4], ARGV[1], st, old, now)
 return 1
 "#;
 
@@ -323,7 +339,8 @@ return 1
 /// every sweep. Returns `{flipped, {skipped user ids}}`: how many this call flipped
 /// Offline, and the users it could not read.
 ///
-/// KEYS: the shard's expiry set, the shard's counters, then the candidates' records.
+/// KEYS: the shard's expiry set, the shard's counters, then the n candidates' records,
+/// then their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, then the
 /// candidates' user ids, aligned with their records (ARGV[i + 2] is the user of KEYS[i],
 /// from 3 on).
@@ -332,7 +349,8 @@ local now = tonumber(ARGV[1])
 local ctx = {expiry = KEYS[1], counters = KEYS[2], keep = tonumber(ARGV[2]), publish = ARGV[3], channel = ARGV[4]}
 local flipped = 0
 local skipped = {}
-for i = 3, #KEYS do
+local n = (#KEYS - 2) / 2
+for i = 3, n + 2 do
   local user = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], user)
   if score and tonumber(score) <= now then
@@ -345,7 +363,7 @@ for i = 3, #KEYS do
       redis.call('ZREM', KEYS[1], user)
     elseif at > now then
       redis.call('ZADD', KEYS[1], num(at), user)
-    elseif save(ctx, KEYS[i], user, st, before(st, now), now) == 0 then
+    elseif save(ctx, KEYS[i], KEYS[i + n], user, st, before(st, now), now) == 0 then
       flipped = flipped + 1
     end
   end
@@ -364,7 +382,8 @@ return {flipped, skipped}
 ///   it holds none (left already, moved on, or ended by expiry, which keeps its
 ///   `lastOnline`). Repeating a leave changes nothing.
 ///
-/// KEYS: the shard's expiry set, the shard's counters, then the users' records.
+/// KEYS: the shard's expiry set, the shard's counters, then the n users' records, then
+/// their settings (`KEYS[i + n]` for `KEYS[i]`).
 /// ARGV: now (ms), the retention in ms or `-1`, the publish command, the channel, `max`
 /// sessions per user, the game id (32 hex digits), the deadline, the session's
 /// `<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`, then per record its user id
@@ -374,7 +393,8 @@ local now = tonumber(ARGV[1])
 local ctx = {expiry = KEYS[1], counters = KEYS[2], keep = tonumber(ARGV[2]), publish = ARGV[3], channel = ARGV[4]}
 local max = math.max(tonumber(ARGV[5]), 1)
 local game, deadline, rest = ARGV[6], tonumber(ARGV[7]), ARGV[8]
-for i = 3, #KEYS do
+local n = (#KEYS - 2) / 2
+for i = 3, n + 2 do
   local user, op = ARGV[2 * i + 3], ARGV[2 * i + 4]
   local st = load(redis.call('GET', KEYS[i]))
   local old = before(st, now)
@@ -417,10 +437,125 @@ for i = 3, #KEYS do
   end
   if dirty then
     st.lo = now
-    save(ctx, KEYS[i], user, st, old, now)
+    save(ctx, KEYS[i], KEYS[i + n], user, st, old, now)
   end
 end
 return 1
+"#;
+
+/// A change of one user's settings, worked out by the caller from what it read (see
+/// `privacy`), written only if nothing it was worked out from has changed since: the
+/// settings, and the record when the change begins an invisibility (which freezes the
+/// record's `lastOnline`). Published with the record as it is. Returns 1 when the settings
+/// are as the caller wants them, 0 when it must read again.
+///
+/// KEYS: the user's settings, the user's record.
+/// ARGV: the settings read (empty: none), the new settings (empty: the default, deleted),
+/// `1` to compare the record too, the record read (empty: none), the user id, the publish
+/// command, the channel.
+const SETTINGS_BODY: &str = r#"
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+local rec = redis.call('GET', KEYS[2]) or ''
+if ARGV[3] == '1' and rec ~= ARGV[4] then return 0 end
+if ARGV[2] ~= cur then
+  if ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[2])
+  end
+  redis.call(ARGV[6], ARGV[7], message(ARGV[5], ARGV[2], rec))
+end
+return 1
+"#;
+
+/// Changes of the friends of users of one shard, applied in order (the order of these
+/// calls that keeps both sides of a friendship equal and the bound exact is in `privacy`).
+/// A user's friends count against the bound together with the places held for friendships
+/// being added to it; a hold whose end has passed is dropped before anything is counted, so
+/// a hold still present has been counted by every check since it was made. Each entry names
+/// a user, another user and an operation, and answers an integer:
+///
+/// - `q` (query): `2 * held + friend`: `held` the friends and places held, `friend` 1 when
+///   the other user is a friend;
+/// - `r` (reserve): 2 when the other user is a friend already; else 0 when `held` (not
+///   counting a place held for it already) is `max` or more; else 1, with a place held for
+///   it until the hold's end;
+/// - `a` (add): 2 when a friend already; else 0 when `held` (as for `r`) is `max` or more;
+///   else 1, added;
+/// - `c` (commit): with a place held for it, 1 (added in that place) or 2 (a friend
+///   already, the place freed); without one (its hold ended), as `a`;
+/// - `u` (unreserve): frees the place held for it; 1;
+/// - `d` (drop): frees the place held for it, if any, and removes it: 1 when it was a
+///   friend, else 0.
+///
+/// Each addition and removal is published as `f<user>|<other>|1` or `f<user>|<other>|0`.
+///
+/// KEYS: per entry, the user's friends and held places (`KEYS[2i - 1]`, `KEYS[2i]`).
+/// ARGV: now (ms), `max`, the end of a hold made now (ms), the publish command, the
+/// channel, then per entry the user's id, the other user's id and the operation
+/// (`ARGV[3i + 3]`, `ARGV[3i + 4]`, `ARGV[3i + 5]`).
+const FRIENDS_BODY: &str = r#"
+local now, max, hold = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local function held(f, r, other)
+  redis.call('ZREMRANGEBYSCORE', r, '-inf', now)
+  local n = redis.call('SCARD', f) + redis.call('ZCARD', r)
+  if redis.call('ZSCORE', r, other) then n = n - 1 end
+  return n
+end
+local function tell(user, other, on)
+  redis.call(ARGV[4], ARGV[5], 'f' .. user .. '|' .. other .. '|' .. on)
+end
+local function add(f, r, user, other)
+  if redis.call('SISMEMBER', f, other) == 1 then return 2 end
+  if held(f, r, other) >= max then return 0 end
+  redis.call('SADD', f, other)
+  tell(user, other, 1)
+  return 1
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local f, r = KEYS[2 * i - 1], KEYS[2 * i]
+  local user, other, op = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local answer = 0
+  if op == 'q' then
+    redis.call('ZREMRANGEBYSCORE', r, '-inf', now)
+    answer = 2 * (redis.call('SCARD', f) + redis.call('ZCARD', r)) + redis.call('SISMEMBER', f, other)
+  elseif op == 'r' then
+    if redis.call('SISMEMBER', f, other) == 1 then
+      answer = 2
+    elseif held(f, r, other) < max then
+      redis.call('ZADD', r, hold, other)
+      local last = redis.call('ZRANGE', r, -1, -1, 'WITHSCORES')
+      redis.call('PEXPIREAT', r, string.format('%.0f', tonumber(last[2]) + HOLD_KEY_GRACE_MS))
+      answer = 1
+    end
+  elseif op == 'a' then
+    answer = add(f, r, user, other)
+  elseif op == 'c' then
+    if redis.call('ZREM', r, other) == 1 then
+      if redis.call('SADD', f, other) == 1 then
+        tell(user, other, 1)
+        answer = 1
+      else
+        answer = 2
+      end
+    else
+      answer = add(f, r, user, other)
+    end
+  elseif op == 'u' then
+    redis.call('ZREM', r, other)
+    answer = 1
+  elseif op == 'd' then
+    redis.call('ZREM', r, other)
+    if redis.call('SREM', f, other) == 1 then
+      tell(user, other, 0)
+      answer = 1
+    end
+  end
+  out[#out + 1] = answer
+end
+return out
 "#;
 
 /// A game server's record: `<state>|<deadline>|<players>|<leaving>|<placeId>|<rootPlaceId>|<universeId>|<gameId>|<location>`,
@@ -606,6 +741,23 @@ pub fn claim() -> String {
 pub fn game_users() -> String {
     user_script(GAME_USERS_BODY)
 }
+
+/// The source of the script that changes a user's settings.
+pub fn settings() -> String {
+    user_script(SETTINGS_BODY)
+}
+
+/// The source of the script of one shard's friendships.
+pub fn friends() -> String {
+    format!(
+        "local HOLD_KEY_GRACE_MS = {}\n{FRIENDS_BODY}",
+        HOLD_KEY_GRACE.as_millis()
+    )
+}
+
+/// How long after the end of its last hold Redis drops a user's set of held places (a
+/// hold past its end is dropped by the scripts anyway; this only takes an idle set away).
+pub const HOLD_KEY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The source of a game server's report script.
 pub fn server_report() -> String {
