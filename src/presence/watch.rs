@@ -478,10 +478,29 @@ impl Hub {
 
     /// The entry of `view` as a viewer with `sight` is shown it, encoded as a lookup
     /// writes it.
+    ///
+    /// The digest leaves `lastOnline` out only where it moves with every heartbeat (the
+    /// real entry): an entry whose `lastOnline` is fixed (hidden, invisible, or the
+    /// never-seen one of `show_last_online` false) is digested whole, so that a watcher
+    /// moved between two of them that differ only there (an invisible user who hides from
+    /// a friend) is sent the change.
     pub fn entry_as(&self, view: &PresenceView<'_>, sight: Sight) -> Entry {
         let invisible_type = sight.shows_invisible_type(view);
         let bytes = (self.encode)(&sight.entry(view.clone()), invisible_type);
-        let digest = self.digests.hash_one(significant(&bytes)) | 1;
+        let fixed_last_online = matches!(
+            sight,
+            Sight::Hidden
+                | Sight::Invisible { .. }
+                | Sight::Real {
+                    show_last_online: false
+                }
+        );
+        let digested = if fixed_last_online {
+            &bytes[..]
+        } else {
+            significant(&bytes)
+        };
+        let digest = self.digests.hash_one(digested) | 1;
         Entry { bytes, digest }
     }
 
@@ -631,6 +650,33 @@ impl Hub {
     /// entries again (see [`Self::marks`]).
     pub fn watched_users(&self) -> Vec<UserId> {
         self.topics.iter().map(|topic| *topic.key()).collect()
+    }
+
+    /// Every signed-in viewer of an open watcher, with the users its watchers watch (itself
+    /// left out): after a gap in what a backend heard, friendship changes may have been
+    /// missed too, and the backend tells each of these again ([`Changes::befriend`]) before
+    /// it publishes the watched users again.
+    pub fn signed_in_viewers(&self) -> Vec<(UserId, Vec<UserId>)> {
+        let mut viewers: HashMap<UserId, Vec<UserId>, Hasher> = HashMap::default();
+        for watcher in self.watchers.iter() {
+            let Viewer::User(viewer) = watcher.viewer else {
+                continue;
+            };
+            let state = watcher.state.lock();
+            viewers
+                .entry(viewer)
+                .or_default()
+                .extend(state.slots.keys().copied().filter(|&user| user != viewer));
+        }
+        viewers
+            .into_iter()
+            .map(|(viewer, mut users)| {
+                users.sort_unstable();
+                users.dedup();
+                (viewer, users)
+            })
+            .filter(|(_, users)| !users.is_empty())
+            .collect()
     }
 
     /// Notes `users` due again at `now` (their re-send failed): the next [`Self::due_ends`]
@@ -1761,6 +1807,41 @@ mod tests {
         assert_eq!(shown.len(), 1);
         assert!(shown[0].contains("\"t\":\"Online\""), "{shown:?}");
         assert!(texts(&reader).is_empty());
+    }
+
+    #[test]
+    fn an_invisible_user_who_hides_from_a_friend_sends_it_the_never_seen_entry() {
+        // Invisible and hidden differ only in `lastOnline`: the change is still sent.
+        let hub = hub();
+        let invisible_to_friends = settings(Visibility::Friends, Some(None));
+        let (sub, first) = watcher_of_one(&hub, Viewer::User(user(7)), invisible_to_friends, true);
+        assert_eq!(
+            first,
+            "{\"u\":1,\"t\":\"Offline\",\"loc\":\"\",\"lastOnline\":Some(1000)}"
+        );
+        assert!(hub.befriend(user(1), user(7), false));
+        hub.publish(&view(1, "first"), invisible_to_friends, NOW);
+        assert_eq!(texts(&sub), vec![NEVER_SEEN_ONE.to_owned()]);
+        // Hidden, its activity sends nothing.
+        hub.publish(&view(1, "moved"), invisible_to_friends, NOW);
+        assert!(texts(&sub).is_empty());
+    }
+
+    #[test]
+    fn signed_in_viewers_are_listed_with_what_they_watch_but_themselves() {
+        let hub = hub();
+        let mut one = hub.subscribe_as(Viewer::User(user(7)));
+        one.add(&[user(1), user(7)]);
+        let mut two = hub.subscribe_as(Viewer::User(user(7)));
+        two.add(&[user(2), user(1)]);
+        let mut anonymous = hub.subscribe();
+        anonymous.add(&[user(3)]);
+        let mut itself = hub.subscribe_as(Viewer::User(user(8)));
+        itself.add(&[user(8)]);
+        assert_eq!(
+            hub.signed_in_viewers(),
+            vec![(user(7), vec![user(1), user(2)])]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The embedded backend (`store.backend = "memory"`): the sharded map of users, its expiry
-//! index, the shared location texts, the snapshots that carry it across a restart, and
-//! the friendship table (not wired in yet).
+//! The embedded backend (`store.backend = "memory"`): the sharded map of users (with their
+//! privacy settings), its expiry index, the shared location texts, the friendship table,
+//! and the snapshots that carry all of it across a restart.
 
 pub mod expiry;
 pub mod friends;

@@ -38,10 +38,10 @@
 //! `f<user id>|<other user id>|<1 or 0>` (see [`super::scripts`]). One that cannot be read
 //! is logged and skipped. The task ends when the backend is dropped.
 //!
-//! Known gap: a friendship message missed while a node was not subscribed is not caught
-//! up: the catch-up reads every watched user's entry and settings, but not the friendships
-//! of the watchers' viewers, so such a watcher keeps deciding with the friendship its
-//! stream last knew until the stream is opened again.
+//! After a gap, friendship messages may have been missed too: before publishing every
+//! watched user again, the catch-up reads, for each signed-in viewer of an open watcher,
+//! whether it is a friend of each user its watchers watch (`Hub::signed_in_viewers`), and
+//! tells the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -522,12 +522,35 @@ impl Feed {
         let Some(backend) = self.backend() else {
             return true;
         };
+        if let Err(e) = self.refresh_friendships(&backend).await {
+            tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");
+            return false;
+        }
         if let Err(e) = self.catch_up(&backend, &users).await {
             tracing::warn!(error = %e, "live presence: catching up after a gap failed; retrying");
             return false;
         }
         tracing::debug!(users = users.len(), "live presence: caught up after a gap");
         true
+    }
+
+    /// Tells the hub, for every signed-in viewer of an open watcher, whether it is a friend
+    /// of each user its watchers watch, as Redis now says (one read per viewer and chunk:
+    /// after a gap only). Friendship messages arriving meanwhile are newer or the same.
+    async fn refresh_friendships(
+        &self,
+        backend: &RedisBackend,
+    ) -> Result<(), crate::presence::PresenceError> {
+        for (viewer, watched) in self.hub.signed_in_viewers() {
+            for chunk in watched.chunks(RESYNC_CHUNK) {
+                backend
+                    .visit_seen(Viewer::User(viewer), chunk, |seen| {
+                        self.hub.befriend(seen.view.user_id, viewer, seen.friend);
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads the entry and settings of each of `users` and publishes it unless a newer
