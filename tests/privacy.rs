@@ -1699,8 +1699,10 @@ async fn the_end_of_invisibility_sends_what_changed_while_invisible() {
 }
 
 /// The same for a user never seen when its invisibility began: others are shown the
-/// never-seen entry while it lasts (its `lastOnline` was that of a user never seen), and
-/// "the end of `invisibleUntil` sends each watcher U's entry as that watcher now sees it".
+/// never-seen entry while it lasts (its `lastOnline` was that of a user never seen), so
+/// neither the settings change nor the activity sends them anything ("if it differs from
+/// the last one sent"), and "the end of `invisibleUntil` sends each watcher U's entry as
+/// that watcher now sees it".
 #[tokio::test]
 async fn the_end_of_invisibility_of_a_user_never_seen_before_it_is_sent() {
     for exact in [true, false] {
@@ -1715,8 +1717,16 @@ async fn the_end_of_invisibility_of_a_user_never_seen_before_it_is_sent() {
             json!({"invisible": true, "invisibleUntil": rfc3339(end)}),
         )
         .await;
+        // What they are shown has not changed: nothing is sent, neither for the settings
+        // nor for the activity.
+        anonymous.silent(QUIET, "invisible from the start").await;
+        keyed
+            .silent(Duration::ZERO, "invisible from the start")
+            .await;
         app.heartbeat(u, json!({"placeId": 1818})).await;
         assert_eq!(app.seen_as(&Who::Anonymous, u).await, never_seen(u));
+        anonymous.silent(QUIET, "active while invisible").await;
+        keyed.silent(Duration::ZERO, "active while invisible").await;
         app.advance(Duration::from_millis(if exact { 615 } else { 1_000 }));
         let real = app.seen_as(&Who::Key(READ_KEY), u).await;
         assert_eq!(real["userPresenceType"], "InGame");
