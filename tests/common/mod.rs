@@ -4,6 +4,7 @@
 
 pub mod game;
 pub mod live;
+pub mod privacy;
 pub mod process;
 pub mod redis;
 
