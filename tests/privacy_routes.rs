@@ -183,8 +183,8 @@ async fn the_own_settings_routes_need_the_users_own_valid_credential() {
 
 #[tokio::test]
 async fn a_cookie_patch_needs_the_csrf_token_a_bearer_patch_does_not() {
-    // On a clock that stands still: a CSRF token is issued per time window, and the test
-    // compares the tokens of several answers.
+    // On a clock that stands still: each request mints its credential, a CSRF token is
+    // bound to the credential, and the test compares the tokens of several answers.
     let app = spawn_app_with_clock(keys).await;
     let patch =
         || with_cookie(&app, Method::PATCH, SETTINGS, 7).json(&json!({"visibility": "friends"}));
