@@ -49,6 +49,11 @@ impl Credential {
             }
             return Ok(Self::Bearer(token.to_owned()));
         }
+        // Parsing cookies files them in the request's extensions: not for a request
+        // without any.
+        if !req.headers().contains_key(header::COOKIE) {
+            return Err(AuthError::Missing);
+        }
         match req.cookie(SESSION_COOKIE) {
             Some(cookie) if !cookie.value().is_empty() => {
                 Ok(Self::Cookie(cookie.value().to_owned()))

@@ -243,6 +243,11 @@ impl PresencesWriter {
 
     /// Appends the entry `viewer` is shown of `seen`'s user (CONTRACT section 11).
     pub fn push_seen(&mut self, seen: &Seen<'_, '_>, viewer: Viewer, show_last_online: bool) {
+        // A user who restricted nothing is shown as it is to every viewer.
+        if show_last_online && seen.settings.is_default() {
+            self.push(seen.view);
+            return;
+        }
         let sight = seen.sight(viewer, show_last_online);
         let invisible = sight.shows_invisible_type(seen.view);
         if !self.empty {
