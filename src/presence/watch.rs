@@ -159,32 +159,27 @@ impl Shown {
         let show = hub.show_last_online;
         let invisible = settings.invisibility_at(now);
         let visibility = settings.visibility();
-        let variant = |sight: Sight| Some(hub.entry_as(view, sight));
+        let variant = |sight: Sight| hub.entry_as(view, sight);
         Self {
             settings,
             now,
             show_last_online: show,
-            real: hub.entry_as(view, Sight::Own { invisible: false }),
-            no_last_online: (!show && invisible.is_none())
-                .then(|| {
-                    variant(Sight::Real {
-                        show_last_online: false,
-                    })
+            real: variant(Sight::Own { invisible: false }),
+            no_last_online: (!show && invisible.is_none()).then(|| {
+                variant(Sight::Real {
+                    show_last_online: false,
                 })
-                .flatten(),
-            hidden: (visibility != Visibility::Everyone)
-                .then(|| variant(Sight::Hidden))
-                .flatten(),
+            }),
+            hidden: (visibility != Visibility::Everyone).then(|| variant(Sight::Hidden)),
             invisible: invisible
                 .filter(|_| visibility != Visibility::Nobody)
-                .and_then(|i| {
+                .map(|i| {
                     variant(Sight::Invisible {
                         last_online: i.last_online.filter(|_| show),
                     })
                 }),
             own_invisible: (invisible.is_some() && view.kind != PresenceType::Offline)
-                .then(|| variant(Sight::Own { invisible: true }))
-                .flatten(),
+                .then(|| variant(Sight::Own { invisible: true })),
         }
     }
 
