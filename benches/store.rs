@@ -1,6 +1,6 @@
 //! Store operations without HTTP, timed by criterion: heartbeat (one and two threads, and
 //! one thread on a cache-resident set of users),
-//! lookup of 50 ids, a sweep with nothing due at 1M and 4M users, and a sweep that expires
+//! lookup of 50 ids (read alone, and read and answered as the API does), a sweep with nothing due at 1M and 4M users, and a sweep that expires
 //! 10k users among 1M.
 //!
 //! Run: `cargo bench --bench store` (about three minutes).
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use presence_server::api::json::PresencesWriter;
+use presence_server::config::PresenceTypeFormat;
+use presence_server::presence::privacy::Viewer;
 use presence_server::presence::time::Mono;
 use presence_server::presence::UserId;
 
@@ -70,6 +73,36 @@ fn lookup_50(c: &mut Criterion) {
     });
 }
 
+/// What a lookup does after its body is read: the store's reads of 50 ids and the answer
+/// written, as `POST /v1/presence/users` does for an anonymous viewer; among 1M present
+/// users (most reads miss the caches) and among the 8,192 ids of `benches/http.rs`, half
+/// of them present (the caches hold them).
+fn lookup_50_answered(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/lookup 50, answer written");
+    for (name, users, asked) in [
+        ("1M present users", MILLION, MILLION),
+        ("4096 present among 8192 asked", 4096, 8192),
+    ] {
+        let store = present_users(users, 0);
+        let mut ids = Ids::new(5);
+        let batches: Vec<Vec<UserId>> = (0..1024)
+            .map(|_| (0..50).map(|_| ids.next_in(asked)).collect())
+            .collect();
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % batches.len();
+                let mut answer = PresencesWriter::new(PresenceTypeFormat::String, 50);
+                store.visit_seen(Viewer::Anonymous, &batches[i], at(10), |seen| {
+                    answer.push_seen(seen, Viewer::Anonymous, true)
+                });
+                black_box(answer.finish())
+            })
+        });
+    }
+    group.finish();
+}
+
 fn sweep_nothing_due(c: &mut Criterion) {
     let mut group = c.benchmark_group("store/sweep nothing due");
     for users in [MILLION, 4 * MILLION] {
@@ -113,6 +146,6 @@ fn sweep_10k_due(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = heartbeat, lookup_50, sweep_nothing_due, sweep_10k_due
+    targets = heartbeat, lookup_50, lookup_50_answered, sweep_nothing_due, sweep_10k_due
 }
 criterion_main!(benches);

@@ -190,26 +190,55 @@ impl LookupRequest {
             return Err(ApiError::TooManyUserIds);
         }
         let mut ids: Vec<UserId> = Vec::with_capacity(self.user_ids.len());
-        // A linear scan beats hashing for the usual 50 ids; a set keeps larger lists linear.
-        let mut seen = (self.user_ids.len() > 64).then(|| {
-            std::collections::HashSet::with_capacity_and_hasher(
-                self.user_ids.len(),
-                foldhash::fast::RandomState::default(),
-            )
-        });
+        let mut seen = SeenIds::with_room_for(self.user_ids.len());
         for item in self.user_ids {
             let IdItem::Valid(id) = item else {
                 return Err(ApiError::InvalidUserId);
             };
-            let new = match &mut seen {
-                Some(seen) => seen.insert(id),
-                None => !ids.contains(&id),
-            };
-            if new {
+            if seen.insert(id) {
                 ids.push(id);
             }
         }
         Ok(ids)
+    }
+}
+
+/// The ids of one request met so far, to answer each once: an open-addressing table of
+/// twice as many slots as ids (at least 64), probed linearly from a multiplicative hash.
+/// One small allocation and a probe or two per id, where a linear scan costs a comparison
+/// with every earlier id and a general-purpose set hashes more and allocates more.
+struct SeenIds {
+    /// `0` is free: no user id is 0.
+    slots: Vec<u64>,
+    mask: usize,
+    shift: u32,
+}
+
+impl SeenIds {
+    fn with_room_for(ids: usize) -> Self {
+        let size = (ids * 2).max(64).next_power_of_two();
+        Self {
+            slots: vec![0; size],
+            mask: size - 1,
+            shift: 64 - size.trailing_zeros(),
+        }
+    }
+
+    /// Whether `id` is new (and now met).
+    fn insert(&mut self, id: UserId) -> bool {
+        let id = id.get();
+        // Fibonacci hashing: the top bits of the product spread consecutive ids apart.
+        let mut slot = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        loop {
+            match self.slots[slot] {
+                0 => {
+                    self.slots[slot] = id;
+                    return true;
+                }
+                met if met == id => return false,
+                _ => slot = (slot + 1) & self.mask,
+            }
+        }
     }
 }
 
@@ -345,6 +374,14 @@ fn write_presence(
 
 /// A JSON string with the escapes JSON requires.
 fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Most texts (every location the server gives itself) need no escape: copied whole.
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail, and a str is always valid JSON once escaped.
     let _ = serde_json::to_writer(&mut *out, text);
 }
@@ -366,6 +403,49 @@ fn write_last_online(out: &mut Vec<u8>, millis: Option<i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// De-duplication keeps each id's first appearance, in order, for lists of every size
+    /// the API accepts, ids close together (one probe chain) or far apart.
+    #[test]
+    fn seen_ids_keep_first_appearances() {
+        let mut rng = crate::test_rng::XorShift::new(0x5EE1);
+        for round in 0..2000 {
+            let len = rng.below(201) as usize;
+            let spread = [4, 64, 1 << 20, i64::MAX as u64][round % 4];
+            let ids: Vec<UserId> = (0..len)
+                .map(|_| UserId::new(1 + rng.below(spread)).unwrap())
+                .collect();
+            let mut seen = SeenIds::with_room_for(ids.len());
+            let ours: Vec<UserId> = ids.iter().copied().filter(|&id| seen.insert(id)).collect();
+            let mut reference = Vec::new();
+            for &id in &ids {
+                if !reference.contains(&id) {
+                    reference.push(id);
+                }
+            }
+            assert_eq!(ours, reference);
+        }
+    }
+
+    /// Texts are written as serde_json writes them, with or without escapes.
+    #[test]
+    fn texts_are_written_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "Website",
+            "Lobby 12",
+            "caf\u{e9} \u{1F3AE}",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{0}\u{1f}\u{7f}",
+            "line\nbreak\r",
+        ] {
+            let mut ours = Vec::new();
+            write_str(&mut ours, text);
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
 
     fn ids(json: &str) -> Result<Vec<u64>, ApiError> {
         LookupRequest::from_json(json.as_bytes())?

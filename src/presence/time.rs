@@ -3,6 +3,7 @@
 //! [`Clock`] everywhere (store calls, sweeper, credentials, CSRF windows, rate limits), so
 //! tests can drive the whole server's time with [`Clock::mock`].
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,43 +32,74 @@ impl WallMillis {
     /// RFC 3339 in UTC with milliseconds and `Z`, `2026-12-06T03:00:00.000Z`. False, and
     /// nothing written, for an instant chrono cannot hold.
     pub fn write_rfc3339(self, out: &mut Vec<u8>) -> bool {
-        use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
-        let Some(t) = DateTime::<Utc>::from_timestamp_millis(self.0) else {
-            return false;
-        };
-        let year = t.year();
-        if !(0..=9999).contains(&year) {
-            out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes());
-            return true;
+        const DAY: i64 = 86_400_000;
+        thread_local! {
+            /// The day last written on this thread and its `YYYY-MM-DD`: the instants of
+            /// one answer mostly fall on one day, whose date is then copied, not computed.
+            static LAST_DATE: Cell<(i64, [u8; 10])> = const { Cell::new((i64::MIN, [0; 10])) };
         }
-        let ms = t.timestamp_subsec_millis();
-        let digits = [
-            (year as u32 / 100, 2),
-            (year as u32 % 100, 2),
-            (t.month(), 2),
-            (t.day(), 2),
-            (t.hour(), 2),
-            (t.minute(), 2),
-            (t.second(), 2),
-            (ms, 3),
-        ];
-        for (i, (value, width)) in digits.into_iter().enumerate() {
-            out.extend_from_slice(match i {
-                2 | 3 => b"-",
-                4 => b"T",
-                5 | 6 => b":",
-                7 => b".",
-                _ => b"",
-            });
-            if width == 3 {
-                out.push(b'0' + (value / 100) as u8);
+        let days = self.0.div_euclid(DAY);
+        let date = match LAST_DATE.with(Cell::get) {
+            (day, date) if day == days => date,
+            _ => {
+                let (year, month, day) = civil_from_days(days);
+                if !(0..=9999).contains(&year) {
+                    // Rare (and the bounds of what may be shown at all): chrono writes them.
+                    use chrono::{DateTime, Utc};
+                    let Some(t) = DateTime::<Utc>::from_timestamp_millis(self.0) else {
+                        return false;
+                    };
+                    let text = t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+                    out.extend_from_slice(text.as_bytes());
+                    return true;
+                }
+                let mut date = *b"0000-00-00";
+                let year = year as u32;
+                for (at, value) in [(0, year / 100), (2, year % 100), (5, month), (8, day)] {
+                    date[at] = b'0' + (value / 10) as u8;
+                    date[at + 1] = b'0' + (value % 10) as u8;
+                }
+                LAST_DATE.with(|last| last.set((days, date)));
+                date
             }
-            out.push(b'0' + (value / 10 % 10) as u8);
-            out.push(b'0' + (value % 10) as u8);
+        };
+        let ms = self.0.rem_euclid(DAY) as u32;
+        let (hour, minute) = (ms / 3_600_000, ms / 60_000 % 60);
+        let (second, milli) = (ms / 1000 % 60, ms % 1000);
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        text[..10].copy_from_slice(&date);
+        for (at, value) in [(11, hour), (14, minute), (17, second)] {
+            text[at] = b'0' + (value / 10) as u8;
+            text[at + 1] = b'0' + (value % 10) as u8;
         }
-        out.push(b'Z');
+        text[20] = b'0' + (milli / 100) as u8;
+        text[21] = b'0' + (milli / 10 % 10) as u8;
+        text[22] = b'0' + (milli % 10) as u8;
+        out.extend_from_slice(&text);
         true
     }
+}
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01: the calendar's
+/// 400-year cycle of 146,097 days, counted in years that begin on March 1 so that the
+/// leap day ends each one.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468; // Days since 0000-03-01.
+    let cycle = shifted.div_euclid(146_097);
+    let day_of_cycle = shifted.rem_euclid(146_097); // 0..=146_096
+    let year_of_cycle =
+        (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
+    let day_of_year =
+        day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153; // 0 = March .. 11 = February
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_cycle + cycle * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl WallMillis {
@@ -246,6 +278,40 @@ fn system_wall() -> WallMillis {
 
 #[cfg(test)]
 mod tests {
+
+    /// The calendar arithmetic writes what chrono writes, over the years the API shows,
+    /// around every kind of leap year and at every edge of a day.
+    #[test]
+    fn rfc3339_matches_chrono() {
+        use chrono::{DateTime, Utc};
+        let check = |ms: i64| {
+            let mut ours = Vec::new();
+            assert!(WallMillis(ms).write_rfc3339(&mut ours));
+            let theirs = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "at {ms}");
+        };
+        let first = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+        let last = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        for ms in [first, first + 1, last, last - 1, 0, -1, 1, 951_782_400_000] {
+            check(ms);
+        }
+        let mut rng = crate::test_rng::XorShift::new(0x3339);
+        for _ in 0..200_000 {
+            check(first + rng.below((last - first + 1) as u64) as i64);
+        }
+        // Every day of 1900-2100, at its first and last millisecond.
+        for day in -25_567..=47_482 {
+            check(day * 86_400_000);
+            check(day * 86_400_000 + 86_399_999);
+        }
+        let mut out = Vec::new();
+        assert!(WallMillis(first - 1).write_rfc3339(&mut out));
+        assert!(out.starts_with(b"-0001-12-31T23:59:59.999"));
+        assert!(!WallMillis(i64::MAX).write_rfc3339(&mut Vec::new()));
+    }
     use super::*;
 
     #[test]
