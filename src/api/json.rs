@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::config::PresenceTypeFormat;
 use crate::presence::privacy::{Seen, Viewer};
 use crate::presence::time::WallMillis;
-use crate::presence::{AppReport, PresenceView, UserId};
+use crate::presence::{AppReport, PresenceType, PresenceView, UserId};
 
 /// `lastOnline` of a user never seen.
 pub const NEVER_SEEN_LAST_ONLINE: &str = "0001-01-01T00:00:00.000Z";
@@ -320,52 +320,74 @@ pub fn presence_entry(v: &PresenceView<'_>, format: PresenceTypeFormat) -> Vec<u
     out
 }
 
-/// The type a user is shown to itself while invisible and present (CONTRACT section 11).
-pub const INVISIBLE_TYPE: (&str, u8) = ("Invisible", 4);
-
-/// `invisible`: the type is written [`INVISIBLE_TYPE`] instead of `v.kind`.
+/// `invisible`: the type is written `Invisible` (integer `4`) instead of `v.kind`, the type
+/// a user is shown to itself while invisible and present (CONTRACT section 11).
 fn write_presence(
     out: &mut Vec<u8>,
     v: &PresenceView<'_>,
     format: PresenceTypeFormat,
     invisible: bool,
 ) {
-    out.extend_from_slice(b"{\"userPresenceType\":");
-    let (name, number) = if invisible {
-        INVISIBLE_TYPE
-    } else {
-        (v.kind.as_str(), v.kind.as_int())
+    // Written in as few pieces as the entry allows: a head per type and format, and one
+    // piece for the four place fields of an entry that has none (most entries).
+    let head: &[u8] = match (format, invisible, v.kind) {
+        (PresenceTypeFormat::String, true, _) => {
+            br#"{"userPresenceType":"Invisible","lastLocation":"#
+        }
+        (PresenceTypeFormat::String, false, PresenceType::Offline) => {
+            br#"{"userPresenceType":"Offline","lastLocation":"#
+        }
+        (PresenceTypeFormat::String, false, PresenceType::Online) => {
+            br#"{"userPresenceType":"Online","lastLocation":"#
+        }
+        (PresenceTypeFormat::String, false, PresenceType::InGame) => {
+            br#"{"userPresenceType":"InGame","lastLocation":"#
+        }
+        (PresenceTypeFormat::String, false, PresenceType::InStudio) => {
+            br#"{"userPresenceType":"InStudio","lastLocation":"#
+        }
+        (PresenceTypeFormat::Integer, true, _) => br#"{"userPresenceType":4,"lastLocation":"#,
+        (PresenceTypeFormat::Integer, false, PresenceType::Offline) => {
+            br#"{"userPresenceType":0,"lastLocation":"#
+        }
+        (PresenceTypeFormat::Integer, false, PresenceType::Online) => {
+            br#"{"userPresenceType":1,"lastLocation":"#
+        }
+        (PresenceTypeFormat::Integer, false, PresenceType::InGame) => {
+            br#"{"userPresenceType":2,"lastLocation":"#
+        }
+        (PresenceTypeFormat::Integer, false, PresenceType::InStudio) => {
+            br#"{"userPresenceType":3,"lastLocation":"#
+        }
     };
-    match format {
-        PresenceTypeFormat::String => {
-            out.push(b'"');
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'"');
-        }
-        PresenceTypeFormat::Integer => out.push(b'0' + number),
-    }
-    out.extend_from_slice(b",\"lastLocation\":");
+    out.extend_from_slice(head);
     write_str(out, &v.last_location);
-    out.extend_from_slice(b",\"placeId\":");
-    write_opt_int(out, v.place.map(|p| p.place_id));
-    out.extend_from_slice(b",\"rootPlaceId\":");
-    write_opt_int(out, v.place.map(|p| p.root_place_id));
-    out.extend_from_slice(b",\"universeId\":");
-    write_opt_int(out, v.place.and_then(|p| p.universe_id).map(|u| u.get()));
-    out.extend_from_slice(b",\"gameId\":");
-    match v.game_id {
-        Some(id) => {
-            out.push(b'"');
-            out.extend_from_slice(
-                id.hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer())
-                    .as_bytes(),
-            );
-            out.push(b'"');
+    if v.place.is_none() && v.game_id.is_none() {
+        out.extend_from_slice(
+            br#","placeId":null,"rootPlaceId":null,"universeId":null,"gameId":null,"userId":"#,
+        );
+    } else {
+        out.extend_from_slice(b",\"placeId\":");
+        write_opt_int(out, v.place.map(|p| p.place_id));
+        out.extend_from_slice(b",\"rootPlaceId\":");
+        write_opt_int(out, v.place.map(|p| p.root_place_id));
+        out.extend_from_slice(b",\"universeId\":");
+        write_opt_int(out, v.place.and_then(|p| p.universe_id).map(|u| u.get()));
+        out.extend_from_slice(b",\"gameId\":");
+        match v.game_id {
+            Some(id) => {
+                out.push(b'"');
+                out.extend_from_slice(
+                    id.hyphenated()
+                        .encode_lower(&mut Uuid::encode_buffer())
+                        .as_bytes(),
+                );
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
         }
-        None => out.extend_from_slice(b"null"),
+        out.extend_from_slice(b",\"userId\":");
     }
-    out.extend_from_slice(b",\"userId\":");
     out.extend_from_slice(itoa::Buffer::new().format(v.user_id.get()).as_bytes());
     out.extend_from_slice(b",\"lastOnline\":\"");
     write_last_online(out, v.last_online.map(|w| w.0));
@@ -424,6 +446,68 @@ mod tests {
                 }
             }
             assert_eq!(ours, reference);
+        }
+    }
+
+    /// Every entry, whatever its type, format, place fields and text, is the contract's
+    /// object with its keys in order: checked against an entry put together field by field
+    /// with serde_json's writers.
+    #[test]
+    fn entries_are_written_field_by_field() {
+        use crate::presence::model::PlaceInfo;
+        use std::borrow::Cow;
+        use std::num::NonZeroI64;
+        let mut rng = crate::test_rng::XorShift::new(0xE27);
+        let kinds = [
+            PresenceType::Offline,
+            PresenceType::Online,
+            PresenceType::InGame,
+            PresenceType::InStudio,
+        ];
+        let texts = ["", "Website", "Lobby \"12\"", "caf\u{e9}\n"];
+        for _ in 0..4000 {
+            let kind = kinds[rng.below(4) as usize];
+            let place = (rng.below(2) == 0).then(|| PlaceInfo {
+                place_id: rng.below(1 << 40) as i64,
+                root_place_id: rng.below(1 << 40) as i64,
+                universe_id: NonZeroI64::new(rng.below(3) as i64),
+            });
+            let game_id = (rng.below(3) == 0).then(|| Uuid::from_u128(u128::from(rng.next())));
+            let view = PresenceView {
+                user_id: UserId::new(1 + rng.below(i64::MAX as u64)).unwrap(),
+                kind,
+                last_location: Cow::Borrowed(texts[rng.below(4) as usize]),
+                place,
+                game_id,
+                last_online: (rng.below(4) > 0)
+                    .then(|| WallMillis(rng.below(300_000_000_000_000) as i64)),
+            };
+            let invisible = rng.below(5) == 0;
+            for format in [PresenceTypeFormat::String, PresenceTypeFormat::Integer] {
+                let mut ours = Vec::new();
+                write_presence(&mut ours, &view, format, invisible);
+                let kind_json = match (format, invisible) {
+                    (PresenceTypeFormat::String, true) => "\"Invisible\"".to_owned(),
+                    (PresenceTypeFormat::Integer, true) => "4".to_owned(),
+                    (PresenceTypeFormat::String, false) => format!("\"{}\"", kind.as_str()),
+                    (PresenceTypeFormat::Integer, false) => kind.as_int().to_string(),
+                };
+                let json = |v: serde_json::Value| v.to_string();
+                let mut last_online = Vec::new();
+                write_last_online(&mut last_online, view.last_online.map(|w| w.0));
+                let expected = format!(
+                    "{{\"userPresenceType\":{},\"lastLocation\":{},\"placeId\":{},\"rootPlaceId\":{},\"universeId\":{},\"gameId\":{},\"userId\":{},\"lastOnline\":\"{}\"}}",
+                    kind_json,
+                    json(view.last_location.as_ref().into()),
+                    json(place.map(|p| p.place_id).into()),
+                    json(place.map(|p| p.root_place_id).into()),
+                    json(place.and_then(|p| p.universe_id).map(|u| u.get()).into()),
+                    json(game_id.map(|g| g.to_string()).into()),
+                    view.user_id.get(),
+                    String::from_utf8(last_online).unwrap(),
+                );
+                assert_eq!(String::from_utf8(ours).unwrap(), expected);
+            }
         }
     }
 
