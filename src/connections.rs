@@ -272,6 +272,10 @@ impl Connection {
         self.due = None;
         self.timer = None;
         if let (Some(give), Some(stream)) = (give, self.stream.take()) {
+            // The stream gathers its own batches and writes each whole: a write held back
+            // for the acknowledgement of the one before (Nagle's algorithm, which the
+            // peer's delayed acknowledgements make last up to 40 ms) would only add delay.
+            let _ = stream.set_nodelay(true);
             // Refused only when the stream is gone: the socket then closes.
             let _ = give.send(Handed {
                 stream,

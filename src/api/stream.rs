@@ -245,7 +245,7 @@ pub async fn sse(
         ping: ticker(state.settings.stream.keep_alive),
         held: hold_connection(&req),
         expiry: Expiry::of(&state, caller, viewer),
-        pacer: Pacer::new(),
+        next_batch: Instant::now(),
         pacing: None,
     };
     let mut response = HttpResponse::Ok();
@@ -457,66 +457,12 @@ async fn first_event(
     ))
 }
 
-/// After a stream or WebSocket is written a batch of changes, the next batch waits at least
-/// this long, gathering (and coalescing) what changes meanwhile: a change to a quiet stream
-/// goes out at once, while a busy one is written at most this often, several entries a
-/// write rather than one (a write, not the entries in it, is what costs: most of the CPU
-/// time of a delivery goes to the system call that writes it).
+/// After a stream or WebSocket is written a batch of changes, the next batch waits this
+/// long, gathering (and coalescing) what changes meanwhile: a change to a quiet stream goes
+/// out at once, while a busy one is written at most this often, several entries a write
+/// rather than one (a write, not the entries in it, is what costs: most of the CPU time of
+/// a delivery goes to the system call that writes it).
 pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The longest a batch waits after the one before (see [`Pacer`]): what a change to a
-/// busy stream may be delayed by, well within the 50 ms the service allows a delivery.
-pub(super) const MAX_BATCH_INTERVAL: Duration = Duration::from_millis(40);
-
-/// When a stream may write its next batch. After a write the next one waits an interval,
-/// [`BATCH_INTERVAL`] at first. While changes keep coming within it (a batch had to wait)
-/// the interval doubles, up to [`MAX_BATCH_INTERVAL`]; a change that finds the interval
-/// over (a quiet spell) brings it back to the least. A quiet stream thus writes each change
-/// at once, and a busy one gathers more entries per write, which is what a write's cost is
-/// shared by.
-#[derive(Debug)]
-pub(super) struct Pacer {
-    next: Instant,
-    interval: Duration,
-    /// Something waited for `next` since the last write.
-    waited: bool,
-}
-
-impl Pacer {
-    pub(super) fn new() -> Self {
-        Self {
-            next: Instant::now(),
-            interval: BATCH_INTERVAL,
-            waited: false,
-        }
-    }
-
-    /// No batch before this.
-    pub(super) fn next(&self) -> Instant {
-        self.next
-    }
-
-    /// Whether a batch may be written now.
-    pub(super) fn is_due(&self) -> bool {
-        Instant::now() >= self.next
-    }
-
-    /// Something is pending before the next batch is due: it waits.
-    pub(super) fn hold(&mut self) {
-        self.waited = true;
-    }
-
-    /// A batch was just written.
-    pub(super) fn wrote(&mut self) {
-        self.interval = if self.waited {
-            (self.interval * 2).min(MAX_BATCH_INTERVAL)
-        } else {
-            BATCH_INTERVAL
-        };
-        self.waited = false;
-        self.next = Instant::now() + self.interval;
-    }
-}
 
 /// The most bytes a stream hands the HTTP layer at once. actix-http copies each piece of a
 /// body into the connection's write buffer (8 KiB at first), which keeps the size of the
@@ -559,9 +505,9 @@ struct EventStream {
     held: Option<StreamGuard>,
     /// When the stream ends with its credential.
     expiry: Option<Expiry>,
-    /// When the next batch may be written.
-    pacer: Pacer,
-    /// The wait for the pacer, made the first time one is needed.
+    /// No batch before this (see [`BATCH_INTERVAL`]).
+    next_batch: Instant,
+    /// The wait for `next_batch`, made the first time one is needed.
     pacing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -570,14 +516,13 @@ impl EventStream {
     /// timer is armed only once something waits to be written: most writes are followed
     /// by a quiet spell, which then costs nothing.
     fn may_write(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.pacer.is_due() {
+        if Instant::now() >= self.next_batch {
             return true;
         }
         if self.sub.poll_pending(cx).is_pending() {
             return false;
         }
-        self.pacer.hold();
-        let due = self.pacer.next();
+        let due = self.next_batch;
         let pacing = self
             .pacing
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
@@ -614,7 +559,7 @@ impl Stream for EventStream {
                 id: Some(id),
             })) => {
                 this.ping.reset();
-                this.pacer.wrote();
+                this.next_batch = Instant::now() + BATCH_INTERVAL;
                 this.unsent = Some(event(id, &entries));
                 if let Some(piece) = next_piece(&mut this.unsent) {
                     return Poll::Ready(Some(Ok(piece)));

@@ -24,6 +24,7 @@ use actix_http::body::{BodyStream, BoxBody};
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
+use tokio::time::Instant;
 
 use self::transport::{close_frame, encode, outbox, Inbound, Incoming, Opcode, Outbox};
 use super::error::ApiError;
@@ -31,7 +32,7 @@ use super::extract::{stream_caller, Reader};
 use super::json::IdItem;
 use super::stream::{
     checked, hold_connection, joined, open, read, refuse_foreign_cookie, ticker, visible, Expiry,
-    Pacer,
+    BATCH_INTERVAL,
 };
 use super::AppState;
 use crate::connections::StreamGuard;
@@ -91,9 +92,9 @@ async fn run(
     held: Option<StreamGuard>,
 ) {
     let mut ping = ticker(state.settings.stream.keep_alive);
-    let mut pacer = Pacer::new();
+    let mut next_batch = Instant::now();
     let close = loop {
-        let paced = !pacer.is_due();
+        let paced = Instant::now() < next_batch;
         let sent = tokio::select! {
             incoming = inbound.next() => match incoming {
                 Incoming::Text(text) => {
@@ -125,14 +126,13 @@ async fn run(
                 Ok(None) => break Some(close_frame(transport::GOING_AWAY, "")),
                 Ok(Some(batch)) => {
                     ping.reset();
-                    pacer.wrote();
+                    next_batch = Instant::now() + BATCH_INTERVAL;
                     outbox.send(encode(Opcode::Text, &joined(&batch.entries))).await
                 }
             },
             () = sub.pending(), if paced => {
                 // Something to write, within the batch interval: gather until it ends.
-                pacer.hold();
-                tokio::time::sleep_until(pacer.next()).await;
+                tokio::time::sleep_until(next_batch).await;
                 Ok(())
             }
             () = credential_expired(expiry.as_mut()) => {
