@@ -464,12 +464,14 @@ async fn first_event(
 /// a delivery goes to the system call that writes it).
 pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The most bytes a stream hands the HTTP layer at once. actix-http copies each piece of a
-/// body into the connection's write buffer (8 KiB at first), which keeps the size of the
-/// largest content it ever held for as long as the connection lives. An event larger than
-/// this (the first one, with every watched user's entry, is about 8.7 KB for 50 users) is
-/// handed over in pieces, which share its bytes, so that the buffer is never grown: with
-/// [`crate::app::WRITE_THRESHOLD`], the most it holds is one threshold plus one piece.
+/// The most bytes a stream hands on at once: to the HTTP layer for a WebSocket (or an event
+/// stream not handed over), to the socket for a handed-over event stream. actix-http
+/// copies each piece of a body into the connection's write buffer (8 KiB at first), which
+/// keeps the size of the largest content it ever held for as long as the connection
+/// lives. An event larger than this (the first one, with every watched user's entry, is
+/// about 8.7 KB for 50 users) is handed over in pieces, which share its bytes, so that the
+/// buffer is never grown: with [`crate::app::WRITE_THRESHOLD`], the most it holds is one
+/// threshold plus one piece.
 pub(super) const PIECE: usize = 4000;
 
 /// What actix-http's HTTP/1 write buffer starts with (`HW_BUFFER_SIZE`): a threshold's worth
