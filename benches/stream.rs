@@ -856,45 +856,65 @@ async fn watch(
         }
     }
     let mut samples = Vec::new();
+    // The body is chunked; an event may span chunks (the server hands large ones over in
+    // pieces), so lines are cut from the decoded text.
+    let mut text = Vec::with_capacity(8192);
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).await? == 0 {
             return Err(invalid("the stream ended"));
         }
-        let Some(data) = line.strip_prefix(b"data: ") else {
+        let size = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.trim(), 16).ok())
+            .ok_or_else(|| invalid("a chunk without its size"))?;
+        if size == 0 {
+            return Err(invalid("the stream ended"));
+        }
+        let start = text.len();
+        text.resize(start + size + 2, 0);
+        reader.read_exact(&mut text[start..]).await?;
+        text.truncate(start + size);
+        let Some(last) = memchr::memrchr(b'\n', &text) else {
             continue;
         };
-        let entries = memmem::find_iter(data, ENTRY_START).count();
-        if opening.take().is_some() {
-            if entries != WATCHED_PER_SUBSCRIBER {
-                return Err(invalid(&format!("the first event holds {entries} entries")));
+        for line in text[..=last].split_inclusive(|&b| b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let entries = memmem::find_iter(data, ENTRY_START).count();
+            if opening.take().is_some() {
+                if entries != WATCHED_PER_SUBSCRIBER {
+                    return Err(invalid(&format!("the first event holds {entries} entries")));
+                }
+                stats.opened.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            stats.opened.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        stats.events.fetch_add(1, Ordering::Relaxed);
-        stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
-        if stats.recording.load(Ordering::Relaxed) {
-            let now = micros();
-            samples.clear();
-            for at in memmem::find_iter(data, STAMP_START) {
-                let digits = &data[at + STAMP_START.len()..];
-                let end = digits
-                    .iter()
-                    .position(|b| !b.is_ascii_digit())
-                    .unwrap_or(digits.len());
-                if let Some(sent) = std::str::from_utf8(&digits[..end])
-                    .ok()
-                    .and_then(|d| d.parse::<u64>().ok())
-                {
-                    samples.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+            stats.events.fetch_add(1, Ordering::Relaxed);
+            stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
+            if stats.recording.load(Ordering::Relaxed) {
+                let now = micros();
+                samples.clear();
+                for at in memmem::find_iter(data, STAMP_START) {
+                    let digits = &data[at + STAMP_START.len()..];
+                    let end = digits
+                        .iter()
+                        .position(|b| !b.is_ascii_digit())
+                        .unwrap_or(digits.len());
+                    if let Some(sent) = std::str::from_utf8(&digits[..end])
+                        .ok()
+                        .and_then(|d| d.parse::<u64>().ok())
+                    {
+                        samples.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                    }
+                }
+                let mut kept = stats.latencies_us.lock();
+                if kept.len() < MAX_SAMPLES {
+                    kept.extend_from_slice(&samples);
                 }
             }
-            let mut kept = stats.latencies_us.lock();
-            if kept.len() < MAX_SAMPLES {
-                kept.extend_from_slice(&samples);
-            }
         }
+        text.drain(..=last);
     }
 }
 

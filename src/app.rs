@@ -86,7 +86,7 @@ impl Application {
             metrics: Metrics::new(&api::routes::ROUTES),
             ready: AtomicBool::new(true),
             openapi: api::openapi::document(&settings).to_string(),
-            ws_tasks: crate::tasks::Tasks::default(),
+            live_tasks: crate::tasks::Tasks::default(),
             settings,
         });
         // Until the first write, the file on disk is the one just loaded (or none at all):
@@ -195,12 +195,13 @@ impl Shutdown {
         // Live streams never end by themselves: end them, so that their clients reconnect
         // (to another node) and the connections can close within the shutdown timeout.
         self.state.presence.hub().close();
-        // Each WebSocket's task sends its close frame and ends; then the connections close.
+        // Each WebSocket's task sends its close frame, and each event stream's the end of
+        // its body, and ends; then the connections close.
         let within = self.state.settings.server.shutdown_timeout;
-        if !self.state.ws_tasks.ended(within).await {
+        if !self.state.live_tasks.ended(within).await {
             tracing::warn!(
-                running = self.state.ws_tasks.running(),
-                "WebSockets still open at the shutdown timeout"
+                running = self.state.live_tasks.running(),
+                "live streams still open at the shutdown timeout"
             );
         }
         self.server.stop(true).await;
@@ -343,6 +344,7 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
                 .keep_alive(keep_alive)
                 .client_request_timeout(head_timeout)
                 .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .h1_write_buffer_size(WRITE_THRESHOLD)
                 .local_addr(addr)
                 .on_connect_ext(|io: &Connection, data| {
                     data.insert(io.mark());
@@ -367,6 +369,14 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
         server: builder.run(),
     })
 }
+
+/// How much of a response body the HTTP layer gathers in a connection's write buffer
+/// before it writes (actix-http's `h1_write_buffer_size`, 32 KiB by default). The buffer
+/// starts at 8 KiB and keeps the largest size it ever reached for the connection's life: a
+/// WebSocket (or an event stream whose socket cannot be handed over), which hands its
+/// frames or events over at most `api::stream::PIECE` bytes at a time, never has it hold
+/// more than this plus one piece, and so never grows it.
+pub(crate) const WRITE_THRESHOLD: usize = 4096;
 
 /// The listen queue, as `actix_web::HttpServer` sets it.
 const BACKLOG: u32 = 1024;

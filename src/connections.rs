@@ -25,6 +25,13 @@
 //! The first request of a connection is left to the dispatcher's own head timer, which
 //! answers a slow head with `408`. Past a deadline the wrapper fails the next read or write,
 //! and the dispatcher drops the connection.
+//!
+//! An event stream goes further: its handler asks for the socket itself
+//! ([`StreamMark::hand_over`]). The dispatcher writes the response head as usual; the
+//! wrapper passes the head through, then gives the socket to the handler's task as a
+//! [`Handed`] and shows the dispatcher an ended connection. The dispatcher, and the buffers
+//! it holds for a connection (8 KiB to read, 8 KiB or more to write), are then gone, and the
+//! stream costs little more than its socket while idle.
 
 use std::future::Future as _;
 use std::io;
@@ -39,7 +46,9 @@ use actix_web::rt::net::TcpStream;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::{ServerSettings, StreamSettings};
@@ -84,6 +93,9 @@ struct MarkState {
     gone: AtomicBool,
     /// The stream waiting to hear of it.
     waker: AtomicWaker,
+    /// Where the socket goes once the response head is written, when the handler asked
+    /// for it.
+    handover: Mutex<Option<oneshot::Sender<Handed>>>,
 }
 
 impl StreamMark {
@@ -95,6 +107,17 @@ impl StreamMark {
 
     fn is_set(&self) -> bool {
         self.0.streaming.load(Ordering::Relaxed)
+    }
+
+    /// Asks for the socket once the head of the response to this request is written: the
+    /// connection then ends for the HTTP layer (the rest of what it writes is dropped, and
+    /// it reads an end of file), and the socket comes through the receiver, for the
+    /// response's body to be written to it by whoever holds it. The receiver gets nothing
+    /// when the connection ends before the head is written.
+    pub fn hand_over(&self) -> oneshot::Receiver<Handed> {
+        let (give, take) = oneshot::channel();
+        *self.0.handover.lock() = Some(give);
+        take
     }
 
     fn peer_gone(&self) {
@@ -148,7 +171,8 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// A TCP stream that enforces [`Deadlines`] on each request after the first, and holds the
 /// connection's place in the per-address count for as long as it lives.
 pub struct Connection {
-    stream: TcpStream,
+    /// `None` once handed over (see [`StreamMark::hand_over`]).
+    stream: Option<TcpStream>,
     deadlines: Deadlines,
     phase: Phase,
     head_end: HeadEnd,
@@ -161,6 +185,8 @@ pub struct Connection {
     mark: StreamMark,
     /// Whether the send buffer was made small for a stream.
     stream_buffer_set: bool,
+    /// Where the response head being written ends, when the socket is to be handed over.
+    head_written: HeadWritten,
     _slot: Option<AddressSlot>,
 }
 
@@ -168,7 +194,7 @@ impl Connection {
     pub fn new(stream: TcpStream, deadlines: Deadlines, slot: Option<AddressSlot>) -> Self {
         let now = Instant::now();
         Self {
-            stream,
+            stream: Some(stream),
             deadlines,
             phase: Phase::Busy,
             head_end: HeadEnd::default(),
@@ -177,6 +203,7 @@ impl Connection {
             timer: None,
             mark: StreamMark::default(),
             stream_buffer_set: false,
+            head_written: HeadWritten::default(),
             _slot: slot,
         }
     }
@@ -232,6 +259,34 @@ impl Connection {
         }
     }
 
+    /// Whether the socket is to be handed over once the response head is written.
+    fn handing_over(&self) -> bool {
+        self.mark.is_set() && self.mark.0.handover.lock().is_some()
+    }
+
+    /// Gives the socket to the stream that asked for it.
+    fn hand_over(&mut self) {
+        let give = self.mark.0.handover.lock().take();
+        let chunked = self.head_written.chunked();
+        self.head_written = HeadWritten::default();
+        self.due = None;
+        self.timer = None;
+        if let (Some(give), Some(stream)) = (give, self.stream.take()) {
+            // The stream gathers its own batches and writes each whole: a write held back
+            // for the acknowledgement of the one before (Nagle's algorithm, which the
+            // peer's delayed acknowledgements make last up to 40 ms) would only add delay.
+            let _ = stream.set_nodelay(true);
+            // Refused only when the stream is gone: the socket then closes.
+            let _ = give.send(Handed {
+                stream,
+                chunked,
+                stall: self.deadlines.stream_stall,
+                timer: None,
+                _slot: self._slot.take(),
+            });
+        }
+    }
+
     /// Whether the current deadline has passed; if not, the task is woken when it does.
     fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(due) = self.due else {
@@ -273,8 +328,12 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(stream) = this.stream.as_mut() else {
+            // Handed over: the HTTP layer sees the connection end.
+            return Poll::Ready(Ok(()));
+        };
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        match Pin::new(stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if read.is_empty() && buf.remaining() > 0 && this.mark.is_set() {
@@ -298,14 +357,32 @@ impl AsyncWrite for Connection {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let handing = this.handing_over();
+        let Some(stream) = this.stream.as_mut() else {
+            // Handed over: what the HTTP layer still writes (the end of the empty body it was
+            // given) is not for the client.
+            return Poll::Ready(Ok(data.len()));
+        };
         if !this.stream_buffer_set && this.mark.is_set() {
             this.stream_buffer_set = true;
-            let _ = socket2::SockRef::from(&this.stream).set_send_buffer_size(STREAM_SEND_BUFFER);
+            let _ = socket2::SockRef::from(&*stream).set_send_buffer_size(STREAM_SEND_BUFFER);
         }
-        match Pin::new(&mut this.stream).poll_write(cx, data) {
+        // Before a handover, only the response head goes out.
+        let upto = match handing {
+            true => this.head_written.end_in(data).unwrap_or(data.len()),
+            false => data.len(),
+        };
+        match Pin::new(stream).poll_write(cx, &data[..upto]) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     this.on_write(&data[..n]);
+                }
+                if handing && this.head_written.feed(&data[..n]) {
+                    this.hand_over();
+                    // The dispatcher is to poll again, read the end of the connection and
+                    // finish: nothing else would wake it now that the socket is gone.
+                    cx.waker().wake_by_ref();
+                    return Poll::Ready(Ok(data.len()));
                 }
                 Poll::Ready(Ok(n))
             }
@@ -332,11 +409,156 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        match self.get_mut().stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        match self.get_mut().stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A stream waiting for this socket learns that it will not come.
+        if self.mark.is_set() {
+            self.mark.0.handover.lock().take();
+        }
+    }
+}
+
+/// Finds the end of a response head as it is written (`\r\n\r\n`: the dispatcher writes
+/// no other line ends), and keeps the head meanwhile to tell its body's framing.
+#[derive(Debug, Default)]
+struct HeadWritten {
+    /// How much of `\r\n\r\n` the bytes written so far end with.
+    matched: usize,
+    head: Vec<u8>,
+}
+
+impl HeadWritten {
+    const END: &'static [u8] = b"\r\n\r\n";
+
+    fn step(matched: usize, byte: u8) -> usize {
+        if byte == Self::END[matched] {
+            matched + 1
+        } else if byte == b'\r' {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Where in `data` (to be written next) the head ends, if it does.
+    fn end_in(&self, data: &[u8]) -> Option<usize> {
+        let mut matched = self.matched;
+        for (i, &byte) in data.iter().enumerate() {
+            matched = Self::step(matched, byte);
+            if matched == Self::END.len() {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    /// Feeds bytes written (never past the head's end); whether the head has ended.
+    fn feed(&mut self, written: &[u8]) -> bool {
+        self.head.extend_from_slice(written);
+        for &byte in written {
+            self.matched = Self::step(self.matched, byte);
+        }
+        self.matched == Self::END.len()
+    }
+
+    /// Whether the head written says the body is chunked.
+    fn chunked(&self) -> bool {
+        let head = self.head.to_ascii_lowercase();
+        memchr::memmem::find(&head, b"\r\ntransfer-encoding: chunked\r\n").is_some()
+    }
+}
+
+/// The socket of a live stream, handed over once its response head is written (see
+/// [`StreamMark::hand_over`]): the stream writes its body to it. It keeps the connection's
+/// place in the per-address count, and cuts off a reader that takes nothing of what is
+/// written for [`Deadlines::stream_stall`], as [`Connection`] does.
+pub struct Handed {
+    stream: TcpStream,
+    /// Whether the head announced a chunked body (HTTP/1.1); else the body ends with the
+    /// connection.
+    pub chunked: bool,
+    stall: Duration,
+    /// Runs while a write makes no progress.
+    timer: Option<Pin<Box<Sleep>>>,
+    _slot: Option<AddressSlot>,
+}
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handed")
+            .field("peer", &self.stream.peer_addr().ok())
+            .field("chunked", &self.chunked)
+            .finish()
+    }
+}
+
+/// At most this many reads of what a peer sends on a stream (and is dropped) per poll.
+const READS_PER_POLL: usize = 16;
+
+impl Handed {
+    /// Writes from `bufs`: how many bytes went out. Fails once a write has made no progress
+    /// for the stall deadline.
+    pub fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.timer = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let stall = self.stall;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the peer has closed the connection (or it failed); what the peer sends is
+    /// read and dropped. If not, the task is woken when it may have.
+    pub fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut scratch = [0u8; 64];
+        for _ in 0..READS_PER_POLL {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        // A peer that keeps sending gets its turn again later.
+        cx.waker().wake_by_ref();
+        false
+    }
+
+    /// Closes the sending side (the end of a body that ends with the connection).
+    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

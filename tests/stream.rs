@@ -313,6 +313,21 @@ async fn shutdown_ends_the_streams() {
     assert!(ended, "the stream ends at shutdown");
 }
 
+#[tokio::test]
+async fn a_stream_whose_client_goes_gives_its_place_back() {
+    let app = spawn_live(|s| s.stream.max_connections = 1).await;
+    let mut sse = watch(&app, "3").await;
+    sse.event().await;
+    let refused = Sse::open(app.addr, "userIds=3", &[], None).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    drop(sse);
+    eventually(Duration::from_secs(10), || async {
+        let again = Sse::open(app.addr, "userIds=3", &[], None).await;
+        (again.status == 200).then_some(())
+    })
+    .await;
+}
+
 // ---- WebSocket ----
 
 fn ids_of(frame: &Value) -> Vec<u64> {

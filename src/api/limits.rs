@@ -94,12 +94,19 @@ impl RateLimits {
 
     /// Takes one token from the calling address's lookup bucket.
     pub fn lookup(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(limiter) = &self.lookup else {
+        if self.lookup.is_none() {
             return Ok(());
-        };
-        match self.client_address(req) {
-            Some(address) => self.take(limiter, &address),
-            None => Ok(()),
+        }
+        self.lookup_from(self.client_address(req))
+    }
+
+    /// Takes one token from `address`'s lookup bucket (as found by
+    /// [`Self::client_address`]); nothing without an address. For a connection that keeps
+    /// the address rather than its request.
+    pub fn lookup_from(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+        match (&self.lookup, address) {
+            (Some(limiter), Some(address)) => self.take(limiter, &address),
+            _ => Ok(()),
         }
     }
 

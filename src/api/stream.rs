@@ -14,6 +14,7 @@ use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::Stream;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::cors::foreign_cookie_origin;
@@ -21,12 +22,13 @@ use super::error::ApiError;
 use super::extract::{stream_caller, Reader};
 use super::json::{is_user_ids_key, IdItem, LookupRequest};
 use super::AppState;
-use crate::connections::{StreamGuard, StreamMark};
+use crate::connections::{Handed, StreamGuard, StreamMark};
 use crate::presence::privacy::Viewer;
 use crate::presence::time::WallMillis;
 use crate::presence::watch::{Batch, Entry, EventId};
 use crate::presence::Clock;
 use crate::presence::{Subscription, UserId};
+use crate::tasks::Running;
 
 /// The users of `ids` that the caller may watch. Everyone may watch everyone today; a
 /// privacy rule belongs here, and only here.
@@ -86,26 +88,41 @@ where
     I::IntoIter: Clone,
 {
     let entries = entries.into_iter();
-    let size = entries.clone().map(|e| e.len() + 1).sum::<usize>() + 24;
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::with_capacity(joined_len(entries.clone()));
+    write_joined(&mut out, entries);
+    out
+}
+
+fn joined_len<'a>(entries: impl Iterator<Item = &'a Bytes>) -> usize {
+    entries.map(|e| e.len() + 1).sum::<usize>() + 24
+}
+
+fn write_joined<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = &'a Bytes>) {
     out.extend_from_slice(b"{\"userPresences\":[");
-    for (i, entry) in entries.into_iter().enumerate() {
+    for (i, entry) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(entry);
     }
     out.extend_from_slice(b"]}");
-    out
 }
 
-/// One Server-Sent Event named `presence`.
-fn event(id: EventId, data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 64);
+/// One Server-Sent Event named `presence` whose data is `{"userPresences":[...]}` of
+/// `entries`, written in one allocation.
+fn event<'a, I>(id: EventId, entries: I) -> Bytes
+where
+    I: IntoIterator<Item = &'a Bytes>,
+    I::IntoIter: Clone,
+{
+    use std::io::Write as _;
+    let entries = entries.into_iter();
+    let mut out = Vec::with_capacity(joined_len(entries.clone()) + 72);
     out.extend_from_slice(b"id: ");
-    out.extend_from_slice(id.to_string().as_bytes());
+    // Writing to a vector cannot fail.
+    let _ = write!(out, "{id}");
     out.extend_from_slice(b"\nevent: presence\ndata: ");
-    out.extend_from_slice(data);
+    write_joined(&mut out, entries);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
@@ -223,7 +240,7 @@ pub async fn sse(
     let first = first_event(&req, &state, sub, &ids).await?;
     let (first, sub) = first;
     let body = EventStream {
-        first,
+        unsent: first,
         sub,
         ping: ticker(state.settings.stream.keep_alive),
         held: hold_connection(&req),
@@ -231,11 +248,179 @@ pub async fn sse(
         next_batch: Instant::now(),
         pacing: None,
     };
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(body))
+        .insert_header(("x-accel-buffering", "no"));
+    let Some(mark) = req.conn_data::<StreamMark>() else {
+        return Ok(response.streaming(body));
+    };
+    // The HTTP layer writes the head and an empty body; the body is written here, to the
+    // socket itself (see `StreamMark::hand_over`), so that the connection's HTTP state and
+    // buffers do not stay for the stream's life.
+    let handed = mark.hand_over();
+    // Owned by the application's live-stream tasks: shutdown waits for it to end.
+    let running = state.live_tasks.start();
+    drop(req);
+    actix_web::rt::spawn(LiveBody {
+        handed: Some(handed),
+        socket: None,
+        body: Some(body),
+        out: Framed::default(),
+        _running: running,
+    });
+    Ok(response.streaming(futures_util::stream::empty::<Result<Bytes, actix_web::Error>>()))
+}
+
+/// An event stream's body, written to its socket once that is handed over (chunked if the
+/// head said so) until the stream ends (then the body's end is written), the peer goes, or
+/// a write stalls. The stream is polled only once the previous piece is written, so a
+/// reader that falls behind leaves its changes coalesced in the subscription. A future of
+/// its own rather than an `async` block: it is all an idle stream's task holds.
+struct LiveBody {
+    /// Until the socket comes.
+    handed: Option<oneshot::Receiver<Handed>>,
+    socket: Option<Handed>,
+    /// `None` once it has ended.
+    body: Option<EventStream>,
+    /// What is being written.
+    out: Framed,
+    _running: Running,
+}
+
+impl std::future::Future for LiveBody {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Some(handed) = this.handed.as_mut() {
+            match Pin::new(handed).poll(cx) {
+                Poll::Ready(Ok(socket)) => {
+                    this.handed = None;
+                    this.socket = Some(socket);
+                    // The connection's mark is no longer what tells of the peer.
+                    if let Some(body) = this.body.as_mut() {
+                        body.held = None;
+                    }
+                }
+                // The connection ended before its head was written.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let Some(socket) = this.socket.as_mut() else {
+            return Poll::Ready(());
+        };
+        loop {
+            if this.body.is_some() && socket.poll_gone(cx) {
+                return Poll::Ready(());
+            }
+            while !this.out.is_written() {
+                match this.out.poll_write(socket, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // A piece shares the allocation of its whole event: let it go once written.
+            this.out = Framed::default();
+            let Some(body) = this.body.as_mut() else {
+                // The body's end is written.
+                return socket.poll_shutdown(cx).map(|_| ());
+            };
+            match Pin::new(body).poll_next(cx) {
+                Poll::Ready(Some(Ok(piece))) => this.out = Framed::new(piece, socket.chunked),
+                Poll::Ready(Some(Err(_)) | None) => {
+                    // The subscription goes at once; then the end of the body.
+                    this.body = None;
+                    if socket.chunked {
+                        this.out = Framed::last();
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One piece of a body as it goes out: with its chunk's size line and end when chunked, and
+/// how much of it is written.
+#[derive(Default)]
+struct Framed {
+    size_line: [u8; 18],
+    size_len: u8,
+    data: Bytes,
+    tail: &'static [u8],
+    written: usize,
+}
+
+impl Framed {
+    fn new(data: Bytes, chunked: bool) -> Self {
+        let mut framed = Self {
+            data,
+            ..Self::default()
+        };
+        if chunked {
+            use std::io::Write as _;
+            let mut line = &mut framed.size_line[..];
+            // 16 hex digits and CRLF always fit.
+            let _ = write!(line, "{:x}\r\n", framed.data.len());
+            let left = line.len();
+            framed.size_len = (framed.size_line.len() - left) as u8;
+            framed.tail = b"\r\n";
+        }
+        framed
+    }
+
+    /// The chunk that ends a chunked body.
+    fn last() -> Self {
+        Self {
+            data: Bytes::from_static(b"0\r\n\r\n"),
+            ..Self::default()
+        }
+    }
+
+    fn parts(&self) -> [&[u8]; 3] {
+        [
+            &self.size_line[..usize::from(self.size_len)],
+            &self.data,
+            self.tail,
+        ]
+    }
+
+    fn is_written(&self) -> bool {
+        self.written == self.parts().iter().map(|p| p.len()).sum::<usize>()
+    }
+
+    /// Writes some of what is left; `Ready(Ok)` once something was.
+    fn poll_write(
+        &mut self,
+        socket: &mut Handed,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut skip = self.written;
+        let mut bufs: [std::io::IoSlice<'_>; 3] = [std::io::IoSlice::new(&[]); 3];
+        let mut count = 0;
+        for part in self.parts() {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            bufs[count] = std::io::IoSlice::new(&part[skip..]);
+            skip = 0;
+            count += 1;
+        }
+        match socket.poll_write_vectored(cx, &bufs[..count]) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                self.written += n;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Starts watching `ids` and writes the first event: every entry, or, for a client that
@@ -266,21 +451,57 @@ async fn first_event(
     }
     let id = sub.event();
     sub.settle(&sent, id.number);
-    let data = joined(sent.iter().map(|(_, entry)| &entry.bytes));
-    Ok((Some(event(id, &data)), sub))
+    Ok((
+        Some(event(id, sent.iter().map(|(_, entry)| &entry.bytes))),
+        sub,
+    ))
 }
 
 /// After a stream or WebSocket is written a batch of changes, the next batch waits this
 /// long, gathering (and coalescing) what changes meanwhile: a change to a quiet stream goes
 /// out at once, while a busy one is written at most this often, several entries a write
-/// rather than one (a write, not the entries in it, is what costs: CPU time goes to the
-/// system calls).
+/// rather than one (a write, not the entries in it, is what costs: most of the CPU time of
+/// a delivery goes to the system call that writes it).
 pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The most bytes a stream hands on at once: to the HTTP layer for a WebSocket (or an event
+/// stream not handed over), to the socket for a handed-over event stream. actix-http
+/// copies each piece of a body into the connection's write buffer (8 KiB at first), which
+/// keeps the size of the largest content it ever held for as long as the connection
+/// lives. An event larger than this (the first one, with every watched user's entry, is
+/// about 8.7 KB for 50 users) is handed over in pieces, which share its bytes, so that the
+/// buffer is never grown: with [`crate::app::WRITE_THRESHOLD`], the most it holds is one
+/// threshold plus one piece.
+pub(super) const PIECE: usize = 4000;
+
+/// What actix-http's HTTP/1 write buffer starts with (`HW_BUFFER_SIZE`): a threshold's worth
+/// of body, one more piece and its chunk framing (at most 16 bytes) must fit in it.
+const FIRST_WRITE_BUFFER: usize = 8 * 1024;
+const _: () = assert!(crate::app::WRITE_THRESHOLD + PIECE + 16 <= FIRST_WRITE_BUFFER);
+
+/// The next piece of `unsent` to hand the HTTP layer (at most [`PIECE`] bytes, ending on a
+/// UTF-8 character's boundary), leaving the rest, if any, in `unsent`.
+pub(super) fn next_piece(unsent: &mut Option<Bytes>) -> Option<Bytes> {
+    let mut bytes = unsent.take()?;
+    if bytes.len() <= PIECE {
+        return Some(bytes);
+    }
+    // A character is at most 4 bytes: one of the 4 bytes from `PIECE` back starts one.
+    let end = (PIECE - 3..=PIECE)
+        .rev()
+        .find(|&at| bytes[at] & 0xC0 != 0x80)
+        .unwrap_or(PIECE);
+    let piece = bytes.split_to(end);
+    *unsent = Some(bytes);
+    Some(piece)
+}
 
 /// The body of an event stream. It is polled only when the connection can take more, so
 /// a reader that falls behind leaves its changes coalesced in the subscription.
 struct EventStream {
-    first: Option<Bytes>,
+    /// What is left of the event being written (at first, the first event), handed over
+    /// a [`PIECE`] at a time.
+    unsent: Option<Bytes>,
     sub: Subscription,
     ping: Interval,
     held: Option<StreamGuard>,
@@ -327,8 +548,8 @@ impl Stream for EventStream {
         if this.expiry.as_mut().is_some_and(|e| e.poll_expired(cx)) {
             return Poll::Ready(None);
         }
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
+        if let Some(piece) = next_piece(&mut this.unsent) {
+            return Poll::Ready(Some(Ok(piece)));
         }
         if !this.may_write(cx) {
             // Written to within the batch interval: a ping is not due either.
@@ -341,7 +562,10 @@ impl Stream for EventStream {
             })) => {
                 this.ping.reset();
                 this.next_batch = Instant::now() + BATCH_INTERVAL;
-                return Poll::Ready(Some(Ok(event(id, &joined(&entries)))));
+                this.unsent = Some(event(id, &entries));
+                if let Some(piece) = next_piece(&mut this.unsent) {
+                    return Poll::Ready(Some(Ok(piece)));
+                }
             }
             Poll::Ready(Some(_)) => {}
             Poll::Ready(None) => return Poll::Ready(None),
@@ -383,14 +607,39 @@ mod tests {
     }
 
     #[test]
+    fn a_large_event_goes_in_pieces_that_end_on_character_boundaries() {
+        let mut text = "é".repeat(PIECE);
+        text.push('x');
+        let mut unsent = Some(Bytes::from(text.clone()));
+        let mut pieces = Vec::new();
+        while let Some(piece) = next_piece(&mut unsent) {
+            assert!(piece.len() <= PIECE);
+            assert!(std::str::from_utf8(&piece).is_ok());
+            pieces.extend_from_slice(&piece);
+        }
+        assert_eq!(pieces, text.as_bytes());
+        let mut small = Some(Bytes::from_static(b"small"));
+        assert_eq!(next_piece(&mut small).as_deref(), Some(&b"small"[..]));
+        assert_eq!(next_piece(&mut small), None);
+    }
+
+    #[test]
     fn an_event_has_an_id_a_name_and_one_data_line() {
         let id = EventId {
             token: 1,
             number: 7,
         };
         assert_eq!(
-            &event(id, b"{\"userPresences\":[]}")[..],
+            &event(id, &[])[..],
             b"id: 0000000000000001-7\nevent: presence\ndata: {\"userPresences\":[]}\n\n"
+        );
+        let entries = [
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"b\":2}"),
+        ];
+        assert_eq!(
+            &event(id, &entries)[..],
+            b"id: 0000000000000001-7\nevent: presence\ndata: {\"userPresences\":[{\"a\":1},{\"b\":2}]}\n\n"
         );
     }
 }

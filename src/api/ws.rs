@@ -18,6 +18,8 @@
 //! What a connection does with the hub is in [`run`] (batches) and [`on_text`] (subscribe
 //! and unsubscribe); the rest is transport.
 
+use std::net::IpAddr;
+
 use actix_http::body::{BodyStream, BoxBody};
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
@@ -57,9 +59,13 @@ pub async fn ws(
     let inbound = Inbound::new(body, state.settings.server.max_body_bytes);
     let held = hold_connection(&req);
     // Owned by the application's WebSocket tasks: shutdown waits for it to end.
-    let running = state.ws_tasks.start();
+    let running = state.live_tasks.start();
+    // The session keeps the client's address, not the request: a request holds its head
+    // (and the buffer it was read into) for as long as it lives.
+    let address = state.limits.client_address(&req);
+    drop(req);
     actix_web::rt::spawn(async move {
-        run(&req, &state, sub, expiry, inbound, outbox, held).await;
+        run(address, &state, sub, expiry, inbound, outbox, held).await;
         drop(running);
     });
     Ok(response.into())
@@ -77,7 +83,7 @@ struct ClientFrame {
 /// Every frame goes out through `outbox`, which takes one only once the HTTP layer has
 /// taken the one before: a batch is taken from the subscription only then.
 async fn run(
-    req: &HttpRequest,
+    address: Option<IpAddr>,
     state: &AppState,
     mut sub: Subscription,
     mut expiry: Option<Expiry>,
@@ -92,7 +98,7 @@ async fn run(
         let sent = tokio::select! {
             incoming = inbound.next() => match incoming {
                 Incoming::Text(text) => {
-                    let answer = match on_text(req, state, &mut sub, &text).await {
+                    let answer = match on_text(address, state, &mut sub, &text).await {
                         Ok(Some(answer)) => answer,
                         Ok(None) => continue,
                         Err(e) => e.body().into_bytes(),
@@ -181,9 +187,9 @@ async fn subscribe(
     }
 }
 
-/// Applies one text frame; the answer to send, if any.
+/// Applies one text frame from a client at `address`; the answer to send, if any.
 async fn on_text(
-    req: &HttpRequest,
+    address: Option<IpAddr>,
     state: &AppState,
     sub: &mut Subscription,
     text: &[u8],
@@ -196,7 +202,7 @@ async fn on_text(
             subscribe: Some(items),
             unsubscribe: None,
         } => {
-            state.limits.lookup(req)?;
+            state.limits.lookup_from(address)?;
             let ids = visible(checked(items, max)?);
             subscribe(state, sub, &ids).await.map(Some)
         }
@@ -228,6 +234,7 @@ mod transport {
     use futures_util::Stream;
     use parking_lot::Mutex;
 
+    use crate::api::stream::next_piece;
     use crate::connections::StreamGuard;
 
     /// Close codes (RFC 6455 section 7.4.1).
@@ -596,11 +603,16 @@ mod transport {
 
         fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             let mut slot = self.0.lock();
-            if let Some(frame) = slot.frame.take() {
+            // A frame larger than a piece goes out a piece at a time (see
+            // `stream::PIECE`); the slot is free once its last piece is taken.
+            if let Some(piece) = next_piece(&mut slot.frame) {
+                if slot.frame.is_some() {
+                    return Poll::Ready(Some(Ok(piece)));
+                }
                 if let Some(task) = slot.task.take() {
                     task.wake();
                 }
-                return Poll::Ready(Some(Ok(frame)));
+                return Poll::Ready(Some(Ok(piece)));
             }
             if slot.done {
                 return Poll::Ready(None);
