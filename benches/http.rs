@@ -86,6 +86,12 @@ const PRIVACY_KEY: &str = "http-bench-privacy-key-0123456789abcdef";
 /// Signed-in viewers of the friends-only scenario: ids far above the heartbeating users.
 const VIEWER_BASE: u64 = 1_000_000_000;
 const FRIENDS_ONLY: &str = "friends-only";
+const REDIS_RS_ALONE: &str = "redis-rs alone";
+const RAW_RESP: &str = "raw RESP";
+/// The key prefix of the client floor's heartbeats.
+const FLOOR_PREFIX: &str = "bench-floor:";
+/// Commands in flight at once in the client floor's runs.
+const FLOOR_IN_FLIGHT: usize = 64;
 
 fn main() {
     // Cargo passes `--bench` (and maybe a filter); there is nothing to choose, so all
@@ -158,6 +164,7 @@ fn main() {
     servers.stop();
     if let Some(url) = &redis_url {
         results.extend(redis_benchmark_rows(url, &config));
+        results.extend(client_floor_rows(url, &config, &lookup_ids));
     }
 
     print_table(&results);
@@ -1304,4 +1311,269 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
         }
     }
     rows
+}
+
+// ---------------------------------------------------------------------------------------
+// The client's floor
+// ---------------------------------------------------------------------------------------
+
+/// What the Redis client side of a node costs with no HTTP at all: the commands a node sends
+/// (built once beforehand), [`FLOOR_IN_FLIGHT`] at a time, on one thread, whose CPU time
+/// per answer is the row's node CPU. Two clients: redis-rs's multiplexed connection (what
+/// the node uses: its task and the callers' on one current-thread runtime), and a raw
+/// pipelined connection (blocking socket, the batch written at once, the answers only
+/// scanned for their ends), the least a client can cost. Heartbeats are the node's
+/// heartbeat script on keys of their own (`FLOOR_PREFIX`); lookups the node's `MGET` of
+/// the lookups' records and settings, as the node wrote them.
+fn client_floor_rows(url: &str, config: &Config, lookup_ids: &[Vec<u64>]) -> Vec<Row> {
+    let Ok(client) = redis::Client::open(url) else {
+        return Vec::new();
+    };
+    let script = presence_server::presence::redis::scripts::heartbeat();
+    if let Ok(mut conn) = client.get_connection() {
+        let _: Result<String, _> = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&script)
+            .query(&mut conn);
+    }
+    let sha = redis::Script::new(&script).get_hash().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let deadline = now + 60_000;
+    let mut record = Vec::new();
+    presence_server::presence::redis::record::encode_present(
+        &presence_server::presence::model::Session {
+            kind: presence_server::presence::PresenceType::Online,
+            place: None,
+            game_id: None,
+        },
+        "Website",
+        now,
+        deadline,
+        &mut record,
+    );
+    let floor = presence_server::presence::redis::keys::Keys::new(FLOOR_PREFIX);
+    let heartbeats: Vec<redis::Cmd> = (1..=config.users)
+        .map(|n| {
+            let user = UserId::new(n).expect("an id");
+            let shard = presence_server::presence::redis::keys::shard_of(user);
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(&sha)
+                .arg(4)
+                .arg(floor.user(user))
+                .arg(floor.expiry(shard))
+                .arg(floor.counters(shard))
+                .arg(floor.settings(user))
+                .arg(n)
+                .arg(now)
+                .arg("p")
+                .arg(record.as_slice())
+                .arg(deadline)
+                .arg(-1)
+                .arg("PUBLISH")
+                .arg(floor.channel());
+            call
+        })
+        .collect();
+    let own = presence_server::presence::redis::keys::Keys::new(BENCH_PREFIX);
+    let lookups: Vec<redis::Cmd> = lookup_ids
+        .iter()
+        .map(|ids| {
+            let mut mget = redis::cmd("MGET");
+            for &id in ids {
+                let id = UserId::new(id).expect("an id");
+                mget.arg(own.user(id)).arg(own.settings(id));
+            }
+            mget
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (scenario, commands) in [("heartbeats", heartbeats), ("lookups", lookups)] {
+        let commands = Arc::new(commands);
+        for (server, run) in [
+            (REDIS_RS_ALONE, floor_redis_rs as FloorRun),
+            (RAW_RESP, floor_raw as FloorRun),
+        ] {
+            eprintln!("running {scenario} with {server} ...");
+            let window = Window::after(config.warmup, config.measure);
+            let (answered, cpu_ns) = run(&client, Arc::clone(&commands), window);
+            let mut row = Row::new(scenario, server, Outcome::default(), config.measure);
+            row.requests = answered;
+            row.per_sec = answered as f64 / config.measure.as_secs_f64();
+            row.node_cpu_us = (answered > 0).then(|| cpu_ns as f64 / 1e3 / answered as f64);
+            rows.push(row);
+        }
+    }
+    if let Ok(mut conn) = client.get_connection() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{FLOOR_PREFIX}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+    rows
+}
+
+/// One client floor run: answers within `window` and the CPU time of its thread over it.
+type FloorRun = fn(&redis::Client, Arc<Vec<redis::Cmd>>, Window) -> (u64, u64);
+
+/// The CPU time of the calling thread so far, in nanoseconds.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn floor_redis_rs(
+    client: &redis::Client,
+    commands: Arc<Vec<redis::Cmd>>,
+    window: Window,
+) -> (u64, u64) {
+    let client = client.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("a connection to Redis");
+            let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let tasks: Vec<_> = (0..FLOOR_IN_FLIGHT)
+                .map(|t| {
+                    let (mut conn, commands) = (conn.clone(), Arc::clone(&commands));
+                    let answered = Arc::clone(&answered);
+                    tokio::spawn(async move {
+                        use redis::aio::ConnectionLike as _;
+                        let mut i = t;
+                        while Instant::now() < window.end {
+                            let answer = conn.req_packed_command(&commands[i % commands.len()]).await;
+                            let done = Instant::now();
+                            assert!(
+                                matches!(answer, Ok(ref v) if !matches!(v, redis::Value::ServerError(_))),
+                                "Redis failed: {answer:?}"
+                            );
+                            if done >= window.start && done < window.end {
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            i += FLOOR_IN_FLIGHT;
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep_until(window.start.into()).await;
+            let before = own_cpu_ns();
+            tokio::time::sleep_until(window.end.into()).await;
+            let spent = own_cpu_ns() - before;
+            for task in tasks {
+                task.await.expect("a floor task panicked");
+            }
+            (answered.load(std::sync::atomic::Ordering::Relaxed), spent)
+        })
+    })
+    .join()
+    .expect("the floor thread panicked")
+}
+
+fn floor_raw(client: &redis::Client, commands: Arc<Vec<redis::Cmd>>, window: Window) -> (u64, u64) {
+    use std::io::{Read as _, Write as _};
+    let addr = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => panic!("a raw connection needs a TCP address, not {other:?}"),
+    };
+    let packed: Vec<Vec<u8>> = commands
+        .iter()
+        .map(redis::Cmd::get_packed_command)
+        .collect();
+    std::thread::spawn(move || {
+        let mut conn = std::net::TcpStream::connect(addr).expect("a connection to Redis");
+        conn.set_nodelay(true).ok();
+        let (mut batch, mut buf) = (Vec::new(), Vec::with_capacity(1 << 20));
+        let (mut answered, mut next) = (0u64, 0usize);
+        let (mut before, mut last) = (None, 0);
+        loop {
+            let now = Instant::now();
+            if now >= window.end {
+                break;
+            }
+            if now >= window.start && before.is_none() {
+                before = Some(own_cpu_ns());
+            }
+            batch.clear();
+            for _ in 0..FLOOR_IN_FLIGHT {
+                batch.extend_from_slice(&packed[next % packed.len()]);
+                next += 1;
+            }
+            conn.write_all(&batch).expect("a write to Redis");
+            buf.clear();
+            let (mut at, mut replies) = (0, 0);
+            while replies < FLOOR_IN_FLIGHT {
+                match resp_end(&buf, at) {
+                    Some(end) => {
+                        assert_ne!(
+                            buf[at],
+                            b'-',
+                            "Redis failed: {}",
+                            String::from_utf8_lossy(&buf[at..end])
+                        );
+                        at = end;
+                        replies += 1;
+                    }
+                    None => {
+                        let len = buf.len();
+                        buf.resize(len + 64 * 1024, 0);
+                        let n = conn.read(&mut buf[len..]).expect("a read from Redis");
+                        assert!(n > 0, "Redis closed the connection");
+                        buf.truncate(len + n);
+                    }
+                }
+            }
+            if before.is_some() && Instant::now() < window.end {
+                answered += FLOOR_IN_FLIGHT as u64;
+                last = own_cpu_ns();
+            }
+        }
+        // CPU time up to the end of the last batch answered within the window.
+        (
+            answered,
+            before.map_or(0, |before| last.saturating_sub(before)),
+        )
+    })
+    .join()
+    .expect("the floor thread panicked")
+}
+
+/// Where the RESP reply starting at `at` ends, if `buf` holds all of it.
+fn resp_end(buf: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + memchr::memmem::find(buf.get(at..)?, b"\r\n")?;
+    let after = line_end + 2;
+    let number = || -> i64 {
+        std::str::from_utf8(&buf[at + 1..line_end])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .expect("a RESP length")
+    };
+    match buf[at] {
+        b'$' => match number() {
+            n if n < 0 => Some(after),
+            n => {
+                let end = after + n as usize + 2;
+                (buf.len() >= end).then_some(end)
+            }
+        },
+        b'*' => {
+            let mut at = after;
+            for _ in 0..number().max(0) {
+                at = resp_end(buf, at)?;
+            }
+            Some(at)
+        }
+        _ => Some(after),
+    }
 }
