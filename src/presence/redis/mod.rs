@@ -16,11 +16,14 @@
 //!   that has some; the script re-checks each user, so whichever nodes sweep, each expiry is
 //!   claimed once. Retention is Redis key expiry on Offline records.
 //! - Failure: every call, connecting included, is bounded by `redis.timeout`; past it, or on
-//!   any Redis error, the caller gets [`PresenceError::Unavailable`]. The connection is made
-//!   on first use and re-made by the client after a failure. On a cluster, repeated
-//!   failures also make a whole new cluster connection in the background, seeded with every
-//!   node seen so far, which replaces the old one once it is up: the client's own repair
-//!   can stay on a dead master's address (see [`ClusterTarget`]).
+//!   any Redis error, the caller gets [`PresenceError::Unavailable`]. A connection is made
+//!   on first use and re-made by the client after a failure. On a standalone Redis, each
+//!   HTTP worker has a connection of its own, whose task runs on the worker's thread, and
+//!   the rest (sweeps, clock samples) share one; a cluster has one connection. On a
+//!   cluster, repeated failures also make a whole new cluster connection in the
+//!   background, seeded with every node seen so far, which replaces the old one once it is
+//!   up: the client's own repair can stay on a dead master's address (see
+//!   [`ClusterTarget`]).
 //! - Live presence: the scripts publish each change a watcher must see, and every node
 //!   subscribes and hands them to its [`Hub`] (see [`feed`]).
 //! - Game servers (see [`games`]): a report is one script on the server's record, then one
@@ -93,7 +96,7 @@ struct ClaimRound {
     error: Option<PresenceError>,
 }
 
-/// The Redis backend: cheap to clone, every clone shares the connection.
+/// The Redis backend: cheap to clone, every clone shares the connections.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
