@@ -547,37 +547,43 @@ impl RedisBackend {
 
     /// The connection of runtime `id` to a standalone Redis, made on first use on that
     /// runtime (the current one). It reconnects by itself after a failure, as the shared
-    /// one does.
+    /// one does; and, as for the shared one, it is made by a task of its own, so that an
+    /// attempt that outlives the caller's `redis.timeout` still ends in a connection.
     async fn local_connection(
         &self,
         client: &redis::Client,
         id: tokio::runtime::Id,
     ) -> Result<ConnectionManager, redis::RedisError> {
-        let find = || {
-            self.inner
+        fn find(inner: &Inner, id: tokio::runtime::Id) -> Option<ConnectionManager> {
+            inner
                 .local
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
                 .find(|(runtime, _)| *runtime == id)
                 .map(|(_, connection)| connection.clone())
-        };
-        if let Some(connection) = find() {
+        }
+        if let Some(connection) = find(&self.inner, id) {
             return Ok(connection);
         }
-        let _connecting = self.inner.connecting.lock().await;
-        if let Some(connection) = find() {
-            return Ok(connection);
+        let (inner, client, config) = (self.inner.clone(), client.clone(), self.single_config());
+        let made = tokio::spawn(async move {
+            let _connecting = inner.connecting.lock().await;
+            if let Some(connection) = find(&inner, id) {
+                return Ok(connection);
+            }
+            let connection = client.get_connection_manager_with_config(config).await?;
+            inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((id, connection.clone()));
+            Ok(connection)
+        });
+        match made.await {
+            Ok(result) => result,
+            Err(e) => Err(redis::RedisError::from(std::io::Error::other(e))),
         }
-        let connection = client
-            .get_connection_manager_with_config(self.single_config())
-            .await?;
-        self.inner
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((id, connection.clone()));
-        Ok(connection)
     }
 
     /// How a connection to a standalone Redis connects and reconnects.
