@@ -20,6 +20,14 @@
 //! credential: every id then needs the friendship test. Its throughput is compared with
 //! the anonymous lookups of the same server in the same run (`signed-in / anonymous`).
 //!
+//! Each server runs in an actix system of its own, on a thread of its own, started one after
+//! the other: the threads that appear while a server starts are its threads (its system's,
+//! which runs the tasks it spawns on its runtime, the Redis connection's included; its
+//! worker's; its acceptor's; its background threads'). Every row gets the server's own CPU
+//! time per request answered, the sum of its threads' (`/proc/self/task/<tid>/schedstat`)
+//! over the measured seconds ("node CPU"), and with `BENCH_REDIS_URL` the Redis-backed
+//! server's is compared with the memory-backed one's, scenario by scenario.
+//!
 //! Run: `cargo bench --bench http`. Results are printed as a table and written as JSON to
 //! `target/bench-http.json`. Environment:
 //!
@@ -32,7 +40,8 @@
 //!   at that URL (standalone), in the same run. For its rows the bench reads Redis's own
 //!   CPU time (`INFO cpu`) over the measured seconds, per request; and it runs
 //!   `redis-benchmark` (which must be on the PATH) with the equivalent raw commands against
-//!   the same Redis: the heartbeat script by `EVALSHA`, and an `MGET` of 50 records.
+//!   the same Redis: the heartbeat script by `EVALSHA`, and an `MGET` of 50 records with
+//!   their settings keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -77,6 +86,12 @@ const PRIVACY_KEY: &str = "http-bench-privacy-key-0123456789abcdef";
 /// Signed-in viewers of the friends-only scenario: ids far above the heartbeating users.
 const VIEWER_BASE: u64 = 1_000_000_000;
 const FRIENDS_ONLY: &str = "friends-only";
+const REDIS_RS_ALONE: &str = "redis-rs alone";
+const RAW_RESP: &str = "raw RESP";
+/// The key prefix of the client floor's heartbeats.
+const FLOOR_PREFIX: &str = "bench-floor:";
+/// Commands in flight at once in the client floor's runs.
+const FLOOR_IN_FLIGHT: usize = 64;
 
 fn main() {
     // Cargo passes `--bench` (and maybe a filter); there is nothing to choose, so all
@@ -103,43 +118,53 @@ fn main() {
     );
     println!(
         "{PRESENCE} on {}, {BARE} on {}",
-        servers.presence_addr, servers.bare_addr
+        servers.presence.addr, servers.bare.addr
     );
 
-    let mut targets = vec![(PRESENCE, servers.presence_addr)];
-    if let Some(addr) = servers.redis_addr {
-        targets.push((PRESENCE_REDIS, addr));
-    }
-    targets.push((BARE, servers.bare_addr));
+    let targets = servers.targets();
+    let groups: Vec<NodeThreads> = targets.iter().map(|(_, s)| s.threads.clone()).collect();
     let mut results = Vec::new();
     for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
         if scenario == "lookups" {
-            check_fair_baseline(servers.presence_addr, servers.bare_addr, &lookups[0]);
+            check_fair_baseline(servers.presence.addr, servers.bare.addr, &lookups[0]);
         }
-        for &(server, addr) in &targets {
+        for &(server, served) in &targets {
             eprintln!("running {scenario} against {server} ...");
-            let cpu = match (server, &redis_url) {
-                (PRESENCE_REDIS, Some(url)) => Some(RedisCpu::during(url, &config)),
-                _ => None,
-            };
-            let outcome = run_load(addr, requests, &config);
+            let redis = redis_url.as_deref().filter(|_| server == PRESENCE_REDIS);
+            let window = Window::after(config.warmup, config.measure);
+            let cpu = CpuDuring::start(window, &served.threads, &groups, redis);
+            let outcome = run_load(served.addr, requests, &config, window);
             let mut row = Row::new(scenario, server, outcome, config.measure);
-            row.redis_cpu_us = cpu.and_then(|c| c.per_request(row.requests));
+            row.cpu(cpu.finish());
             results.push(row);
         }
     }
 
-    for &(server, addr) in targets.iter().filter(|(server, _)| *server != BARE) {
+    for &(server, served) in targets.iter().filter(|(server, _)| *server != BARE) {
         eprintln!("making the lookups' users friends-only on {server} ...");
-        make_friends_only(addr, config.users, &lookup_ids);
+        make_friends_only(served.addr, config.users, &lookup_ids);
         eprintln!("running {FRIENDS_ONLY} lookups against {server} ...");
-        let outcome = run_load(addr, &signed_in, &config);
-        results.push(Row::new(FRIENDS_ONLY, server, outcome, config.measure));
+        let window = Window::after(config.warmup, config.measure);
+        let cpu = CpuDuring::start(window, &served.threads, &groups, None);
+        let outcome = run_load(served.addr, &signed_in, &config, window);
+        let mut row = Row::new(FRIENDS_ONLY, server, outcome, config.measure);
+        row.cpu(cpu.finish());
+        results.push(row);
+    }
+    for (server, served) in &targets {
+        let names: Vec<String> = served
+            .threads
+            .0
+            .iter()
+            .map(|&t| format!("{} ({t})", thread_name(t)))
+            .collect();
+        eprintln!("threads of {server}: {}", names.join(", "));
     }
 
     servers.stop();
     if let Some(url) = &redis_url {
         results.extend(redis_benchmark_rows(url, &config));
+        results.extend(client_floor_rows(url, &config, &lookup_ids));
     }
 
     print_table(&results);
@@ -176,105 +201,159 @@ impl Config {
 // Servers
 // ---------------------------------------------------------------------------------------
 
-/// Both servers, served by one actix system on their own thread.
+/// The servers, each served by an actix system of its own on a thread of its own, so that
+/// the CPU time of each is that of its own threads (see [`NodeThreads`]).
 struct Servers {
-    presence_addr: SocketAddr,
-    presence: ServerHandle,
-    redis_addr: Option<SocketAddr>,
-    redis: Option<ServerHandle>,
-    bare_addr: SocketAddr,
-    bare: ServerHandle,
+    presence: Served,
+    redis: Option<Served>,
+    bare: Served,
+}
+
+/// One server on its own thread.
+struct Served {
+    addr: SocketAddr,
+    handle: ServerHandle,
     thread: JoinHandle<()>,
+    /// The threads it started with (see [`serve_on_thread`]).
+    threads: NodeThreads,
 }
 
 impl Servers {
     fn start(redis_url: Option<&str>, users: u64) -> Self {
-        let redis_settings = redis_url.map(|url| {
+        let presence = serve_on_thread("bench-presence", || {
+            let app = Application::build(presence_settings()).expect("the presence server builds");
+            let (addr, handle) = (app.local_addr(), app.handle());
+            let run = async move {
+                app.run_until_stopped()
+                    .await
+                    .expect("the presence server failed")
+            };
+            (addr, handle, run)
+        });
+        let redis = redis_url.map(|url| {
             let mut settings = presence_settings();
             settings.store.backend = presence_server::config::Backend::Redis;
             settings.redis.url = url.to_owned();
             settings.redis.key_prefix = BENCH_PREFIX.into();
             settings.validate().expect("bench settings must be valid");
-            settings
-        });
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bench-servers".into())
-            .spawn(move || {
-                actix_web::rt::System::new().block_on(async move {
-                    let app = Application::build(presence_settings())
-                        .expect("the presence server builds");
-                    let on_redis = redis_settings.map(|settings| {
-                        Application::build(settings).expect("the Redis-backed server builds")
-                    });
-                    let bare = HttpServer::new(move || {
-                        App::new()
-                            .route(REGISTER, web::post().to(bare_heartbeat))
-                            .app_data(web::Data::new(users))
-                            .route(USERS, web::post().to(bare_lookup))
-                    })
-                    .workers(1)
-                    .disable_signals()
-                    .shutdown_timeout(1)
-                    .bind(("127.0.0.1", 0))
-                    .expect("the bare server binds");
-                    let bare_addr = bare.addrs()[0];
-                    let bare = bare.run();
-                    let redis_side = on_redis
-                        .as_ref()
-                        .map(|app| (app.local_addr(), app.handle()));
-                    tx.send((
-                        app.local_addr(),
-                        app.handle(),
-                        redis_side,
-                        bare_addr,
-                        bare.handle(),
-                    ))
-                    .expect("main waits for the servers");
-                    let redis_run = async move {
-                        match on_redis {
-                            Some(app) => app.run_until_stopped().await,
-                            None => Ok(()),
-                        }
-                    };
-                    let (presence, on_redis, bare) =
-                        tokio::join!(app.run_until_stopped(), redis_run, bare);
-                    presence.expect("the presence server failed");
-                    on_redis.expect("the Redis-backed server failed");
-                    bare.expect("the bare server failed");
-                });
+            serve_on_thread("bench-redis-node", move || {
+                let app = Application::build(settings).expect("the Redis-backed server builds");
+                let (addr, handle) = (app.local_addr(), app.handle());
+                let run = async move {
+                    app.run_until_stopped()
+                        .await
+                        .expect("the Redis-backed server failed")
+                };
+                (addr, handle, run)
             })
-            .expect("cannot start the server thread");
-        let (presence_addr, presence, redis_side, bare_addr, bare) =
-            rx.recv().expect("the servers did not start");
-        let (redis_addr, redis) = redis_side.unzip();
+        });
+        let bare = serve_on_thread("bench-bare", move || {
+            let bare = HttpServer::new(move || {
+                App::new()
+                    .route(REGISTER, web::post().to(bare_heartbeat))
+                    .app_data(web::Data::new(users))
+                    .route(USERS, web::post().to(bare_lookup))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .bind(("127.0.0.1", 0))
+            .expect("the bare server binds");
+            let addr = bare.addrs()[0];
+            let bare = bare.run();
+            let handle = bare.handle();
+            let run = async move { bare.await.expect("the bare server failed") };
+            (addr, handle, run)
+        });
         Self {
-            presence_addr,
             presence,
-            redis_addr,
             redis,
-            bare_addr,
             bare,
-            thread,
         }
     }
 
-    /// Stops both servers gracefully and waits for their thread.
+    /// The servers that are measured, by name.
+    fn targets(&self) -> Vec<(&'static str, &Served)> {
+        let mut targets = vec![(PRESENCE, &self.presence)];
+        if let Some(redis) = &self.redis {
+            targets.push((PRESENCE_REDIS, redis));
+        }
+        targets.push((BARE, &self.bare));
+        targets
+    }
+
+    /// Stops every server gracefully and waits for their threads.
     fn stop(self) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime to stop the servers");
-        rt.block_on(async {
-            let redis = async {
-                if let Some(handle) = self.redis {
-                    handle.stop(true).await;
-                }
-            };
-            tokio::join!(self.presence.stop(true), redis, self.bare.stop(true));
-        });
-        self.thread.join().expect("the server thread panicked");
+        let mut all = vec![self.presence, self.bare];
+        all.extend(self.redis);
+        rt.block_on(futures_util::future::join_all(
+            all.iter().map(|served| served.handle.stop(true)),
+        ));
+        for served in all {
+            served.thread.join().expect("a server thread panicked");
+        }
     }
+}
+
+/// Starts a server with `start` (which builds it and returns its address, its handle and
+/// the future that runs it) inside a new actix system on a thread of its own, and waits
+/// until it answers. Servers are started one after the other: the threads of this process
+/// that appeared while this one started are its threads (the system's, which also runs
+/// every task the server spawns on its runtime, the Redis connection's included, its
+/// worker's, its acceptor's, its background threads').
+fn serve_on_thread<F, Fut>(name: &str, start: F) -> Served
+where
+    F: FnOnce() -> (SocketAddr, ServerHandle, Fut) + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let before = NodeThreads::all();
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let (addr, handle, run) = start();
+                tx.send((addr, handle)).expect("main waits for the server");
+                run.await;
+            });
+        })
+        .expect("cannot start a server thread");
+    let (addr, handle) = rx.recv().expect("the server did not start");
+    wait_until_serving(addr);
+    // Let a worker that answered finish starting its own helpers, if any.
+    std::thread::sleep(Duration::from_millis(200));
+    let threads = NodeThreads::all().without(&before);
+    Served {
+        addr,
+        handle,
+        thread,
+        threads,
+    }
+}
+
+/// Waits until `addr` answers an HTTP request (any status).
+fn wait_until_serving(addr: SocketAddr) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the check");
+    rt.block_on(async {
+        let request = b"GET /nothing-here HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        for _ in 0..500 {
+            if let Ok(mut conn) = TcpStream::connect(addr).await {
+                let mut buf = Vec::new();
+                if exchange(&mut conn, request, &mut buf).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server on {addr} does not answer");
+    });
 }
 
 fn presence_settings() -> Settings {
@@ -560,11 +639,34 @@ impl Outcome {
     }
 }
 
-/// Drives `config.connections` connections at `addr` for warm-up plus measurement.
+/// The measured seconds of one run: from the end of its warm-up to its end.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    /// A run that starts now.
+    fn after(warmup: Duration, measure: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        Self {
+            start,
+            end: start + measure,
+        }
+    }
+}
+
+/// Drives `config.connections` connections at `addr` until `window` ends, counting what
+/// completes inside it.
 /// Connection `c` sends requests `c`, `c + C`, `c + 2C`, ... of `requests`, cyclically.
-fn run_load(addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>, config: &Config) -> Outcome {
-    let start = Instant::now() + config.warmup;
-    let end = start + config.measure;
+fn run_load(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    config: &Config,
+    window: Window,
+) -> Outcome {
+    let Window { start, end } = window;
     let connections = config.connections;
     let threads = config.client_threads.min(connections);
     let workers: Vec<JoinHandle<Outcome>> = (0..threads)
@@ -696,6 +798,14 @@ struct Row {
     first_error: Option<String>,
     /// Redis's own CPU time per request, for rows served by Redis.
     redis_cpu_us: Option<f64>,
+    /// The server's CPU time per request: that of its threads (see [`serve_on_thread`]).
+    node_cpu_us: Option<f64>,
+    /// Of which, per thread (by name), largest first.
+    node_threads_us: Vec<(String, f64)>,
+    /// CPU time per request of this process's threads that belong to no server and are not
+    /// the load generator's (threads started after the servers, e.g. a runtime's blocking
+    /// pool): not counted above, shown so that nothing is hidden.
+    unattributed_cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -725,8 +835,42 @@ impl Row {
             errors: outcome.errors,
             first_error: outcome.first_error,
             redis_cpu_us: None,
+            node_cpu_us: None,
+            node_threads_us: Vec::new(),
+            unattributed_cpu_us: None,
         }
     }
+
+    /// Sets the CPU figures per request from what was measured during the run.
+    fn cpu(&mut self, cpu: CpuSpent) {
+        let requests = self.requests as f64;
+        let per = |ns: u64| (requests > 0.0).then(|| ns as f64 / 1e3 / requests);
+        self.node_cpu_us = cpu.node_ns.and_then(per);
+        self.node_threads_us = cpu
+            .by_thread
+            .into_iter()
+            .filter_map(|(name, ns)| Some((name, per(ns)?)))
+            .collect();
+        self.unattributed_cpu_us = per(cpu.unattributed_ns);
+        self.redis_cpu_us = cpu
+            .redis_seconds
+            .and_then(|s| (requests > 0.0).then(|| s * 1e6 / requests));
+    }
+}
+
+/// Per scenario, the node CPU per request of the memory-backed and the Redis-backed
+/// servers, and Redis's over memory's.
+fn node_cpu_ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64, f64)> {
+    rows.iter()
+        .filter(|r| r.server == PRESENCE)
+        .filter_map(|memory| {
+            let redis = rows
+                .iter()
+                .find(|r| r.server == PRESENCE_REDIS && r.scenario == memory.scenario)?;
+            let (m, r) = (memory.node_cpu_us?, redis.node_cpu_us?);
+            Some((memory.scenario, m, r, r / m))
+        })
+        .collect()
 }
 
 /// presence/bare throughput and p50 ratios of each scenario.
@@ -763,17 +907,50 @@ fn privacy_ratios(rows: &[Row]) -> Vec<(&'static str, f64)> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<11} {:<18} {:>11} {:>10} {:>10} {:>7} {:>16}",
-        "scenario", "server", "requests/s", "p50 µs", "p99 µs", "errors", "Redis CPU µs/req"
+        "{:<11} {:<18} {:>11} {:>8} {:>8} {:>7} {:>12} {:>12}",
+        "scenario",
+        "server",
+        "requests/s",
+        "p50 µs",
+        "p99 µs",
+        "errors",
+        "node CPU µs",
+        "Redis CPU µs"
     );
-    println!("{}", "-".repeat(89));
+    println!("{}", "-".repeat(94));
+    let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
     for row in rows {
-        let cpu = row
-            .redis_cpu_us
-            .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
         println!(
-            "{:<11} {:<18} {:>11.0} {:>10.0} {:>10.0} {:>7} {:>16}",
-            row.scenario, row.server, row.per_sec, row.p50_us, row.p99_us, row.errors, cpu
+            "{:<11} {:<18} {:>11.0} {:>8.0} {:>8.0} {:>7} {:>12} {:>12}",
+            row.scenario,
+            row.server,
+            row.per_sec,
+            row.p50_us,
+            row.p99_us,
+            row.errors,
+            us(row.node_cpu_us),
+            us(row.redis_cpu_us)
+        );
+    }
+    println!("(CPU per request answered; node = the server's own threads)");
+    for row in rows.iter().filter(|r| r.server == PRESENCE_REDIS) {
+        let threads: Vec<String> = row
+            .node_threads_us
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.2}"))
+            .collect();
+        println!(
+            "{:<11} {PRESENCE_REDIS} node CPU by thread, µs/request: {}; unattributed {}",
+            row.scenario,
+            threads.join(", "),
+            us(row.unattributed_cpu_us)
+        );
+    }
+    println!();
+    for (scenario, memory, redis, ratio) in node_cpu_ratios(rows) {
+        println!(
+            "{scenario:<11} node CPU per request: memory {memory:.2} µs, Redis {redis:.2} µs, \
+             Redis/memory {ratio:.2}x"
         );
     }
     println!();
@@ -817,7 +994,19 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "errors": r.errors,
             "first_error": r.first_error,
             "redis_cpu_us_per_request": r.redis_cpu_us.and_then(finite),
+            "node_cpu_us_per_request": r.node_cpu_us.and_then(finite),
+            "node_cpu_us_per_request_by_thread": r.node_threads_us.iter()
+                .map(|(name, us)| serde_json::json!({"thread": name, "us": finite(*us)}))
+                .collect::<Vec<_>>(),
+            "unattributed_cpu_us_per_request": r.unattributed_cpu_us.and_then(finite),
         })).collect::<Vec<_>>(),
+        "node_cpu_redis_over_memory": node_cpu_ratios(rows).into_iter()
+            .map(|(scenario, memory, redis, ratio)| serde_json::json!({
+                "scenario": scenario,
+                "memory_us_per_request": finite(memory),
+                "redis_us_per_request": finite(redis),
+                "redis_over_memory": finite(ratio),
+            })).collect::<Vec<_>>(),
         "ratios": ratios(rows).into_iter().map(|(scenario, throughput, p50)| serde_json::json!({
             "scenario": scenario,
             "throughput_presence_over_bare": finite(throughput),
@@ -849,32 +1038,141 @@ fn redis_cpu_seconds(url: &str) -> Option<f64> {
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
-/// Redis CPU time over the measured seconds of one run, sampled on a thread of its own at
-/// the start and the end of the measurement (after the warm-up).
-struct RedisCpu(JoinHandle<Option<f64>>);
+/// Thread ids of this process.
+#[derive(Clone, Default)]
+struct NodeThreads(Vec<u32>);
 
-impl RedisCpu {
-    fn during(url: &str, config: &Config) -> Self {
-        let url = url.to_owned();
-        let (warmup, measure) = (config.warmup, config.measure);
-        Self(std::thread::spawn(move || {
-            std::thread::sleep(warmup);
-            let before = redis_cpu_seconds(&url)?;
-            std::thread::sleep(measure);
-            Some(redis_cpu_seconds(&url)? - before)
-        }))
+impl NodeThreads {
+    /// Every thread of this process now.
+    fn all() -> Self {
+        let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tids.sort_unstable();
+        Self(tids)
     }
 
-    fn per_request(self, requests: u64) -> Option<f64> {
-        let seconds = self.0.join().ok()??;
-        (requests > 0).then(|| seconds * 1e6 / requests as f64)
+    fn without(&self, other: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .copied()
+                .filter(|t| !other.0.contains(t))
+                .collect(),
+        )
+    }
+
+    /// Each thread's CPU time so far, in nanoseconds (none for a thread that ended).
+    fn cpu_ns(&self) -> Vec<(u32, Option<u64>)> {
+        self.0.iter().map(|&t| (t, thread_cpu_ns(t))).collect()
+    }
+}
+
+/// The time thread `tid` of this process has spent on a CPU, in nanoseconds, from
+/// `/proc/self/task/<tid>/schedstat` (its first field: user and system time together, at
+/// the scheduler's resolution rather than `stat`'s clock ticks).
+fn thread_cpu_ns(tid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The name of thread `tid` of this process (at most 15 bytes, as the kernel keeps it).
+fn thread_name(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|name| name.trim_end().to_owned())
+        .unwrap_or_else(|_| format!("thread {tid}"))
+}
+
+/// What one run cost, over its measured seconds.
+struct CpuSpent {
+    /// The server's threads together; none if one of them ended during the run.
+    node_ns: Option<u64>,
+    by_thread: Vec<(String, u64)>,
+    /// Threads of no server that are not the load generator's.
+    unattributed_ns: u64,
+    /// Redis's own CPU time (user + system, seconds), for a Redis-backed server.
+    redis_seconds: Option<f64>,
+}
+
+/// The CPU time of a server's threads (and of Redis, if given) over the measured seconds of
+/// one run, read at the start and the end of `window` on a thread of its own.
+struct CpuDuring(JoinHandle<CpuSpent>);
+
+impl CpuDuring {
+    fn start(
+        window: Window,
+        node: &NodeThreads,
+        servers: &[NodeThreads],
+        redis_url: Option<&str>,
+    ) -> Self {
+        let node = node.clone();
+        let servers: Vec<u32> = servers.iter().flat_map(|s| s.0.iter().copied()).collect();
+        let url = redis_url.map(str::to_owned);
+        let thread = std::thread::Builder::new()
+            .name("bench-cpu".into())
+            .spawn(move || {
+                std::thread::sleep(window.start.saturating_duration_since(Instant::now()));
+                // Every thread but the servers', the load generator's, main and this one.
+                let me = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
+                let main = std::process::id();
+                let others = NodeThreads(
+                    NodeThreads::all()
+                        .0
+                        .into_iter()
+                        .filter(|t| !servers.contains(t) && Some(*t) != me && *t != main)
+                        .filter(|&t| !thread_name(t).starts_with("bench-client"))
+                        .collect(),
+                );
+                let redis_before = url.as_deref().and_then(redis_cpu_seconds);
+                let (node_before, others_before) = (node.cpu_ns(), others.cpu_ns());
+                std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
+                let (node_after, others_after) = (node.cpu_ns(), others.cpu_ns());
+                let redis_after = url.as_deref().and_then(redis_cpu_seconds);
+                let spent = |before: &[(u32, Option<u64>)], after: &[(u32, Option<u64>)]| {
+                    before
+                        .iter()
+                        .zip(after)
+                        .map(|(&(tid, b), &(_, a))| (tid, a.zip(b).map(|(a, b)| a - b)))
+                        .collect::<Vec<_>>()
+                };
+                let node_spent = spent(&node_before, &node_after);
+                let mut by_thread: Vec<(String, u64)> = node_spent
+                    .iter()
+                    .filter_map(|&(tid, ns)| Some((thread_name(tid), ns?)))
+                    .collect();
+                by_thread.sort_by_key(|b| std::cmp::Reverse(b.1));
+                CpuSpent {
+                    node_ns: node_spent.iter().map(|&(_, ns)| ns).sum(),
+                    by_thread,
+                    unattributed_ns: spent(&others_before, &others_after)
+                        .iter()
+                        .filter_map(|&(_, ns)| ns)
+                        .sum(),
+                    redis_seconds: redis_before.zip(redis_after).map(|(b, a)| a - b),
+                }
+            })
+            .expect("cannot start the CPU sampler");
+        Self(thread)
+    }
+
+    fn finish(self) -> CpuSpent {
+        self.0.join().expect("the CPU sampler panicked")
     }
 }
 
 /// `redis-benchmark` with the commands a node sends for each scenario, against the same
 /// Redis: the heartbeat script by `EVALSHA` (on keys of the same layout, with the record
-/// the node writes), and one `MGET` of 50 records. Redis CPU per request is read around
-/// each run.
+/// the node writes), and one `MGET` of 50 records and their settings. Redis CPU per
+/// request is read around each run.
 fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
     let Ok(client) = redis::Client::open(url) else {
         eprintln!("redis-benchmark skipped: {url} is not a Redis URL");
@@ -920,9 +1218,14 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
     let shard0 = |key: String| key;
     // `__rand_int__` picks among `-r` ids in shard 0's slot, like 4096 users of one shard.
     let user_key = user(1024).replace("1024", "__rand_int__");
-    let mut heartbeat: Vec<String> = vec!["EVALSHA".into(), sha, "3".into(), user_key];
+    let settings_key = keys
+        .settings(presence_server::presence::UserId::new(1024).expect("an id"))
+        .replace("1024", "__rand_int__");
+    // The arguments of `RedisBackend::heartbeat`, on a standalone Redis.
+    let mut heartbeat: Vec<String> = vec!["EVALSHA".into(), sha, "4".into(), user_key];
     heartbeat.push(shard0(keys.expiry(0)));
     heartbeat.push(shard0(keys.counters(0)));
+    heartbeat.push(settings_key);
     heartbeat.extend([
         "__rand_int__".into(),
         now.to_string(),
@@ -930,13 +1233,18 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
         record,
         deadline.to_string(),
         "-1".into(),
+        "PUBLISH".into(),
+        keys.channel(),
     ]);
-    // The node's own records, written by its heartbeats scenario: 50 of them per MGET.
+    // The node's own records, written by its heartbeats scenario, each with its settings
+    // key, as a node reads them: 50 users per MGET.
     let mut lookup: Vec<String> = vec!["MGET".into()];
     let own = presence_server::presence::redis::keys::Keys::new(BENCH_PREFIX);
     for i in 0..IDS_PER_LOOKUP as u64 {
         let id = 1 + (i * 163) % config.users.max(1);
-        lookup.push(own.user(presence_server::presence::UserId::new(id).expect("an id")));
+        let id = presence_server::presence::UserId::new(id).expect("an id");
+        lookup.push(own.user(id));
+        lookup.push(own.settings(id));
     }
     let requests = (config.measure.as_secs_f64() * 60_000.0).max(10_000.0) as u64;
     let mut rows = Vec::new();
@@ -987,6 +1295,9 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
             redis_cpu_us: before
                 .zip(after)
                 .map(|(b, a)| (a - b) * 1e6 / requests as f64),
+            node_cpu_us: None,
+            node_threads_us: Vec::new(),
+            unattributed_cpu_us: None,
         });
     }
     if let Ok(mut conn) = client.get_connection() {
@@ -1000,4 +1311,269 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
         }
     }
     rows
+}
+
+// ---------------------------------------------------------------------------------------
+// The client's floor
+// ---------------------------------------------------------------------------------------
+
+/// What the Redis client side of a node costs with no HTTP at all: the commands a node sends
+/// (built once beforehand), [`FLOOR_IN_FLIGHT`] at a time, on one thread, whose CPU time
+/// per answer is the row's node CPU. Two clients: redis-rs's multiplexed connection (what
+/// the node uses: its task and the callers' on one current-thread runtime), and a raw
+/// pipelined connection (blocking socket, the batch written at once, the answers only
+/// scanned for their ends), the least a client can cost. Heartbeats are the node's
+/// heartbeat script on keys of their own (`FLOOR_PREFIX`); lookups the node's `MGET` of
+/// the lookups' records and settings, as the node wrote them.
+fn client_floor_rows(url: &str, config: &Config, lookup_ids: &[Vec<u64>]) -> Vec<Row> {
+    let Ok(client) = redis::Client::open(url) else {
+        return Vec::new();
+    };
+    let script = presence_server::presence::redis::scripts::heartbeat();
+    if let Ok(mut conn) = client.get_connection() {
+        let _: Result<String, _> = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&script)
+            .query(&mut conn);
+    }
+    let sha = redis::Script::new(&script).get_hash().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let deadline = now + 60_000;
+    let mut record = Vec::new();
+    presence_server::presence::redis::record::encode_present(
+        &presence_server::presence::model::Session {
+            kind: presence_server::presence::PresenceType::Online,
+            place: None,
+            game_id: None,
+        },
+        "Website",
+        now,
+        deadline,
+        &mut record,
+    );
+    let floor = presence_server::presence::redis::keys::Keys::new(FLOOR_PREFIX);
+    let heartbeats: Vec<redis::Cmd> = (1..=config.users)
+        .map(|n| {
+            let user = UserId::new(n).expect("an id");
+            let shard = presence_server::presence::redis::keys::shard_of(user);
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(&sha)
+                .arg(4)
+                .arg(floor.user(user))
+                .arg(floor.expiry(shard))
+                .arg(floor.counters(shard))
+                .arg(floor.settings(user))
+                .arg(n)
+                .arg(now)
+                .arg("p")
+                .arg(record.as_slice())
+                .arg(deadline)
+                .arg(-1)
+                .arg("PUBLISH")
+                .arg(floor.channel());
+            call
+        })
+        .collect();
+    let own = presence_server::presence::redis::keys::Keys::new(BENCH_PREFIX);
+    let lookups: Vec<redis::Cmd> = lookup_ids
+        .iter()
+        .map(|ids| {
+            let mut mget = redis::cmd("MGET");
+            for &id in ids {
+                let id = UserId::new(id).expect("an id");
+                mget.arg(own.user(id)).arg(own.settings(id));
+            }
+            mget
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (scenario, commands) in [("heartbeats", heartbeats), ("lookups", lookups)] {
+        let commands = Arc::new(commands);
+        for (server, run) in [
+            (REDIS_RS_ALONE, floor_redis_rs as FloorRun),
+            (RAW_RESP, floor_raw as FloorRun),
+        ] {
+            eprintln!("running {scenario} with {server} ...");
+            let window = Window::after(config.warmup, config.measure);
+            let (answered, cpu_ns) = run(&client, Arc::clone(&commands), window);
+            let mut row = Row::new(scenario, server, Outcome::default(), config.measure);
+            row.requests = answered;
+            row.per_sec = answered as f64 / config.measure.as_secs_f64();
+            row.node_cpu_us = (answered > 0).then(|| cpu_ns as f64 / 1e3 / answered as f64);
+            rows.push(row);
+        }
+    }
+    if let Ok(mut conn) = client.get_connection() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{FLOOR_PREFIX}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+    rows
+}
+
+/// One client floor run: answers within `window` and the CPU time of its thread over it.
+type FloorRun = fn(&redis::Client, Arc<Vec<redis::Cmd>>, Window) -> (u64, u64);
+
+/// The CPU time of the calling thread so far, in nanoseconds.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn floor_redis_rs(
+    client: &redis::Client,
+    commands: Arc<Vec<redis::Cmd>>,
+    window: Window,
+) -> (u64, u64) {
+    let client = client.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("a connection to Redis");
+            let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let tasks: Vec<_> = (0..FLOOR_IN_FLIGHT)
+                .map(|t| {
+                    let (mut conn, commands) = (conn.clone(), Arc::clone(&commands));
+                    let answered = Arc::clone(&answered);
+                    tokio::spawn(async move {
+                        use redis::aio::ConnectionLike as _;
+                        let mut i = t;
+                        while Instant::now() < window.end {
+                            let answer = conn.req_packed_command(&commands[i % commands.len()]).await;
+                            let done = Instant::now();
+                            assert!(
+                                matches!(answer, Ok(ref v) if !matches!(v, redis::Value::ServerError(_))),
+                                "Redis failed: {answer:?}"
+                            );
+                            if done >= window.start && done < window.end {
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            i += FLOOR_IN_FLIGHT;
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep_until(window.start.into()).await;
+            let before = own_cpu_ns();
+            tokio::time::sleep_until(window.end.into()).await;
+            let spent = own_cpu_ns() - before;
+            for task in tasks {
+                task.await.expect("a floor task panicked");
+            }
+            (answered.load(std::sync::atomic::Ordering::Relaxed), spent)
+        })
+    })
+    .join()
+    .expect("the floor thread panicked")
+}
+
+fn floor_raw(client: &redis::Client, commands: Arc<Vec<redis::Cmd>>, window: Window) -> (u64, u64) {
+    use std::io::{Read as _, Write as _};
+    let addr = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => panic!("a raw connection needs a TCP address, not {other:?}"),
+    };
+    let packed: Vec<Vec<u8>> = commands
+        .iter()
+        .map(redis::Cmd::get_packed_command)
+        .collect();
+    std::thread::spawn(move || {
+        let mut conn = std::net::TcpStream::connect(addr).expect("a connection to Redis");
+        conn.set_nodelay(true).ok();
+        let (mut batch, mut buf) = (Vec::new(), Vec::with_capacity(1 << 20));
+        let (mut answered, mut next) = (0u64, 0usize);
+        let (mut before, mut last) = (None, 0);
+        loop {
+            let now = Instant::now();
+            if now >= window.end {
+                break;
+            }
+            if now >= window.start && before.is_none() {
+                before = Some(own_cpu_ns());
+            }
+            batch.clear();
+            for _ in 0..FLOOR_IN_FLIGHT {
+                batch.extend_from_slice(&packed[next % packed.len()]);
+                next += 1;
+            }
+            conn.write_all(&batch).expect("a write to Redis");
+            buf.clear();
+            let (mut at, mut replies) = (0, 0);
+            while replies < FLOOR_IN_FLIGHT {
+                match resp_end(&buf, at) {
+                    Some(end) => {
+                        assert_ne!(
+                            buf[at],
+                            b'-',
+                            "Redis failed: {}",
+                            String::from_utf8_lossy(&buf[at..end])
+                        );
+                        at = end;
+                        replies += 1;
+                    }
+                    None => {
+                        let len = buf.len();
+                        buf.resize(len + 64 * 1024, 0);
+                        let n = conn.read(&mut buf[len..]).expect("a read from Redis");
+                        assert!(n > 0, "Redis closed the connection");
+                        buf.truncate(len + n);
+                    }
+                }
+            }
+            if before.is_some() && Instant::now() < window.end {
+                answered += FLOOR_IN_FLIGHT as u64;
+                last = own_cpu_ns();
+            }
+        }
+        // CPU time up to the end of the last batch answered within the window.
+        (
+            answered,
+            before.map_or(0, |before| last.saturating_sub(before)),
+        )
+    })
+    .join()
+    .expect("the floor thread panicked")
+}
+
+/// Where the RESP reply starting at `at` ends, if `buf` holds all of it.
+fn resp_end(buf: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + memchr::memmem::find(buf.get(at..)?, b"\r\n")?;
+    let after = line_end + 2;
+    let number = || -> i64 {
+        std::str::from_utf8(&buf[at + 1..line_end])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .expect("a RESP length")
+    };
+    match buf[at] {
+        b'$' => match number() {
+            n if n < 0 => Some(after),
+            n => {
+                let end = after + n as usize + 2;
+                (buf.len() >= end).then_some(end)
+            }
+        },
+        b'*' => {
+            let mut at = after;
+            for _ in 0..number().max(0) {
+                at = resp_end(buf, at)?;
+            }
+            Some(at)
+        }
+        _ => Some(after),
+    }
 }

@@ -354,6 +354,31 @@ async fn the_http_api_answers_503_with_retry_after_while_redis_is_down() {
 
     redis.run();
     app.until_ready(Duration::from_secs(10)).await;
+    // Each HTTP worker's own connection comes back, and the heartbeat's script, gone with
+    // the Redis that was killed, is loaded again on its first call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = app
+            .client
+            .post(app.url(common::REGISTER))
+            .bearer_auth(app.token(42))
+            .json(&json!({"location": "Back"}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats still refused after Redis came back: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = app.presence_of(42).await;
+    assert_eq!(seen["userPresenceType"], "Online");
+    assert_eq!(seen["lastLocation"], "Back");
     app.stop().await;
 }
 

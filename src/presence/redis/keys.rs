@@ -103,6 +103,42 @@ impl Keys {
         self.user_keyed(user, 'r')
     }
 
+    /// Appends the key of `user`'s record to `out`: [`Self::user`] with no allocation of its
+    /// own, for commands that name many keys.
+    pub fn push_user(&self, user: UserId, out: &mut Vec<u8>) {
+        self.push_user_keyed(user, None, out);
+    }
+
+    /// Appends the key of `user`'s settings to `out` (see [`Self::push_user`]).
+    pub fn push_settings(&self, user: UserId, out: &mut Vec<u8>) {
+        self.push_user_keyed(user, Some(b'p'), out);
+    }
+
+    /// Appends the key of `shard`'s expiry set to `out` (see [`Self::push_user`]).
+    pub fn push_expiry(&self, shard: u16, out: &mut Vec<u8>) {
+        self.push_tagged(shard, out);
+        out.push(b'e');
+    }
+
+    /// Appends the key of `shard`'s counters to `out` (see [`Self::push_user`]).
+    pub fn push_counters(&self, shard: u16, out: &mut Vec<u8>) {
+        self.push_tagged(shard, out);
+        out.push(b'n');
+    }
+
+    fn push_tagged(&self, shard: u16, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b'{');
+        out.extend_from_slice(itoa::Buffer::new().format(shard).as_bytes());
+        out.push(b'}');
+    }
+
+    fn push_user_keyed(&self, user: UserId, kind: Option<u8>, out: &mut Vec<u8>) {
+        self.push_tagged(shard_of(user), out);
+        out.extend(kind);
+        out.extend_from_slice(itoa::Buffer::new().format(user.get()).as_bytes());
+    }
+
     /// `<prefix>{<shard>}<kind><user id>`.
     fn user_keyed(&self, user: UserId, kind: char) -> String {
         let mut key = self.tagged(shard_of(user), 21);
@@ -171,6 +207,28 @@ mod tests {
         let open = key.find('{').unwrap();
         let close = key[open..].find('}').unwrap() + open;
         &key[open + 1..close]
+    }
+
+    #[test]
+    fn keys_appended_to_a_buffer_are_the_keys() {
+        let keys = Keys::new("p:");
+        let mut out = b"x".to_vec();
+        for id in [1, 1023, 1024, 1_000_000_007, u64::MAX >> 1] {
+            let user = UserId::new(id).unwrap();
+            out.truncate(1);
+            keys.push_user(user, &mut out);
+            assert_eq!(&out[1..], keys.user(user).as_bytes());
+            out.truncate(1);
+            keys.push_settings(user, &mut out);
+            assert_eq!(&out[1..], keys.settings(user).as_bytes());
+            let shard = shard_of(user);
+            out.truncate(1);
+            keys.push_expiry(shard, &mut out);
+            assert_eq!(&out[1..], keys.expiry(shard).as_bytes());
+            out.truncate(1);
+            keys.push_counters(shard, &mut out);
+            assert_eq!(&out[1..], keys.counters(shard).as_bytes());
+        }
     }
 
     #[test]

@@ -16,11 +16,14 @@
 //!   that has some; the script re-checks each user, so whichever nodes sweep, each expiry is
 //!   claimed once. Retention is Redis key expiry on Offline records.
 //! - Failure: every call, connecting included, is bounded by `redis.timeout`; past it, or on
-//!   any Redis error, the caller gets [`PresenceError::Unavailable`]. The connection is made
-//!   on first use and re-made by the client after a failure. On a cluster, repeated
-//!   failures also make a whole new cluster connection in the background, seeded with every
-//!   node seen so far, which replaces the old one once it is up: the client's own repair
-//!   can stay on a dead master's address (see [`ClusterTarget`]).
+//!   any Redis error, the caller gets [`PresenceError::Unavailable`]. A connection is made
+//!   on first use and re-made by the client after a failure. On a standalone Redis, each
+//!   HTTP worker has a connection of its own, whose task runs on the worker's thread, and
+//!   the rest (sweeps, clock samples) share one; a cluster has one connection. On a
+//!   cluster, repeated failures also make a whole new cluster connection in the
+//!   background, seeded with every node seen so far, which replaces the old one once it is
+//!   up: the client's own repair can stay on a dead master's address (see
+//!   [`ClusterTarget`]).
 //! - Live presence: the scripts publish each change a watcher must see, and every node
 //!   subscribes and hands them to its [`Hub`] (see [`feed`]).
 //! - Game servers (see [`games`]): a report is one script on the server's record, then one
@@ -93,7 +96,7 @@ struct ClaimRound {
     error: Option<PresenceError>,
 }
 
-/// The Redis backend: cheap to clone, every clone shares the connection.
+/// The Redis backend: cheap to clone, every clone shares the connections.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -106,6 +109,10 @@ struct Inner {
     connection: Mutex<Option<Connection>>,
     /// Held while the first connection is made, so that it is made once.
     connecting: tokio::sync::Mutex<()>,
+    /// On a standalone Redis, a connection of its own for each other runtime that calls
+    /// (an HTTP worker's), made on first use there, so that its requests and answers do
+    /// not hop between threads (see [`RedisBackend::connection`]).
+    local: Mutex<Vec<(tokio::runtime::Id, ConnectionManager)>>,
     /// The runtime the connection's background tasks run on: the application's, which
     /// outlives every HTTP worker.
     runtime: tokio::runtime::Handle,
@@ -397,6 +404,7 @@ impl RedisBackend {
             target,
             connection: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            local: Mutex::new(Vec::new()),
             runtime,
             keys: Keys::new(&redis.key_prefix),
             ttl_ms: millis(presence.heartbeat_ttl),
@@ -477,9 +485,26 @@ impl RedisBackend {
         Err(PresenceError::Unavailable)
     }
 
-    /// The shared connection, made on first use (on the application's runtime).
+    /// The connection for a call from the current runtime. On a standalone Redis, a call
+    /// from a runtime other than the application's (an HTTP worker's) gets that runtime's
+    /// own connection, whose background task runs on it: a request's command and answer
+    /// then stay on the worker's thread, instead of waking the application's thread twice
+    /// (about a third of a heartbeat's CPU time on Redis, see BENCHMARKS.md). Everything
+    /// else, and every call on a cluster, shares one connection, made on first use on the
+    /// application's runtime.
     async fn connection(&self) -> Result<Connection, redis::RedisError> {
         let inner = &self.inner;
+        if let Target::Single(client) = &inner.target {
+            if let Ok(here) = tokio::runtime::Handle::try_current() {
+                let id = here.id();
+                if id != inner.runtime.id() {
+                    return self
+                        .local_connection(client, id)
+                        .await
+                        .map(Connection::Single);
+                }
+            }
+        }
         if let Some(connection) = inner.current() {
             return Ok(connection);
         }
@@ -491,12 +516,7 @@ impl RedisBackend {
             Box<dyn Future<Output = redis::RedisResult<Connection>> + Send>,
         > = match &inner.target {
             Target::Single(client) => {
-                let client = client.clone();
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(inner.timeout))
-                    .set_response_timeout(Some(inner.timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
+                let (client, config) = (client.clone(), self.single_config());
                 Box::pin(async move {
                     client
                         .get_connection_manager_with_config(config)
@@ -523,6 +543,56 @@ impl RedisBackend {
             inner.runtime.spawn(learn_nodes(self.inner.clone()));
         }
         Ok(connection)
+    }
+
+    /// The connection of runtime `id` to a standalone Redis, made on first use on that
+    /// runtime (the current one). It reconnects by itself after a failure, as the shared
+    /// one does; and, as for the shared one, it is made by a task of its own, so that an
+    /// attempt that outlives the caller's `redis.timeout` still ends in a connection.
+    async fn local_connection(
+        &self,
+        client: &redis::Client,
+        id: tokio::runtime::Id,
+    ) -> Result<ConnectionManager, redis::RedisError> {
+        fn find(inner: &Inner, id: tokio::runtime::Id) -> Option<ConnectionManager> {
+            inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|(runtime, _)| *runtime == id)
+                .map(|(_, connection)| connection.clone())
+        }
+        if let Some(connection) = find(&self.inner, id) {
+            return Ok(connection);
+        }
+        let (inner, client, config) = (self.inner.clone(), client.clone(), self.single_config());
+        let made = tokio::spawn(async move {
+            let _connecting = inner.connecting.lock().await;
+            if let Some(connection) = find(&inner, id) {
+                return Ok(connection);
+            }
+            let connection = client.get_connection_manager_with_config(config).await?;
+            inner
+                .local
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((id, connection.clone()));
+            Ok(connection)
+        });
+        match made.await {
+            Ok(result) => result,
+            Err(e) => Err(redis::RedisError::from(std::io::Error::other(e))),
+        }
+    }
+
+    /// How a connection to a standalone Redis connects and reconnects.
+    fn single_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(self.inner.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
     }
 
     /// Counts a failed call; on a cluster, after [`REBUILD_AFTER_FAILURES`] in
@@ -596,12 +666,22 @@ impl RedisBackend {
         let (publish, channel) = (publish, channel.as_str());
         self.bounded("heartbeat", |mut c| async move {
             let now = self.now(&mut c).await?;
-            let mut call = inner.heartbeat.key(inner.keys.user(user));
-            call.key(inner.keys.expiry(shard))
-                .key(inner.keys.counters(shard))
-                .key(inner.keys.settings(user))
-                .arg(user.get())
-                .arg(now);
+            // EVALSHA <sha> 4 <record> <expiry> <counters> <settings> <id> <now> <kind>
+            // <record text> <deadline> <retention> <publish> <channel>, built in place.
+            let mut call = Cmd::with_capacity(16, 256);
+            call.arg("EVALSHA").arg(inner.heartbeat.get_hash()).arg(4);
+            let mut key = Vec::with_capacity(64);
+            inner.keys.push_user(user, &mut key);
+            call.arg(key.as_slice());
+            key.clear();
+            inner.keys.push_expiry(shard, &mut key);
+            call.arg(key.as_slice());
+            key.clear();
+            inner.keys.push_counters(shard, &mut key);
+            call.arg(key.as_slice());
+            key.clear();
+            inner.keys.push_settings(user, &mut key);
+            call.arg(key.as_slice()).arg(user.get()).arg(now);
             match heartbeat {
                 Heartbeat::Disconnect => {
                     call.arg("d")
@@ -611,13 +691,13 @@ impl RedisBackend {
                 }
                 Heartbeat::Present { location, session } => {
                     let deadline = now.saturating_add(inner.ttl_ms);
-                    let mut text = Vec::new();
-                    record::encode_present(session, location.as_str(), now, deadline, &mut text);
-                    call.arg("p").arg(text).arg(deadline).arg(-1);
+                    key.clear();
+                    record::encode_present(session, location.as_str(), now, deadline, &mut key);
+                    call.arg("p").arg(key.as_slice()).arg(deadline).arg(-1);
                 }
             }
             call.arg(publish).arg(channel);
-            call.invoke_async::<i64>(&mut c).await.map(|_| ())
+            evalsha(&inner.heartbeat, &call, &mut c).await.map(|_| ())
         })
         .await
     }
@@ -893,6 +973,23 @@ impl RedisBackend {
             }
         })
         .await
+    }
+}
+
+/// Runs `call`, an `EVALSHA` of `script` built by the caller; on `NOSCRIPT` (a Redis that
+/// restarted, or a new one), loads the script and runs `call` once more, as
+/// [`redis::ScriptInvocation`] does, without its copies of every key and argument.
+async fn evalsha(
+    script: &Script,
+    call: &Cmd,
+    connection: &mut Connection,
+) -> Result<Value, redis::RedisError> {
+    match call.query_async::<Value>(connection).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(connection).await?;
+            call.query_async(connection).await
+        }
+        answer => answer,
     }
 }
 

@@ -55,10 +55,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::{RedisResult, Script, Value};
+use redis::aio::ConnectionLike as _;
+use redis::{Cmd, RedisResult, Script, Value};
 
 use super::games::ShardCall;
-use super::keys::shard_of;
+use super::keys::{shard_of, Keys};
 use super::{record, scripts, Connection, RedisBackend};
 use crate::presence::model::{PresenceView, UserId};
 use crate::presence::privacy::{
@@ -95,6 +96,53 @@ impl Scripts {
             max_friends: AtomicUsize::new(DEFAULT_MAX_FRIENDS),
             hold_ms: i64::try_from(duration_millis(hold)).unwrap_or(i64::MAX),
         }
+    }
+}
+
+/// `MGET` of the record and the settings of each of `ids`, in that order, built in place
+/// (no key of its own per id: a lookup names two keys per id).
+pub(super) fn mget_records(keys: &Keys, ids: &[UserId]) -> Cmd {
+    let mut mget = Cmd::with_capacity(1 + 2 * ids.len(), 8 + 2 * ids.len() * 32);
+    mget.arg("MGET");
+    let mut key = Vec::with_capacity(64);
+    for &id in ids {
+        key.clear();
+        keys.push_user(id, &mut key);
+        mget.arg(key.as_slice());
+        key.clear();
+        keys.push_settings(id, &mut key);
+        mget.arg(key.as_slice());
+    }
+    mget
+}
+
+/// `answer` if it is an `MGET` answer: values or nothing, in an array. A Redis error, or
+/// an answer of another shape, is an error.
+pub(super) fn mget_answer(answer: Value) -> Result<Value, redis::RedisError> {
+    match answer {
+        Value::ServerError(e) => Err(e.into()),
+        Value::Array(items)
+            if items
+                .iter()
+                .all(|item| matches!(item, Value::BulkString(_) | Value::Nil)) =>
+        {
+            Ok(Value::Array(items))
+        }
+        other => Err(redis::RedisError::from(std::io::Error::other(format!(
+            "unexpected answer to MGET: {other:?}"
+        )))),
+    }
+}
+
+/// Value `i` of an answer checked by [`mget_answer`], read in place (`None` for a missing
+/// key).
+pub(super) fn mget_value(answer: &Value, i: usize) -> Option<&[u8]> {
+    match answer {
+        Value::Array(items) => match items.get(i) {
+            Some(Value::BulkString(bytes)) => Some(bytes),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -176,13 +224,9 @@ impl RedisBackend {
         let (now, values, friends) = self
             .bounded("lookup", |mut c| async move {
                 let now = self.now(&mut c).await?;
-                let mut mget = redis::cmd("MGET");
-                for &id in ids {
-                    mget.arg(inner.keys.user(id)).arg(inner.keys.settings(id));
-                }
+                let mget = mget_records(&inner.keys, ids);
                 let mut reader = c.clone();
-                let read =
-                    async move { mget.query_async::<Vec<Option<Vec<u8>>>>(&mut reader).await };
+                let read = async move { mget_answer(reader.req_packed_command(&mget).await?) };
                 match viewer {
                     Viewer::User(me) => {
                         let mut ask = redis::cmd("SMISMEMBER");
@@ -201,8 +245,8 @@ impl RedisBackend {
             .await?;
         let at = WallMillis(now);
         for (i, &id) in ids.iter().enumerate() {
-            let found = values.get(2 * i).and_then(Option::as_deref);
-            let stored = values.get(2 * i + 1).and_then(Option::as_deref);
+            let found = mget_value(&values, 2 * i);
+            let stored = mget_value(&values, 2 * i + 1);
             let view = view_of(id, found, now);
             visit(&Seen {
                 view: &view,
