@@ -327,14 +327,20 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
             // Without origins (the default) it is not in the path at all. The refusal of
             // unknown service keys inside CORS: a page can read its 401 too.
             let cors_on = cors.is_on();
+            // Without CORS the logging layer refuses unknown keys itself: one layer less.
             let app = App::new()
                 .app_data(shared)
-                .wrap(from_fn(api::middleware::refuse_unknown_keys))
+                .wrap(Condition::new(
+                    cors_on,
+                    from_fn(api::middleware::refuse_unknown_keys),
+                ))
                 .wrap(Condition::new(
                     cors_on,
                     from_fn(move |req, next| cors.handle(req, next)),
                 ))
-                .wrap(from_fn(api::middleware::negotiate_and_log))
+                .wrap(from_fn(move |req, next| {
+                    api::middleware::negotiate_and_log(req, next, !cors_on)
+                }))
                 .configure(api::configure)
                 .default_service(web::to(api::routes::not_found))
                 .into_factory()
