@@ -1186,32 +1186,7 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
             return Vec::new();
         }
     };
-    let script = presence_server::presence::redis::scripts::heartbeat();
-    let sha = redis::Script::new(&script).get_hash().to_owned();
-    // The script is loaded by the node's heartbeats; load it again in case.
-    if let Ok(mut conn) = client.get_connection() {
-        let _: Result<String, _> = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(&script)
-            .query(&mut conn);
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let deadline = now + 60_000;
-    // A present user's record as the node writes it, for `Website`.
-    let mut record = Vec::new();
-    presence_server::presence::redis::record::encode_present(
-        &presence_server::presence::model::Session {
-            kind: presence_server::presence::PresenceType::Online,
-            place: None,
-            game_id: None,
-        },
-        "Website",
-        now,
-        deadline,
-        &mut record,
-    );
+    let (sha, now, deadline, record) = heartbeat_script_and_record(&client);
     let record = String::from_utf8_lossy(&record).into_owned();
     let keys = presence_server::presence::redis::keys::Keys::new("bench-raw:");
     let user = |id: u64| keys.user(presence_server::presence::UserId::new(id).expect("an id"));
@@ -1317,18 +1292,10 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
 // The client's floor
 // ---------------------------------------------------------------------------------------
 
-/// What the Redis client side of a node costs with no HTTP at all: the commands a node sends
-/// (built once beforehand), [`FLOOR_IN_FLIGHT`] at a time, on one thread, whose CPU time
-/// per answer is the row's node CPU. Two clients: redis-rs's multiplexed connection (what
-/// the node uses: its task and the callers' on one current-thread runtime), and a raw
-/// pipelined connection (blocking socket, the batch written at once, the answers only
-/// scanned for their ends), the least a client can cost. Heartbeats are the node's
-/// heartbeat script on keys of their own (`FLOOR_PREFIX`); lookups the node's `MGET` of
-/// the lookups' records and settings, as the node wrote them.
-fn client_floor_rows(url: &str, config: &Config, lookup_ids: &[Vec<u64>]) -> Vec<Row> {
-    let Ok(client) = redis::Client::open(url) else {
-        return Vec::new();
-    };
+/// The node's heartbeat script (loaded again, in case no heartbeat loaded it yet) and its
+/// hash, the time now and a deadline a minute on (ms since the epoch), and a present
+/// user's record as the node writes it, for `Website`.
+fn heartbeat_script_and_record(client: &redis::Client) -> (String, i64, i64, Vec<u8>) {
     let script = presence_server::presence::redis::scripts::heartbeat();
     if let Ok(mut conn) = client.get_connection() {
         let _: Result<String, _> = redis::cmd("SCRIPT")
@@ -1353,6 +1320,22 @@ fn client_floor_rows(url: &str, config: &Config, lookup_ids: &[Vec<u64>]) -> Vec
         deadline,
         &mut record,
     );
+    (sha, now, deadline, record)
+}
+
+/// What the Redis client side of a node costs with no HTTP at all: the commands a node sends
+/// (built once beforehand), [`FLOOR_IN_FLIGHT`] at a time, on one thread, whose CPU time
+/// per answer is the row's node CPU. Two clients: redis-rs's multiplexed connection (what
+/// the node uses: its task and the callers' on one current-thread runtime), and a raw
+/// pipelined connection (blocking socket, the batch written at once, the answers only
+/// scanned for their ends), the least a client can cost. Heartbeats are the node's
+/// heartbeat script on keys of their own (`FLOOR_PREFIX`); lookups the node's `MGET` of
+/// the lookups' records and settings, as the node wrote them.
+fn client_floor_rows(url: &str, config: &Config, lookup_ids: &[Vec<u64>]) -> Vec<Row> {
+    let Ok(client) = redis::Client::open(url) else {
+        return Vec::new();
+    };
+    let (sha, now, deadline, record) = heartbeat_script_and_record(&client);
     let floor = presence_server::presence::redis::keys::Keys::new(FLOOR_PREFIX);
     let heartbeats: Vec<redis::Cmd> = (1..=config.users)
         .map(|n| {
