@@ -96,6 +96,10 @@ struct MarkState {
     /// Where the socket goes once the response head is written, when the handler asked
     /// for it.
     handover: Mutex<Option<oneshot::Sender<Handed>>>,
+    /// A handler asked for the socket ([`StreamMark::hand_over`]): the connection is the
+    /// stream's from then on, and a request the HTTP layer still holds (pipelined behind
+    /// the stream's) could get no answer.
+    handed: AtomicBool,
 }
 
 impl StreamMark {
@@ -109,6 +113,15 @@ impl StreamMark {
         self.0.streaming.load(Ordering::Relaxed)
     }
 
+    /// Whether a handler asked for the connection's socket ([`Self::hand_over`]): a
+    /// request the HTTP layer decodes from it after that was sent behind the stream's, and
+    /// its answer could only be dropped, so it must not be carried out. (The dispatcher
+    /// starts such a request as soon as the stream's response is made, before it has
+    /// written the head, so the hand-over itself comes too late to tell.)
+    pub fn handed_over(&self) -> bool {
+        self.0.handed.load(Ordering::Acquire)
+    }
+
     /// Asks for the socket once the head of the response to this request is written: the
     /// connection then ends for the HTTP layer (the rest of what it writes is dropped, and
     /// it reads an end of file), and the socket comes through the receiver, for the
@@ -116,6 +129,7 @@ impl StreamMark {
     /// when the connection ends before the head is written.
     pub fn hand_over(&self) -> oneshot::Receiver<Handed> {
         let (give, take) = oneshot::channel();
+        self.0.handed.store(true, Ordering::Release);
         *self.0.handover.lock() = Some(give);
         take
     }

@@ -328,6 +328,45 @@ async fn a_stream_whose_client_goes_gives_its_place_back() {
     .await;
 }
 
+#[tokio::test]
+async fn a_request_pipelined_behind_a_stream_is_not_served() {
+    // The stream's socket goes to the stream once the head is written; whatever the client
+    // sent behind the stream's request is never answered, so it is not carried out either.
+    let app = spawn_live(|_| {}).await;
+    let body = r#"{"location":"Website"}"#;
+    let heartbeat = format!(
+        "POST /v1/presence/register-app-presence HTTP/1.1\r\nHost: {}\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.addr,
+        app.token(41),
+        body.len()
+    );
+    let mut sse = Sse::open_then(app.addr, "userIds=41", &[], None, &heartbeat).await;
+    assert_eq!(sse.status, 200, "{}", sse.body);
+    let first = sse.event().await;
+    assert_eq!(
+        first.data["userPresences"][0]["userPresenceType"],
+        "Offline"
+    );
+    assert_eq!(
+        sse.next_event(QUIET).await,
+        None,
+        "the pipelined heartbeat changed user 41"
+    );
+    assert_eq!(
+        app.lookup(&[41]).await,
+        vec![first.data["userPresences"][0].clone()]
+    );
+    // The same heartbeat on a connection of its own is served, and the stream sees it.
+    app.heartbeat(41, json!({"location": "Website"})).await;
+    let change = sse.event().await;
+    assert_eq!(
+        change.data["userPresences"][0]["userPresenceType"],
+        "Online"
+    );
+}
+
 // ---- WebSocket ----
 
 fn ids_of(frame: &Value) -> Vec<u64> {

@@ -7,10 +7,11 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpRequest;
 
-use super::error::JSON_UTF8;
+use super::error::{ApiError, JSON_UTF8};
 use super::extract::{ServiceCaller, API_KEY_HEADER};
 use super::routes::{reads_credentials, route_name};
 use super::AppState;
+use crate::connections::StreamMark;
 
 const TEXT_JSON_UTF8: HeaderValue = HeaderValue::from_static("text/json; charset=utf-8");
 
@@ -31,7 +32,13 @@ pub async fn negotiate_and_log<B: MessageBody>(
         .app_data::<actix_web::web::Data<AppState>>()
         .map(|state| state.metrics.in_flight());
     let text_json = wants_text_json(req.request());
-    let refused = if refuse_keys { refusal(&req) } else { None };
+    let refused = if behind_a_stream(&req) {
+        Some(ApiError::BadRequest("a request sent behind a live stream".into()).into())
+    } else if refuse_keys {
+        refusal(&req)
+    } else {
+        None
+    };
     let mut res = match refused {
         Some(refused) => req.error_response(refused).map_into_right_body(),
         None => next.call(req).await?.map_into_left_body(),
@@ -54,6 +61,14 @@ pub async fn negotiate_and_log<B: MessageBody>(
         "request"
     );
     Ok(res)
+}
+
+/// Whether `req` came on a connection whose socket a live stream asked for (see
+/// [`StreamMark::hand_over`]): the client sent it behind the stream's request, no answer
+/// can reach it, so it is refused rather than carried out.
+fn behind_a_stream(req: &ServiceRequest) -> bool {
+    req.conn_data::<StreamMark>()
+        .is_some_and(StreamMark::handed_over)
 }
 
 /// CONTRACT section 11: a request to an API route that sends `x-api-key` with a key that

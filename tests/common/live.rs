@@ -58,6 +58,18 @@ impl Sse {
         headers: &[(&str, &str)],
         rcvbuf: Option<usize>,
     ) -> Self {
+        Self::open_then(addr, query, headers, rcvbuf, "").await
+    }
+
+    /// [`Self::open`], with `then` written right behind the request, in the same write (a
+    /// client pipelining another request behind the stream's).
+    pub async fn open_then(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+        rcvbuf: Option<usize>,
+        then: &str,
+    ) -> Self {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4().unwrap()
         } else {
@@ -74,6 +86,7 @@ impl Sse {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
+        request.push_str(then);
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
