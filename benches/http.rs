@@ -13,6 +13,14 @@
 //! What matters is the presence/bare ratio of one run: the load generator shares the cores
 //! with the servers.
 //!
+//! A third server, "bare + store", is the floor between them: the bare server's framework
+//! with what a request cannot skip, the Bearer credential verified and the heartbeat
+//! recorded in a memory store of its own; the ids checked, de-duplicated, read from the
+//! store and written by the API's own writer (see [`Floor`]). Its throughput over the bare
+//! server's is the most a server with this store and this writer can reach; the presence
+//! server's over the floor's is what the rest costs (middleware, extractors, rate limits,
+//! metrics, request logging).
+//!
 //! A third scenario follows (CONTRACT section 11): every user of the lookups is made
 //! visible to friends only (`PUT /v1/users/{id}/presence-settings` with a `privacy` key),
 //! each lookup body gets a signed-in viewer of its own who is a friend of every other id
@@ -53,11 +61,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::header;
-use actix_web::{web, App, HttpResponse, HttpServer};
-use presence_server::api::json::{IdItem, LookupRequest, RegisterAppPresenceRequest};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use presence_server::api::json::{
+    entry_encoder, IdItem, LookupRequest, PresencesWriter, RegisterAppPresenceRequest,
+};
 use presence_server::auth::{sha256_hex, Authenticator};
 use presence_server::config::ServiceKeySettings;
-use presence_server::presence::UserId;
+use presence_server::presence::privacy::Viewer;
+use presence_server::presence::{Clock, Heartbeat, PlaceCatalog, Presence, UserId};
 use presence_server::{Application, Settings};
 use tokio::net::TcpStream;
 
@@ -79,6 +90,7 @@ const PRESENCE: &str = "presence-server";
 const PRESENCE_REDIS: &str = "presence on redis";
 const REDIS_BENCHMARK: &str = "redis-benchmark";
 const BARE: &str = "bare actix";
+const FLOOR: &str = "bare + store";
 /// The key prefix the bench's Redis server writes under.
 const BENCH_PREFIX: &str = "bench-http:";
 /// The service key (scope `privacy`) the bench pushes settings and friendships with.
@@ -140,7 +152,10 @@ fn main() {
         }
     }
 
-    for &(server, served) in targets.iter().filter(|(server, _)| *server != BARE) {
+    for &(server, served) in targets
+        .iter()
+        .filter(|(server, _)| ![BARE, FLOOR].contains(server))
+    {
         eprintln!("making the lookups' users friends-only on {server} ...");
         make_friends_only(served.addr, config.users, &lookup_ids);
         eprintln!("running {FRIENDS_ONLY} lookups against {server} ...");
@@ -207,6 +222,7 @@ struct Servers {
     presence: Served,
     redis: Option<Served>,
     bare: Served,
+    floor: Served,
 }
 
 /// One server on its own thread.
@@ -265,10 +281,41 @@ impl Servers {
             let run = async move { bare.await.expect("the bare server failed") };
             (addr, handle, run)
         });
+        let floor = serve_on_thread("bench-floor", move || {
+            let settings = presence_settings();
+            let state = web::Data::new(Floor {
+                presence: Presence::from_settings(
+                    &settings,
+                    Clock::system(),
+                    entry_encoder(settings.api.presence_type),
+                )
+                .expect("the floor's store builds"),
+                auth: Authenticator::new(SECRET),
+                catalog: PlaceCatalog::new(&settings.places),
+                settings,
+            });
+            let floor = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .route(REGISTER, web::post().to(floor_heartbeat))
+                    .route(USERS, web::post().to(floor_lookup))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .bind(("127.0.0.1", 0))
+            .expect("the floor server binds");
+            let addr = floor.addrs()[0];
+            let floor = floor.run();
+            let handle = floor.handle();
+            let run = async move { floor.await.expect("the floor server failed") };
+            (addr, handle, run)
+        });
         Self {
             presence,
             redis,
             bare,
+            floor,
         }
     }
 
@@ -278,6 +325,7 @@ impl Servers {
         if let Some(redis) = &self.redis {
             targets.push((PRESENCE_REDIS, redis));
         }
+        targets.push((FLOOR, &self.floor));
         targets.push((BARE, &self.bare));
         targets
     }
@@ -288,7 +336,7 @@ impl Servers {
             .enable_all()
             .build()
             .expect("a runtime to stop the servers");
-        let mut all = vec![self.presence, self.bare];
+        let mut all = vec![self.presence, self.bare, self.floor];
         all.extend(self.redis);
         rt.block_on(futures_util::future::join_all(
             all.iter().map(|served| served.handle.stop(true)),
@@ -485,6 +533,70 @@ async fn bare_lookup(body: web::Bytes, users: web::Data<u64>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
         .body(out)
+}
+
+/// The floor: what a heartbeat or a lookup cannot skip, on the bare server's framework
+/// (no middleware, no extractor of ours, no rate limit, no metrics): the credential checked
+/// and the store written; the ids checked and de-duplicated, read from the store and
+/// written by the API's own writer. Its throughput against the bare server's is the most a
+/// server with this store and this writer can reach; the presence server's against it is
+/// what everything else costs.
+struct Floor {
+    presence: Presence,
+    auth: Authenticator,
+    catalog: PlaceCatalog,
+    settings: Settings,
+}
+
+/// The floor's heartbeat: the Bearer credential verified (with its cache, as the server
+/// does), the body parsed, the heartbeat recorded, `{}`.
+async fn floor_heartbeat(
+    request: HttpRequest,
+    body: web::Bytes,
+    floor: web::Data<Floor>,
+) -> HttpResponse {
+    let user = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| floor.auth.verify(token).ok());
+    let Some(user) = user else {
+        return HttpResponse::Unauthorized().finish();
+    };
+    let Ok(request) = serde_json::from_slice::<RegisterAppPresenceRequest>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let heartbeat = Heartbeat::from_report(request.report(), &floor.catalog);
+    match floor.presence.heartbeat(user, heartbeat).await {
+        Ok(()) => json_ok(),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
+/// The floor's lookup: the ids checked and de-duplicated, each read from the store as an
+/// anonymous caller sees it and written by the API's writer.
+async fn floor_lookup(body: web::Bytes, floor: web::Data<Floor>) -> HttpResponse {
+    let Ok(request) = serde_json::from_slice::<LookupRequest>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let Ok(ids) = request.into_user_ids(floor.settings.api.max_user_ids) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let mut answer = PresencesWriter::new(floor.settings.api.presence_type, ids.len());
+    let show_last_online = floor.settings.privacy.show_last_online;
+    let read = floor
+        .presence
+        .visit_seen(Viewer::Anonymous, &ids, |seen| {
+            answer.push_seen(seen, Viewer::Anonymous, show_last_online);
+        })
+        .await;
+    match read {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+            .body(answer.finish()),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
 }
 
 /// Both servers' answers to the same lookup, once the users are present: the bare one must
@@ -891,6 +1003,28 @@ fn ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64)> {
     out
 }
 
+/// Per scenario, the floor's throughput over the bare server's (the most this store and
+/// writer allow) and the presence server's over the floor's (what the rest costs).
+fn floor_ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64)> {
+    let per_sec = |server: &str, scenario: &str| {
+        rows.iter()
+            .find(|r| r.server == server && r.scenario == scenario)
+            .map(|r| r.per_sec)
+    };
+    rows.iter()
+        .filter(|r| r.server == FLOOR)
+        .filter_map(|floor| {
+            let bare = per_sec(BARE, floor.scenario)?;
+            let presence = per_sec(PRESENCE, floor.scenario)?;
+            Some((
+                floor.scenario,
+                floor.per_sec / bare,
+                presence / floor.per_sec,
+            ))
+        })
+        .collect()
+}
+
 /// Per server, the throughput of signed-in lookups of friends-only users over that of
 /// anonymous lookups of the same ids (everyone-visible then), in the same run.
 fn privacy_ratios(rows: &[Row]) -> Vec<(&'static str, f64)> {
@@ -959,6 +1093,11 @@ fn print_table(rows: &[Row]) {
             "{scenario:<11} presence/bare: throughput {throughput:.2}x, p50 latency {p50:.2}x"
         );
     }
+    for (scenario, floor, presence) in floor_ratios(rows) {
+        println!(
+            "{scenario:<11} {FLOOR}/bare: throughput {floor:.2}x; presence/({FLOOR}): {presence:.2}x"
+        );
+    }
     for (server, ratio) in privacy_ratios(rows) {
         println!("{FRIENDS_ONLY} signed-in / anonymous lookups on {server}: {ratio:.2}x");
     }
@@ -1011,6 +1150,11 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "scenario": scenario,
             "throughput_presence_over_bare": finite(throughput),
             "p50_presence_over_bare": finite(p50),
+        })).collect::<Vec<_>>(),
+        "floor": floor_ratios(rows).into_iter().map(|(scenario, floor, presence)| serde_json::json!({
+            "scenario": scenario,
+            "throughput_floor_over_bare": finite(floor),
+            "throughput_presence_over_floor": finite(presence),
         })).collect::<Vec<_>>(),
         "friends_only_over_anonymous": privacy_ratios(rows).into_iter().map(|(server, ratio)| serde_json::json!({
             "server": server,
