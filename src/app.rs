@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_http::{HttpService, Protocol};
-use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_service::{fn_service, map_config, ServiceFactoryExt as _};
 use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::{from_fn, Condition};
 use actix_web::rt::net::TcpStream;
@@ -342,9 +342,7 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
                     api::middleware::negotiate_and_log(req, next, !cors_on)
                 }))
                 .configure(api::configure)
-                .default_service(web::to(api::routes::not_found))
-                .into_factory()
-                .map_err(|e: actix_web::Error| e.error_response());
+                .default_service(web::to(api::routes::not_found));
             let draining = draining.clone();
             let http = HttpService::build()
                 .keep_alive(keep_alive)

@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest};
-use futures_util::{FutureExt as _, StreamExt};
+use futures_util::StreamExt;
 
 use super::error::ApiError;
 use super::AppState;
@@ -132,9 +133,25 @@ impl FromRequest for Body {
                 Ok(bytes.freeze())
             };
             // A client that trickles its body is cut off rather than holding a connection.
-            // Most bodies arrive with their head: only a body still on its way needs a timer.
+            // Most bodies arrive with their head, and only a body still on its way needs a
+            // timer (a timer costs a trip through the runtime's timer wheel). The HTTP layer
+            // calls the handler as soon as it has decoded the head, and decodes the body
+            // that came with it right after: so the read is tried once more before a timer
+            // is set, after letting the HTTP layer run (the task wakes itself, so the second
+            // try happens even if no more of the body ever comes).
             let mut read = std::pin::pin!(read);
-            let bytes = match (&mut read).now_or_never() {
+            let mut tried = false;
+            let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                Poll::Ready(done) => Poll::Ready(Some(done)),
+                Poll::Pending if !tried => {
+                    tried = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            let bytes = match first {
                 Some(done) => done?,
                 None => tokio::time::timeout(timeout, read)
                     .await

@@ -30,16 +30,17 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The header that carries a service key (CONTRACT section 10).
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// How a credential arrived: only cookie-borne calls need CSRF tokens.
+/// How a credential arrived: only cookie-borne calls need CSRF tokens. A Bearer credential
+/// is read in place from its header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Credential {
-    Bearer(String),
+enum Credential<'a> {
+    Bearer(&'a str),
     Cookie(String),
 }
 
-impl Credential {
+impl<'a> Credential<'a> {
     /// The `Authorization` header wins when present; it must then be a Bearer credential.
-    fn of(req: &HttpRequest) -> Result<Self, AuthError> {
+    fn of(req: &'a HttpRequest) -> Result<Self, AuthError> {
         if let Some(value) = req.headers().get(header::AUTHORIZATION) {
             let value = value.to_str().map_err(|_| AuthError::Malformed)?;
             let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
@@ -47,7 +48,7 @@ impl Credential {
             if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
                 return Err(AuthError::Malformed);
             }
-            return Ok(Self::Bearer(token.to_owned()));
+            return Ok(Self::Bearer(token));
         }
         // Parsing cookies files them in the request's extensions: not for a request
         // without any.
@@ -64,7 +65,8 @@ impl Credential {
 
     fn jwt(&self) -> &str {
         match self {
-            Self::Bearer(jwt) | Self::Cookie(jwt) => jwt,
+            Self::Bearer(jwt) => jwt,
+            Self::Cookie(jwt) => jwt,
         }
     }
 }
@@ -74,7 +76,10 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state is not registered")))
 }
 
-fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(UserId, Credential), ApiError> {
+fn authenticate<'a>(
+    req: &'a HttpRequest,
+    state: &AppState,
+) -> Result<(UserId, Credential<'a>), ApiError> {
     let credential = Credential::of(req)?;
     let user = state.auth.verify(credential.jwt())?;
     Ok((user, credential))
