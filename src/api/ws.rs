@@ -485,7 +485,10 @@ mod transport {
                     Ok(None) => {}
                     Err(fault) => return Poll::Ready(Incoming::Fault(fault)),
                 }
-                if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // An empty buffer still holds its allocation, which the last message split
+                // from it may share: let go of it, so that a connection waiting for the
+                // client holds none.
+                if self.buf.is_empty() {
                     self.buf = BytesMut::new();
                 }
                 if let Some(payload) = self.payload.as_mut() {
