@@ -1,4 +1,4 @@
-//! Live presence (CONTRACT section 8): Server-Sent Event streams under load.
+//! Live presence (CONTRACT section 8): Server-Sent Event streams, or WebSockets, under load.
 //!
 //! The server runs as a child process, the release binary `presence-server serve` that
 //! cargo builds next to this bench, with `server.workers = 1`, persistence off, rate limits
@@ -62,7 +62,11 @@
 //!   (default 10; 0 skips it);
 //! - `BENCH_SERVER_BIN`: the server binary (default: the one cargo built for this bench);
 //! - `BENCH_SERVER_CONFIG`: the config file to start it with (default: this package's
-//!   `config.toml`; give an older build its own).
+//!   `config.toml`; give an older build its own);
+//! - `BENCH_STREAM_KIND`: `sse` (default) or `ws`: the subscribers are WebSockets, each of
+//!   which upgrades `GET /v1/presence/ws`, sends `{"subscribe":[its 50 users]}` once the
+//!   `101` has come and counts as open once the answer (the 50 entries) has arrived; every
+//!   phase then runs with them as it does with event streams.
 //!
 //! The bench raises its soft open-files limit to the hard one; N subscribers need N client
 //! sockets here and N server sockets in the child.
@@ -95,6 +99,7 @@ const SECRET: &str = "stream-bench-secret";
 const PRIVACY_KEY: &str = "stream-bench-privacy-key-0123456789abcdef";
 const REGISTER: &str = "/v1/presence/register-app-presence";
 const STREAM: &str = "/v1/presence/stream";
+const WS: &str = "/v1/presence/ws";
 const WATCHED_PER_SUBSCRIBER: usize = 50;
 /// Users of the "not watched" refresh load: far above any pool.
 const UNWATCHED_BASE: u64 = 1_000_000_000;
@@ -147,9 +152,10 @@ fn main() {
     }
     let bin = server_binary();
     println!(
-        "Live presence streams: {cores} cores, server `{}` (1 worker, child process), \
+        "Live presence {}: {cores} cores, server `{}` (1 worker, child process), \
          subscribers {:?} watching {WATCHED_PER_SUBSCRIBER} of {} users each, \
          {} subscriber thread(s), {} driver connections",
+        config.kind.name(),
         bin.display(),
         config.subscribers,
         config.pool,
@@ -189,8 +195,17 @@ fn main() {
             }
         }
         let watchers = Arc::new(watchers);
-        let requests: Arc<Vec<Vec<u8>>> =
-            Arc::new(lists.iter().map(|l| stream_request(l)).collect());
+        // What each subscriber sends: its event stream's request, or its WebSocket's
+        // subscribe frame.
+        let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+            lists
+                .iter()
+                .map(|l| match config.kind {
+                    Kind::Ws => subscribe_frame(l),
+                    _ => stream_request(l),
+                })
+                .collect(),
+        );
 
         // 0. The same number of plain keep-alive connections, each after a lookup of the
         //    same 50 users, on a server of their own: what any idle HTTP/1.1 connection costs.
@@ -198,10 +213,10 @@ fn main() {
             let lookups: Arc<Vec<Vec<u8>>> =
                 Arc::new(lists.iter().map(|l| lookup_request(l)).collect());
             let server = Server::start(n + 64, &bin);
-            let mut idle = Subscribers::new(config.subscriber_threads);
+            let mut idle = Subscribers::new(config.subscriber_threads, Kind::KeepAlive);
             std::thread::sleep(Duration::from_millis(500));
             let before = server.rss_kib();
-            idle.open_as(server.addr, &lookups, Kind::KeepAlive);
+            idle.open(server.addr, &lookups);
             std::thread::sleep(Duration::from_secs(1));
             let after = server.rss_kib();
             eprintln!("N = {n}: {n} idle keep-alive connections: RSS {before} KiB -> {after} KiB");
@@ -213,7 +228,7 @@ fn main() {
         let server = Server::start(n + 64, &bin);
         eprintln!("N = {n}: server pid {} on {}", server.pid(), server.addr);
         let addr = server.addr;
-        let mut subs = Subscribers::new(config.subscriber_threads);
+        let mut subs = Subscribers::new(config.subscriber_threads, config.kind);
         let mut result = RunResult::new(n, &watchers, config.pool);
         (
             result.keepalive_rss_before_kib,
@@ -367,6 +382,8 @@ struct Config {
     ab_measure: Duration,
     ab_rounds: usize,
     subscriber_threads: usize,
+    /// What the subscribers open: [`Kind::Stream`] or [`Kind::Ws`].
+    kind: Kind,
 }
 
 impl Config {
@@ -392,6 +409,11 @@ impl Config {
             ab_measure: Duration::from_secs_f64(env_number("BENCH_AB_SECONDS", 3.0).max(0.1)),
             ab_rounds: env_number("BENCH_AB_ROUNDS", 3.0).max(1.0) as usize,
             subscriber_threads: env_number("BENCH_SUBSCRIBER_THREADS", 1.0).max(1.0) as usize,
+            kind: match std::env::var("BENCH_STREAM_KIND").as_deref() {
+                Err(_) | Ok("sse") => Kind::Stream,
+                Ok("ws") => Kind::Ws,
+                Ok(other) => panic!("BENCH_STREAM_KIND is sse or ws, not {other:?}"),
+            },
             friends_only_percent: env_number("BENCH_FRIENDS_ONLY_PERCENT", 10.0).clamp(0.0, 100.0)
                 as u64,
         }
@@ -635,6 +657,24 @@ fn stream_request(users: &[u64]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A WebSocket's `{"subscribe":[users]}` as a client sends it: one masked text frame.
+fn subscribe_frame(users: &[u64]) -> Vec<u8> {
+    let ids: Vec<String> = users.iter().map(u64::to_string).collect();
+    let payload = format!(r#"{{"subscribe":[{}]}}"#, ids.join(","));
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let mask = [0x5a, 0x17, 0xc3, 0x2e];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 /// `POST /v1/presence/users` of `users`: an answer about as large as a stream's first event.
 fn lookup_request(users: &[u64]) -> Vec<u8> {
     let ids: Vec<String> = users.iter().map(u64::to_string).collect();
@@ -702,15 +742,16 @@ impl Stats {
     }
 }
 
-/// N streams on their own runtime.
+/// N streams (or idle connections) of one kind on their own runtime.
 struct Subscribers {
     rt: Runtime,
+    kind: Kind,
     tasks: Vec<JoinHandle<()>>,
     stats: Arc<Stats>,
 }
 
 impl Subscribers {
-    fn new(threads: usize) -> Self {
+    fn new(threads: usize, kind: Kind) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name(SUBSCRIBER_THREAD)
@@ -719,20 +760,17 @@ impl Subscribers {
             .expect("the subscribers' runtime");
         Self {
             rt,
+            kind,
             tasks: Vec::new(),
             stats: Arc::new(Stats::default()),
         }
     }
 
-    /// Opens one stream per request and waits until each received its first event.
+    /// Opens one stream (or connection) per request and waits until each received its
+    /// first event (or answer).
     fn open(&mut self, addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>) -> Duration {
-        self.open_as(addr, requests, Kind::Stream)
-    }
-
-    /// Opens one connection per request, each sending its request, reading the whole
-    /// answer and then staying open and idle.
-    fn open_as(&mut self, addr: SocketAddr, requests: &Arc<Vec<Vec<u8>>>, kind: Kind) -> Duration {
         assert!(self.tasks.is_empty(), "open after close");
+        let kind = self.kind;
         let start = Instant::now();
         let opened = self.stats.opened.load(Ordering::Relaxed);
         let errors = self.stats.errors.load(Ordering::Relaxed);
@@ -744,6 +782,7 @@ impl Subscribers {
             self.tasks.push(self.rt.spawn(async move {
                 let done = match kind {
                     Kind::Stream => watch(addr, &requests[i], &stats, gate).await,
+                    Kind::Ws => watch_ws(addr, &requests[i], &stats, gate).await,
                     Kind::KeepAlive => hold(addr, &requests[i], &stats, gate).await,
                 };
                 if let Err(e) = done {
@@ -793,8 +832,20 @@ impl Subscribers {
 enum Kind {
     /// An event stream, read until dropped.
     Stream,
+    /// A WebSocket subscribed to its users, read until dropped.
+    Ws,
     /// A keep-alive connection that made one request and then idles.
     KeepAlive,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Stream => "event streams",
+            Kind::Ws => "WebSockets",
+            Kind::KeepAlive => "keep-alive connections",
+        }
+    }
 }
 
 /// One keep-alive connection: one request, its whole answer, then idle until dropped.
@@ -879,43 +930,128 @@ async fn watch(
             continue;
         };
         for line in text[..=last].split_inclusive(|&b| b == b'\n') {
-            let Some(data) = line.strip_prefix(b"data: ") else {
-                continue;
-            };
-            let entries = memmem::find_iter(data, ENTRY_START).count();
-            if opening.take().is_some() {
-                if entries != WATCHED_PER_SUBSCRIBER {
-                    return Err(invalid(&format!("the first event holds {entries} entries")));
-                }
-                stats.opened.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            stats.events.fetch_add(1, Ordering::Relaxed);
-            stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
-            if stats.recording.load(Ordering::Relaxed) {
-                let now = micros();
-                samples.clear();
-                for at in memmem::find_iter(data, STAMP_START) {
-                    let digits = &data[at + STAMP_START.len()..];
-                    let end = digits
-                        .iter()
-                        .position(|b| !b.is_ascii_digit())
-                        .unwrap_or(digits.len());
-                    if let Some(sent) = std::str::from_utf8(&digits[..end])
-                        .ok()
-                        .and_then(|d| d.parse::<u64>().ok())
-                    {
-                        samples.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                    }
-                }
-                let mut kept = stats.latencies_us.lock();
-                if kept.len() < MAX_SAMPLES {
-                    kept.extend_from_slice(&samples);
-                }
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                received(data, &mut opening, stats, &mut samples)?;
             }
         }
         text.drain(..=last);
     }
+}
+
+/// Accounts for one `{"userPresences":[...]}` received: the first one (while `opening`)
+/// must hold every watched user's entry and opens the stream; the others are counted, and
+/// timed while the stats are recording.
+fn received(
+    data: &[u8],
+    opening: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    stats: &Stats,
+    samples: &mut Vec<u32>,
+) -> io::Result<()> {
+    let entries = memmem::find_iter(data, ENTRY_START).count();
+    if opening.take().is_some() {
+        if entries != WATCHED_PER_SUBSCRIBER {
+            return Err(invalid(&format!("the first event holds {entries} entries")));
+        }
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    stats.events.fetch_add(1, Ordering::Relaxed);
+    stats.entries.fetch_add(entries as u64, Ordering::Relaxed);
+    if stats.recording.load(Ordering::Relaxed) {
+        let now = micros();
+        samples.clear();
+        for at in memmem::find_iter(data, STAMP_START) {
+            let digits = &data[at + STAMP_START.len()..];
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
+            if let Some(sent) = std::str::from_utf8(&digits[..end])
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                samples.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+            }
+        }
+        let mut kept = stats.latencies_us.lock();
+        if kept.len() < MAX_SAMPLES {
+            kept.extend_from_slice(samples);
+        }
+    }
+    Ok(())
+}
+
+/// One WebSocket: upgrades, sends `subscribe` (a masked frame) once the `101` has come,
+/// then reads frames until the task is dropped. The answer to the subscribe is the first
+/// `{"userPresences":[...]}`; pings are left unanswered (the server does not ask for pongs).
+async fn watch_ws(
+    addr: SocketAddr,
+    subscribe: &[u8],
+    stats: &Stats,
+    gate: Arc<Semaphore>,
+) -> io::Result<()> {
+    let mut opening = Some(gate.acquire_owned().await.expect("the gate stays open"));
+    let mut conn = connect(addr).await?;
+    let request = format!(
+        "GET {WS} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(4096);
+    let head = loop {
+        if let Some(at) = memmem::find(&buf, b"\r\n\r\n") {
+            break at + 4;
+        }
+        read_some(&mut conn, &mut buf).await?;
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return Err(invalid(&format!(
+            "answered {}",
+            String::from_utf8_lossy(&buf[..head]).trim()
+        )));
+    }
+    buf.drain(..head);
+    conn.write_all(subscribe).await?;
+    let mut samples = Vec::new();
+    loop {
+        // A whole frame at the front of `buf`: its opcode, where its payload starts and ends.
+        let frame = match *buf.as_slice() {
+            [first, second, ref rest @ ..] => {
+                let (len, at) = match second & 0x7F {
+                    126 => match rest {
+                        [a, b, ..] => (usize::from(u16::from_be_bytes([*a, *b])), 4),
+                        _ => (usize::MAX, 0),
+                    },
+                    127 => match rest.get(..8) {
+                        Some(bytes) => (u64::from_be_bytes(bytes.try_into().unwrap()) as usize, 10),
+                        None => (usize::MAX, 0),
+                    },
+                    n => (usize::from(n), 2),
+                };
+                (len != usize::MAX && buf.len() >= at + len).then_some((first & 0x0F, at, at + len))
+            }
+            _ => None,
+        };
+        let Some((opcode, start, end)) = frame else {
+            read_some(&mut conn, &mut buf).await?;
+            continue;
+        };
+        match opcode {
+            0x1 => received(&buf[start..end], &mut opening, stats, &mut samples)?,
+            0x8 => return Err(invalid("the server closed the WebSocket")),
+            _ => {}
+        }
+        buf.drain(..end);
+    }
+}
+
+/// Reads what has come into `buf`; an end of file is an error.
+async fn read_some(conn: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.reserve(8 * 1024);
+    if conn.read_buf(buf).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1611,6 +1747,7 @@ fn to_json(results: &[RunResult], cores: usize, config: &Config) -> serde_json::
         "refresh_connections": REFRESH_CONNECTIONS,
         "refresh_users": REFRESH_USERS,
         "subscriber_threads": config.subscriber_threads,
+        "kind": config.kind.name(),
         "results": results.iter().map(|r| serde_json::json!({
             "subscribers": r.subscribers,
             "mean_watchers_per_user": r.mean_watchers,

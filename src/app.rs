@@ -376,10 +376,10 @@ fn serve(state: &web::Data<AppState>) -> anyhow::Result<Bound> {
 
 /// How much of a response body the HTTP layer gathers in a connection's write buffer
 /// before it writes (actix-http's `h1_write_buffer_size`, 32 KiB by default). The buffer
-/// starts at 8 KiB and keeps the largest size it ever reached for the connection's life: a
-/// WebSocket (or an event stream whose socket cannot be handed over), which hands its
-/// frames or events over at most `api::stream::PIECE` bytes at a time, never has it hold
-/// more than this plus one piece, and so never grows it.
+/// starts at 8 KiB and keeps the largest size it ever reached for the connection's life: an
+/// event stream whose socket cannot be handed over, which hands its events over at most
+/// `api::stream::PIECE` bytes at a time, never has it hold more than this plus one piece,
+/// and so never grows it.
 pub(crate) const WRITE_THRESHOLD: usize = 4096;
 
 /// The listen queue, as `actix_web::HttpServer` sets it.

@@ -26,12 +26,14 @@
 //! answers a slow head with `408`. Past a deadline the wrapper fails the next read or write,
 //! and the dispatcher drops the connection.
 //!
-//! An event stream goes further: its handler asks for the socket itself
-//! ([`StreamMark::hand_over`]). The dispatcher writes the response head as usual; the
-//! wrapper passes the head through, then gives the socket to the handler's task as a
+//! Live streams go further: an event stream's or a WebSocket's handler asks for the socket
+//! itself ([`StreamMark::hand_over`]). The dispatcher writes the response head as usual;
+//! the wrapper passes the head through, then gives the socket to the handler's task as a
 //! [`Handed`] and shows the dispatcher an ended connection. The dispatcher, and the buffers
 //! it holds for a connection (8 KiB to read, 8 KiB or more to write), are then gone, and the
-//! stream costs little more than its socket while idle.
+//! stream costs little more than its socket while idle. The socket changes hands in the
+//! very write that completes the head, before that write returns: whatever the client sends
+//! once it has the head can only be read by the new owner.
 
 use std::future::Future as _;
 use std::io;
@@ -125,8 +127,9 @@ impl StreamMark {
     /// Asks for the socket once the head of the response to this request is written: the
     /// connection then ends for the HTTP layer (the rest of what it writes is dropped, and
     /// it reads an end of file), and the socket comes through the receiver, for the
-    /// response's body to be written to it by whoever holds it. The receiver gets nothing
-    /// when the connection ends before the head is written.
+    /// response's body to be written to it (and, after a `101 Switching Protocols`, the
+    /// new protocol spoken on it) by whoever holds it. The receiver gets nothing when the
+    /// connection ends before the head is written.
     pub fn hand_over(&self) -> oneshot::Receiver<Handed> {
         let (give, take) = oneshot::channel();
         self.0.handed.store(true, Ordering::Release);
@@ -497,13 +500,15 @@ impl HeadWritten {
 }
 
 /// The socket of a live stream, handed over once its response head is written (see
-/// [`StreamMark::hand_over`]): the stream writes its body to it. It keeps the connection's
-/// place in the per-address count, and cuts off a reader that takes nothing of what is
+/// [`StreamMark::hand_over`]): an event stream writes its body to it, a WebSocket reads
+/// and writes its frames on it. It keeps the connection's place in the per-address count
+/// (given back when it is dropped), and cuts off a reader that takes nothing of what is
 /// written for [`Deadlines::stream_stall`], as [`Connection`] does.
 pub struct Handed {
     stream: TcpStream,
-    /// Whether the head announced a chunked body (HTTP/1.1); else the body ends with the
-    /// connection.
+    /// Whether the head announced a chunked body (HTTP/1.1); else the body, if any, ends
+    /// with the connection. A `101 Switching Protocols` head announces neither a length
+    /// nor a chunked body (the HTTP layer writes nothing after it): `false`.
     pub chunked: bool,
     stall: Duration,
     /// Runs while a write makes no progress.
@@ -550,6 +555,16 @@ impl Handed {
             }
             other => other,
         }
+    }
+
+    /// Reads what the peer sends into `buf`; nothing read while `buf` has room means the
+    /// peer will send no more.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 
     /// Whether the peer has closed the connection (or it failed); what the peer sends is

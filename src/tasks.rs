@@ -1,5 +1,6 @@
-//! Tasks the application spawns for a connection's lifetime (a WebSocket's loop), counted so
-//! that shutdown can wait until each has ended its connection properly.
+//! Tasks the application spawns for a connection's lifetime (a live stream's, which owns
+//! its socket once it is handed over), counted so that shutdown can wait until each has
+//! ended its connection properly.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -402,6 +402,97 @@ async fn connections_over_the_per_address_limit_are_closed_at_once_while_others_
     .await;
 }
 
+/// Reads from `stream` until what it has read contains `wanted`; panics if the server
+/// closes first or is silent for longer than [`PATIENCE`].
+fn read_until_found(stream: &mut TcpStream, wanted: &str) -> Vec<u8> {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&read).contains(wanted) {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => panic!(
+                "no {wanted:?} before the end: {:?}",
+                String::from_utf8_lossy(&read)
+            ),
+            Ok(n) => read.extend_from_slice(&buf[..n]),
+        }
+    }
+    read
+}
+
+/// Opens a WebSocket on `stream` and has it watch user `id` (its answer is read).
+fn open_websocket(stream: &mut TcpStream, id: u64) {
+    let upgrade = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        common::live::WS
+    );
+    stream.write_all(upgrade.as_bytes()).unwrap();
+    let head = read_until_found(stream, "\r\n\r\n");
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    // A masked text frame (a mask of zeros leaves the payload as it is).
+    let text = format!(r#"{{"subscribe":[{id}]}}"#);
+    let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(text.as_bytes());
+    stream.write_all(&frame).unwrap();
+    read_until_found(stream, &format!(r#""userId":{id}"#));
+}
+
+#[tokio::test]
+async fn a_live_stream_holds_its_place_until_its_client_leaves() {
+    let app = spawn_app_with(|s| {
+        s.server.max_connections_per_address = 2;
+        s.server.request_head_timeout = LONG;
+        s.server.keep_alive = LONG;
+    })
+    .await;
+    let addr = app.addr;
+    blocking(move || {
+        let from = ip("127.0.0.4");
+        // A WebSocket and an event stream: both places taken (each stream's socket has
+        // left the HTTP layer by now, with its place).
+        let mut ws = connect_from(from, addr).unwrap();
+        open_websocket(&mut ws, 70);
+        let mut sse = connect_from(from, addr).unwrap();
+        let request = format!(
+            "GET {}?userIds=71 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            common::live::STREAM
+        );
+        sse.write_all(request.as_bytes()).unwrap();
+        read_until_found(&mut sse, r#""userId":71"#);
+        let mut extra = connect_from(from, addr).unwrap();
+        let _ = extra.write_all(&lookup_request(72));
+        assert_eq!(
+            read_answer(&mut extra),
+            None,
+            "a third connection was served"
+        );
+
+        // Once a stream's client leaves, its place is free again; the connections that
+        // take the places are kept, so the second one proves both places given back.
+        let mut kept = Vec::new();
+        for (i, stream) in [ws, sse].into_iter().enumerate() {
+            drop(stream);
+            let start = Instant::now();
+            loop {
+                let mut again = connect_from(from, addr).unwrap();
+                let _ = again.write_all(&lookup_request(73 + i as u64));
+                if let Some((status, _)) = read_answer(&mut again) {
+                    assert_eq!(status, 200);
+                    kept.push(again);
+                    break;
+                }
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "the place of stream {i} was never given back"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn thousands_of_held_connections_from_one_address_do_not_lock_another_out() {
     // Each connection sends a whole request, then one byte of a second one, and is held:

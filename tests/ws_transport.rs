@@ -276,6 +276,87 @@ async fn a_fragmented_message_is_bounded_in_total() {
 }
 
 #[tokio::test]
+async fn a_large_message_trickled_in_small_writes_is_answered() {
+    let app = spawn_live(|s| s.server.max_body_bytes = 64 * 1024).await;
+    let mut ws = RawWs::open(app.addr, None).await;
+    // About 40 KB of text, in three fragments with a ping between, each written a few
+    // hundred bytes at a time: frames far larger than one read, and headers and payloads
+    // cut anywhere.
+    let text = format!(r#"{{"subscribe":[9]{}}}"#, " ".repeat(40_000));
+    let cut = [0, 15_000, 31_000, text.len()];
+    let mut bytes = Vec::new();
+    for (i, part) in cut.windows(2).enumerate() {
+        let opcode = if i == 0 { TEXT } else { CONTINUATION };
+        let fin = i == cut.len() - 2;
+        bytes.extend(frame_bytes(
+            fin,
+            opcode,
+            &text.as_bytes()[part[0]..part[1]],
+            true,
+        ));
+        if i == 0 {
+            bytes.extend(frame_bytes(true, PING, b"midway", true));
+        }
+    }
+    for piece in bytes.chunks(333) {
+        ws.stream.write_all(piece).await.unwrap();
+        ws.stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let pong = ws.next().await;
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (PONG, &b"midway"[..])
+    );
+    let answer = ws.next().await.json();
+    assert_eq!(answer["userPresences"], json!(app.lookup(&[9]).await));
+    // The connection goes on: a small frame after the large one is answered too.
+    ws.send_text(r#"{"subscribe":[10]}"#).await;
+    assert_eq!(ws.next().await.json()["userPresences"][0]["userId"], 10);
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_answered() {
+    // A client should wait for the `101` before it sends a frame; one that does not is
+    // still served, in order, whether the frames came with the request or right after.
+    let app = spawn_live(|_| {}).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET {WS} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.addr
+    )
+    .into_bytes();
+    bytes.extend(frame_bytes(true, PING, b"early", true));
+    bytes.extend(frame_bytes(true, TEXT, br#"{"subscribe":[11]}"#, true));
+    stream.write_all(&bytes).await.unwrap();
+    stream
+        .write_all(&frame_bytes(true, TEXT, br#"{"subscribe":[12]}"#, true))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert!(buf.starts_with(b"HTTP/1.1 101"), "{buf:?}");
+    buf.drain(..end);
+    let mut ws = RawWs { stream, buf };
+    let pong = ws.next().await;
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (PONG, &b"early"[..])
+    );
+    assert_eq!(ws.next().await.json()["userPresences"][0]["userId"], 11);
+    assert_eq!(ws.next().await.json()["userPresences"][0]["userId"], 12);
+}
+
+#[tokio::test]
 async fn protocol_faults_get_their_close_codes() {
     let app = spawn_live(|_| {}).await;
     // Not UTF-8 (also across fragments).

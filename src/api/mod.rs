@@ -44,7 +44,7 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The OpenAPI document for these settings, rendered once.
     pub openapi: String,
-    /// The live streams' connection tasks (each WebSocket's, and each event stream's once
-    /// its socket is handed over), which shutdown waits for.
+    /// The live streams' connection tasks (each WebSocket's and each event stream's, which
+    /// own their sockets once handed over), which shutdown waits for.
     pub live_tasks: crate::tasks::Tasks,
 }

@@ -464,8 +464,8 @@ async fn first_event(
 /// a delivery goes to the system call that writes it).
 pub(super) const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The most bytes a stream hands on at once: to the HTTP layer for a WebSocket (or an event
-/// stream not handed over), to the socket for a handed-over event stream. actix-http
+/// The most bytes an event stream hands on at once: to the HTTP layer for a stream not
+/// handed over, to the socket for a handed-over one. actix-http
 /// copies each piece of a body into the connection's write buffer (8 KiB at first), which
 /// keeps the size of the largest content it ever held for as long as the connection
 /// lives. An event larger than this (the first one, with every watched user's entry, is

@@ -2,40 +2,45 @@
 //! JSON text: `{"subscribe":[ids]}` and `{"unsubscribe":[ids]}` from the client; entries,
 //! written as lookups write them, from the server.
 //!
-//! The transport (RFC 6455) is this module's own, in [`transport`]: the handshake answers
-//! `101` with a body that yields one encoded frame at a time from a single slot, and the
-//! request's bytes are decoded here, a frame header at a time. Two things follow:
+//! The transport (RFC 6455) is this module's own, in [`transport`]. The handshake answers
+//! `101` with no body and asks for the connection's socket (see
+//! [`StreamMark::hand_over`]): once the head is written, the connection's task reads the
+//! client's frames from the socket and writes its own frames to it, and the HTTP layer (its
+//! dispatcher and that dispatcher's read and write buffers) is gone. Three things follow:
 //!
 //! - a frame, or a fragmented message, longer than `server.max_body_bytes` is refused with
 //!   1009 as soon as its header is read, so no client can make the server hold more than
-//!   that of what it sends;
-//! - a frame is made only once the HTTP layer has taken the previous one, and the HTTP layer
-//!   takes one only when its write buffer has room. A reader that stops reading therefore
-//!   leaves its changes coalesced in the subscription (one pending entry per user), as an
-//!   event stream does, and subscribe answers, pongs and closes wait in the same single
-//!   slot.
+//!   that of what it sends; the bytes received are held only until they are decoded (a
+//!   read buffer is made as large as the frame being read needs, and let go once empty),
+//!   so an idle connection holds none;
+//! - one frame is written at a time, and a batch is taken from the subscription only once
+//!   the frame before has been written whole. A reader that stops reading therefore leaves
+//!   its changes coalesced in the subscription (one pending entry per user), as an event
+//!   stream does; a reader that takes nothing for `stream_stall` is cut off;
+//! - bytes a client sent before it had the `101` (which it should not) were read by the
+//!   HTTP layer: they come through the request's payload, which ends once the socket has
+//!   changed hands, and are decoded before anything read from the socket.
 //!
 //! What a connection does with the hub is in [`run`] (batches) and [`on_text`] (subscribe
 //! and unsubscribe); the rest is transport.
 
 use std::net::IpAddr;
 
-use actix_http::body::{BodyStream, BoxBody};
+use actix_http::body::BoxBody;
 use actix_web::web::{self};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use self::transport::{close_frame, encode, outbox, Inbound, Incoming, Opcode, Outbox};
+use self::transport::{close_frame, encode, Event, Inbound, Incoming, Opcode, Socket};
 use super::error::ApiError;
 use super::extract::{stream_caller, Reader};
 use super::json::IdItem;
 use super::stream::{
-    checked, hold_connection, joined, open, read, refuse_foreign_cookie, ticker, visible, Expiry,
-    BATCH_INTERVAL,
+    checked, joined, open, read, refuse_foreign_cookie, ticker, visible, Expiry, BATCH_INTERVAL,
 };
 use super::AppState;
-use crate::connections::StreamGuard;
+use crate::connections::StreamMark;
 use crate::presence::watch::Entry;
 use crate::presence::{Subscription, UserId};
 
@@ -52,20 +57,35 @@ pub async fn ws(
     let expiry = Expiry::of(&state, caller, viewer);
     let mut handshake = actix_http::ws::handshake(req.head())
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake: {e}")))?;
-    let (outbox, frames) = outbox();
+    // No body: the HTTP layer writes the head alone (a `101` has no length or chunked
+    // framing) and nothing after it.
     let response = handshake
-        .message_body(BoxBody::new(BodyStream::new(frames)))
+        .message_body(BoxBody::new(()))
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("WebSocket response: {e}")))?;
+    // Every connection of the server carries its mark (see `app::serve`).
+    let mark = req.conn_data::<StreamMark>().ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "WebSocket: the connection has no stream mark"
+        ))
+    })?;
+    // Nothing fails from here on: the response is the `101`, after which the socket
+    // changes hands.
+    let held = mark.hold();
+    let handed = mark.hand_over();
     let inbound = Inbound::new(body, state.settings.server.max_body_bytes);
-    let held = hold_connection(&req);
-    // Owned by the application's WebSocket tasks: shutdown waits for it to end.
+    // Owned by the application's live-stream tasks: shutdown waits for it to end.
     let running = state.live_tasks.start();
     // The session keeps the client's address, not the request: a request holds its head
     // (and the buffer it was read into) for as long as it lives.
     let address = state.limits.client_address(&req);
     drop(req);
     actix_web::rt::spawn(async move {
-        run(address, &state, sub, expiry, inbound, outbox, held).await;
+        // Nothing comes when the connection ends before the head is written.
+        if let Ok(handed) = handed.await {
+            // The mark no longer has a connection to keep.
+            drop(held);
+            run(address, &state, sub, expiry, Socket::new(handed, inbound)).await;
+        }
         drop(running);
     });
     Ok(response.into())
@@ -80,35 +100,39 @@ struct ClientFrame {
 }
 
 /// Serves one WebSocket until either side closes it, the peer goes, or the node shuts down.
-/// Every frame goes out through `outbox`, which takes one only once the HTTP layer has
-/// taken the one before: a batch is taken from the subscription only then.
+/// Frames are written one at a time (see [`Socket::send`]): a batch is taken from the
+/// subscription only once the frame before is written.
 async fn run(
     address: Option<IpAddr>,
     state: &AppState,
     mut sub: Subscription,
     mut expiry: Option<Expiry>,
-    mut inbound: Inbound,
-    outbox: Outbox,
-    held: Option<StreamGuard>,
+    mut socket: Socket,
 ) {
     let mut ping = ticker(state.settings.stream.keep_alive);
     let mut next_batch = Instant::now();
     let close = loop {
         let paced = Instant::now() < next_batch;
+        let written = socket.is_written();
         let sent = tokio::select! {
-            incoming = inbound.next() => match incoming {
-                Incoming::Text(text) => {
-                    let answer = match on_text(address, state, &mut sub, &text).await {
+            event = socket.next() => match event {
+                Event::Written => Ok(()),
+                Event::Incoming(Incoming::Text(text)) => {
+                    // Boxed: the store's read is the largest state of this task, and is
+                    // held only while a frame is answered.
+                    let answer = match Box::pin(on_text(address, state, &mut sub, &text)).await {
                         Ok(Some(answer)) => answer,
                         Ok(None) => continue,
                         Err(e) => e.body().into_bytes(),
                     };
-                    outbox.send(encode(Opcode::Text, &answer)).await
+                    socket.send(encode(Opcode::Text, &answer)).await
                 }
-                Incoming::Ping(data) => outbox.send(encode(Opcode::Pong, &data)).await,
-                Incoming::Pong => Ok(()),
-                Incoming::Close(echo) => break Some(echo),
-                Incoming::Fault(fault) => {
+                Event::Incoming(Incoming::Ping(data)) => {
+                    socket.send(encode(Opcode::Pong, &data)).await
+                }
+                Event::Incoming(Incoming::Pong) => Ok(()),
+                Event::Incoming(Incoming::Close(echo)) => break Some(echo),
+                Event::Incoming(Incoming::Fault(fault)) => {
                     tracing::debug!(
                         code = fault.code,
                         reason = fault.reason,
@@ -116,18 +140,14 @@ async fn run(
                     );
                     break Some(close_frame(fault.code, fault.reason));
                 }
-                Incoming::End => break None,
+                Event::Incoming(Incoming::End) => break None,
             },
-            batch = async {
-                outbox.room().await?;
-                Ok(sub.next_batch().await)
-            }, if !paced => match batch {
-                Err(transport::Gone) => break None,
-                Ok(None) => break Some(close_frame(transport::GOING_AWAY, "")),
-                Ok(Some(batch)) => {
+            batch = sub.next_batch(), if !paced && written => match batch {
+                None => break Some(close_frame(transport::GOING_AWAY, "")),
+                Some(batch) => {
                     ping.reset();
                     next_batch = Instant::now() + BATCH_INTERVAL;
-                    outbox.send(encode(Opcode::Text, &joined(&batch.entries))).await
+                    socket.send(encode(Opcode::Text, &joined(&batch.entries))).await
                 }
             },
             () = sub.pending(), if paced => {
@@ -138,17 +158,17 @@ async fn run(
             () = credential_expired(expiry.as_mut()) => {
                 break Some(close_frame(POLICY_VIOLATION, "the credential expired"));
             }
-            _ = ping.tick() => outbox.send(encode(Opcode::Ping, b"")).await,
-            () = transport::peer_gone(held.as_ref()) => break None,
+            _ = ping.tick() => socket.send(encode(Opcode::Ping, b"")).await,
         };
         if sent.is_err() {
             break None;
         }
     };
+    // The subscription goes before the close is written, which may wait on the peer.
+    drop(sub);
     if let Some(frame) = close {
-        let _ = outbox.send(frame).await;
+        socket.close(frame).await;
     }
-    drop(held);
 }
 
 /// Close code 1008: the connection's credential is no longer valid.
@@ -221,21 +241,19 @@ async fn on_text(
 }
 
 /// RFC 6455 framing: the decoder of what a client sends, the encoder of what the server
-/// sends, and the single slot between the connection's task and the HTTP layer.
+/// sends, and the connection's socket, on which both go.
 mod transport {
-    use std::convert::Infallible;
     use std::future::poll_fn;
+    use std::io;
     use std::pin::Pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Waker};
+    use std::task::{ready, Context, Poll};
 
     use actix_web::web::{self, Bytes, BytesMut};
     use bytes::{Buf as _, BufMut as _};
     use futures_util::Stream;
-    use parking_lot::Mutex;
+    use tokio::io::ReadBuf;
 
-    use crate::api::stream::next_piece;
-    use crate::connections::StreamGuard;
+    use crate::connections::Handed;
 
     /// Close codes (RFC 6455 section 7.4.1).
     pub(super) const GOING_AWAY: u16 = 1001;
@@ -429,12 +447,21 @@ mod transport {
         Ok(close_frame(code, ""))
     }
 
-    /// The decoder of the client's frames, over the request's payload. Its state lives in
-    /// it, not in the future of [`Inbound::next`], which can be dropped at any await.
+    /// Bytes read from the socket at a time while no frame larger than this is being read:
+    /// into the stack, so that a connection waiting for the client holds no read buffer.
+    const READ_CHUNK: usize = 2048;
+
+    /// The decoder of the client's frames. Its state lives in it, not in the future of
+    /// [`Socket::next`], which can be dropped at any await.
     pub(super) struct Inbound {
-        payload: web::Payload,
-        /// Bytes received, not yet decoded: at most one frame within the limit.
+        /// What the HTTP layer read before the socket was handed over; `None` once it has
+        /// ended, which it does once the socket has changed hands.
+        payload: Option<web::Payload>,
+        /// Bytes received, not yet decoded: at most one frame within the limit, and what
+        /// came with its end. Let go whenever it is empty.
         buf: BytesMut,
+        /// Bytes still missing of the frame whose header is in `buf`; 0 while no header is.
+        missing: usize,
         limit: usize,
         /// The text message whose fragments are arriving.
         message: Option<BytesMut>,
@@ -443,46 +470,82 @@ mod transport {
     impl Inbound {
         pub(super) fn new(payload: web::Payload, limit: usize) -> Self {
             Self {
-                payload,
+                payload: Some(payload),
                 buf: BytesMut::new(),
+                missing: 0,
                 limit,
                 message: None,
             }
         }
 
-        pub(super) async fn next(&mut self) -> Incoming {
-            poll_fn(|cx| self.poll_next(cx)).await
-        }
-
-        fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        fn poll_next(&mut self, socket: &mut Handed, cx: &mut Context<'_>) -> Poll<Incoming> {
             loop {
                 match self.decode() {
                     Ok(Some(incoming)) => return Poll::Ready(incoming),
                     Ok(None) => {}
                     Err(fault) => return Poll::Ready(Incoming::Fault(fault)),
                 }
-                match Pin::new(&mut self.payload).poll_next(cx) {
-                    Poll::Ready(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
-                    Poll::Ready(Some(Err(e))) => {
+                // An empty buffer still holds its allocation, which the last message split
+                // from it may share: let go of it, so that a connection waiting for the
+                // client holds none.
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+                if let Some(payload) = self.payload.as_mut() {
+                    match Pin::new(payload).poll_next(cx) {
+                        Poll::Ready(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
+                        // The HTTP layer has read the end it is shown once the socket has
+                        // changed hands (an error, as for a payload cut short): what
+                        // follows is on the socket.
+                        Poll::Ready(Some(Err(_)) | None) => self.payload = None,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    continue;
+                }
+                match self.fill(socket, cx) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Incoming::End),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
                         tracing::debug!(error = %e, "WebSocket read ended");
                         return Poll::Ready(Incoming::End);
                     }
-                    Poll::Ready(None) => return Poll::Ready(Incoming::End),
                     Poll::Pending => return Poll::Pending,
                 }
             }
         }
 
+        /// Reads more of what the client sends: straight into the buffer, made as large as
+        /// the frame being read needs, when more than [`READ_CHUNK`] of it is missing; else
+        /// a chunk into the stack, then copied. How many bytes were read (0: the end).
+        fn fill(&mut self, socket: &mut Handed, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+            if self.missing > READ_CHUNK {
+                let len = self.buf.len();
+                // Within the limit (the header was checked); zeroed, as nothing unsafe is.
+                self.buf.resize(len + self.missing, 0);
+                let mut read = ReadBuf::new(&mut self.buf[len..]);
+                let polled = socket.poll_read(cx, &mut read);
+                let n = read.filled().len();
+                self.buf.truncate(len + n);
+                return polled.map_ok(|()| n);
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(socket.poll_read(cx, &mut read))?;
+            self.buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        }
+
         /// The next message from the bytes received, if they hold one.
         fn decode(&mut self) -> Result<Option<Incoming>, Fault> {
             loop {
+                self.missing = 0;
                 let so_far = self.message.as_ref().map(BytesMut::len);
                 let Some(head) = header(&self.buf, self.limit, so_far)? else {
                     return Ok(None);
                 };
                 let whole = head.size + head.len;
                 if self.buf.len() < whole {
-                    self.buf.reserve(whole - self.buf.len());
+                    self.missing = whole - self.buf.len();
                     return Ok(None);
                 }
                 self.buf.advance(head.size);
@@ -520,115 +583,101 @@ mod transport {
         }
     }
 
-    /// Resolves once the peer has closed the connection; never without a stream mark.
-    pub(super) async fn peer_gone(held: Option<&StreamGuard>) {
-        poll_fn(|cx| match held {
-            Some(held) if held.poll_gone(cx) => Poll::Ready(()),
-            _ => Poll::Pending,
-        })
-        .await;
-    }
-
-    /// The HTTP layer no longer takes frames: the connection has ended.
+    /// The socket can no longer be written to: the connection has ended.
     #[derive(Debug)]
     pub(super) struct Gone;
 
-    /// The single slot between the connection's task ([`Outbox`]) and the response body
-    /// ([`Frames`]).
-    #[derive(Default)]
-    struct Slot {
-        frame: Option<Bytes>,
-        /// The task has finished: once the slot is empty, the body ends.
-        done: bool,
-        /// The body was dropped with the connection.
-        gone: bool,
-        /// The body, waiting for a frame.
-        body: Option<Waker>,
-        /// The task, waiting for the slot to empty.
-        task: Option<Waker>,
+    /// What happened on the socket.
+    #[derive(Debug)]
+    pub(super) enum Event {
+        /// The client sent this.
+        Incoming(Incoming),
+        /// The frame being written has been written whole.
+        Written,
     }
 
-    /// Where the connection's task puts frames, one at a time.
-    pub(super) struct Outbox(Arc<Mutex<Slot>>);
-
-    /// The response body: the frames of the slot, each taken when the HTTP layer has room.
-    pub(super) struct Frames(Arc<Mutex<Slot>>);
-
-    pub(super) fn outbox() -> (Outbox, Frames) {
-        let slot = Arc::new(Mutex::new(Slot::default()));
-        (Outbox(slot.clone()), Frames(slot))
+    /// The connection's socket, handed over after the handshake's head: the client's
+    /// frames are read from it, and the server's written to it one at a time.
+    pub(super) struct Socket {
+        handed: Handed,
+        inbound: Inbound,
+        /// The frame being written, if any, and how much of it is written.
+        out: Option<Bytes>,
+        written: usize,
     }
 
-    impl Outbox {
-        /// Resolves once the slot is empty: the HTTP layer has taken the last frame.
-        pub(super) async fn room(&self) -> Result<(), Gone> {
+    impl Socket {
+        pub(super) fn new(handed: Handed, inbound: Inbound) -> Self {
+            Self {
+                handed,
+                inbound,
+                out: None,
+                written: 0,
+            }
+        }
+
+        /// Whether no frame is being written.
+        pub(super) fn is_written(&self) -> bool {
+            self.out.is_none()
+        }
+
+        /// The next message from the client, or the end of the frame being written, which
+        /// is written meanwhile. A failed write is the end of the connection.
+        pub(super) async fn next(&mut self) -> Event {
             poll_fn(|cx| {
-                let mut slot = self.0.lock();
-                if slot.gone {
-                    return Poll::Ready(Err(Gone));
+                if self.out.is_some() {
+                    match self.poll_written(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Event::Written),
+                        Poll::Ready(Err(Gone)) => {
+                            return Poll::Ready(Event::Incoming(Incoming::End))
+                        }
+                        Poll::Pending => {}
+                    }
                 }
-                if slot.frame.is_none() {
-                    return Poll::Ready(Ok(()));
-                }
-                slot.task = Some(cx.waker().clone());
-                Poll::Pending
+                self.inbound
+                    .poll_next(&mut self.handed, cx)
+                    .map(Event::Incoming)
             })
             .await
         }
 
-        /// Puts `frame` in the slot once it is empty.
-        pub(super) async fn send(&self, frame: Bytes) -> Result<(), Gone> {
-            self.room().await?;
-            let mut slot = self.0.lock();
-            slot.frame = Some(frame);
-            if let Some(body) = slot.body.take() {
-                body.wake();
+        /// Writes the frame being written, if any, to its end. A write that makes no progress
+        /// for the stall deadline fails (see [`Handed::poll_write_vectored`]).
+        fn poll_written(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+            while let Some(frame) = self.out.as_ref() {
+                let rest = [io::IoSlice::new(&frame[self.written..])];
+                match ready!(self.handed.poll_write_vectored(cx, &rest)) {
+                    Ok(n) if n > 0 => {
+                        self.written += n;
+                        if self.written == frame.len() {
+                            // Let go of the frame as soon as it is written.
+                            self.out = None;
+                            self.written = 0;
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        self.out = None;
+                        return Poll::Ready(Err(Gone));
+                    }
+                }
             }
+            Poll::Ready(Ok(()))
+        }
+
+        /// Makes `frame` the one being written, once the one before is written whole; the
+        /// rest of it is written while [`Self::next`] is awaited.
+        pub(super) async fn send(&mut self, frame: Bytes) -> Result<(), Gone> {
+            poll_fn(|cx| self.poll_written(cx)).await?;
+            self.out = Some(frame);
+            self.written = 0;
             Ok(())
         }
-    }
 
-    impl Drop for Outbox {
-        fn drop(&mut self) {
-            let mut slot = self.0.lock();
-            slot.done = true;
-            if let Some(body) = slot.body.take() {
-                body.wake();
-            }
-        }
-    }
-
-    impl Stream for Frames {
-        type Item = Result<Bytes, Infallible>;
-
-        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            let mut slot = self.0.lock();
-            // A frame larger than a piece goes out a piece at a time (see
-            // `stream::PIECE`); the slot is free once its last piece is taken.
-            if let Some(piece) = next_piece(&mut slot.frame) {
-                if slot.frame.is_some() {
-                    return Poll::Ready(Some(Ok(piece)));
-                }
-                if let Some(task) = slot.task.take() {
-                    task.wake();
-                }
-                return Poll::Ready(Some(Ok(piece)));
-            }
-            if slot.done {
-                return Poll::Ready(None);
-            }
-            slot.body = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-
-    impl Drop for Frames {
-        fn drop(&mut self) {
-            let mut slot = self.0.lock();
-            slot.gone = true;
-            slot.frame = None;
-            if let Some(task) = slot.task.take() {
-                task.wake();
+        /// Writes `frame` (a close) after what is being written, then ends the connection:
+        /// its sending side is shut, and the socket closes when it is dropped.
+        pub(super) async fn close(mut self, frame: Bytes) {
+            if self.send(frame).await.is_ok() && poll_fn(|cx| self.poll_written(cx)).await.is_ok() {
+                let _ = poll_fn(|cx| self.handed.poll_shutdown(cx)).await;
             }
         }
     }
