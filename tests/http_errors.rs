@@ -301,6 +301,43 @@ async fn a_non_empty_body_without_a_content_type_is_415() {
 }
 
 #[tokio::test]
+async fn a_body_of_blanks_is_not_an_empty_body() {
+    // An empty body counts as `{}`; blanks alone are not JSON (400), and with no content
+    // type they are a body no one said how to read (415). Nothing is recorded either way.
+    let app = spawn_app().await;
+    for (body, content_type, status) in [
+        (" ", Some("application/json"), 400),
+        ("\r\n\t ", Some("text/json"), 400),
+        (" ", None, 415),
+    ] {
+        for (path, user) in [(REGISTER, Some(3)), (USERS, None)] {
+            let mut req = app.client.post(app.url(path)).body(body);
+            if let Some(content_type) = content_type {
+                req = req.header("content-type", content_type);
+            }
+            if let Some(user) = user {
+                req = req.bearer_auth(app.token(user));
+            }
+            let (got, code, message) = error_of(req.send().await.unwrap()).await;
+            assert_eq!((got, code), (status, 0), "{path} {body:?} {content_type:?}");
+            assert!(!message.is_empty());
+        }
+    }
+    assert_eq!(app.presence_of(3).await["userPresenceType"], "Offline");
+    // A body with nothing in it at all is still `{}`.
+    let res = app
+        .client
+        .post(app.url(REGISTER))
+        .bearer_auth(app.token(3))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.presence_of(3).await["userPresenceType"], "Online");
+}
+
+#[tokio::test]
 async fn answers_are_application_json_utf8_by_default() {
     let app = spawn_app().await;
     let res = app.post_json(USERS, &json!({"userIds": [1]})).await;

@@ -57,9 +57,11 @@ pub struct Body {
 }
 
 impl Body {
-    /// Decodes the body; an empty (or all-blank) body is `T::default()`, as `{}` would be.
+    /// Decodes the body; an empty body is `T::default()`, as `{}` would be (CONTRACT
+    /// section 1). A body of blanks only is not empty: as JSON it holds no value (400), and
+    /// without a content type it is a body no one said how to read (415).
     pub fn decode<'a, T: FromBody<'a>>(&'a self) -> Result<T, ApiError> {
-        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+        if self.bytes.is_empty() {
             return Ok(T::default());
         }
         match self.encoding {
