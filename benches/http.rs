@@ -19,7 +19,9 @@
 //! store and written by the API's own writer (see [`Floor`]). Its throughput over the bare
 //! server's is the most a server with this store and this writer can reach; the presence
 //! server's over the floor's is what the rest costs (middleware, extractors, rate limits,
-//! metrics, request logging).
+//! metrics, request logging). With `BENCH_REDIS_URL`, a "bare + redis" server is the same on
+//! the Redis backend (keys of its own): its CPU per request against the memory floor's is
+//! what the backend itself costs, with nothing of the presence server's HTTP layer around it.
 //!
 //! A third scenario follows (CONTRACT section 11): every user of the lookups is made
 //! visible to friends only (`PUT /v1/users/{id}/presence-settings` with a `privacy` key),
@@ -91,8 +93,11 @@ const PRESENCE_REDIS: &str = "presence on redis";
 const REDIS_BENCHMARK: &str = "redis-benchmark";
 const BARE: &str = "bare actix";
 const FLOOR: &str = "bare + store";
+const FLOOR_REDIS: &str = "bare + redis";
 /// The key prefix the bench's Redis server writes under.
 const BENCH_PREFIX: &str = "bench-http:";
+/// The keys of the "bare + redis" server, apart from the node's.
+const BARE_REDIS_PREFIX: &str = "bench-http-bare:";
 /// The service key (scope `privacy`) the bench pushes settings and friendships with.
 const PRIVACY_KEY: &str = "http-bench-privacy-key-0123456789abcdef";
 /// Signed-in viewers of the friends-only scenario: ids far above the heartbeating users.
@@ -142,7 +147,9 @@ fn main() {
         }
         for &(server, served) in &targets {
             eprintln!("running {scenario} against {server} ...");
-            let redis = redis_url.as_deref().filter(|_| server == PRESENCE_REDIS);
+            let redis = redis_url
+                .as_deref()
+                .filter(|_| [PRESENCE_REDIS, FLOOR_REDIS].contains(&server));
             let window = Window::after(config.warmup, config.measure);
             let cpu = CpuDuring::start(window, &served.threads, &groups, redis);
             let outcome = run_load(served.addr, requests, &config, window);
@@ -154,7 +161,7 @@ fn main() {
 
     for &(server, served) in targets
         .iter()
-        .filter(|(server, _)| ![BARE, FLOOR].contains(server))
+        .filter(|(server, _)| ![BARE, FLOOR, FLOOR_REDIS].contains(server))
     {
         eprintln!("making the lookups' users friends-only on {server} ...");
         make_friends_only(served.addr, config.users, &lookup_ids);
@@ -223,6 +230,8 @@ struct Servers {
     redis: Option<Served>,
     bare: Served,
     floor: Served,
+    /// The floor on the Redis backend, with `BENCH_REDIS_URL`.
+    floor_redis: Option<Served>,
 }
 
 /// One server on its own thread.
@@ -281,41 +290,21 @@ impl Servers {
             let run = async move { bare.await.expect("the bare server failed") };
             (addr, handle, run)
         });
-        let floor = serve_on_thread("bench-floor", move || {
-            let settings = presence_settings();
-            let state = web::Data::new(Floor {
-                presence: Presence::from_settings(
-                    &settings,
-                    Clock::system(),
-                    entry_encoder(settings.api.presence_type),
-                )
-                .expect("the floor's store builds"),
-                auth: Authenticator::new(SECRET),
-                catalog: PlaceCatalog::new(&settings.places),
-                settings,
-            });
-            let floor = HttpServer::new(move || {
-                App::new()
-                    .app_data(state.clone())
-                    .route(REGISTER, web::post().to(floor_heartbeat))
-                    .route(USERS, web::post().to(floor_lookup))
-            })
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .bind(("127.0.0.1", 0))
-            .expect("the floor server binds");
-            let addr = floor.addrs()[0];
-            let floor = floor.run();
-            let handle = floor.handle();
-            let run = async move { floor.await.expect("the floor server failed") };
-            (addr, handle, run)
+        let floor = start_floor("bench-floor", presence_settings());
+        let floor_redis = redis_url.map(|url| {
+            let mut settings = presence_settings();
+            settings.store.backend = presence_server::config::Backend::Redis;
+            settings.redis.url = url.to_owned();
+            settings.redis.key_prefix = BARE_REDIS_PREFIX.into();
+            settings.validate().expect("bench settings must be valid");
+            start_floor("bench-floor-redis", settings)
         });
         Self {
             presence,
             redis,
             bare,
             floor,
+            floor_redis,
         }
     }
 
@@ -326,6 +315,9 @@ impl Servers {
             targets.push((PRESENCE_REDIS, redis));
         }
         targets.push((FLOOR, &self.floor));
+        if let Some(floor_redis) = &self.floor_redis {
+            targets.push((FLOOR_REDIS, floor_redis));
+        }
         targets.push((BARE, &self.bare));
         targets
     }
@@ -338,6 +330,7 @@ impl Servers {
             .expect("a runtime to stop the servers");
         let mut all = vec![self.presence, self.bare, self.floor];
         all.extend(self.redis);
+        all.extend(self.floor_redis);
         rt.block_on(futures_util::future::join_all(
             all.iter().map(|served| served.handle.stop(true)),
         ));
@@ -345,6 +338,50 @@ impl Servers {
             served.thread.join().expect("a server thread panicked");
         }
     }
+}
+
+/// Starts a floor server ([`Floor`]) on `settings`' backend, on a thread of its own. On
+/// Redis, the backend's estimate of Redis's clock is refreshed every second, as the
+/// server's sweeper does, so that no heartbeat waits for a `TIME` call.
+fn start_floor(name: &str, settings: Settings) -> Served {
+    serve_on_thread(name, move || {
+        let presence = Presence::from_settings(
+            &settings,
+            Clock::system(),
+            entry_encoder(settings.api.presence_type),
+        )
+        .expect("the floor's backend builds");
+        if let Some(redis) = presence.redis_backend().cloned() {
+            actix_web::rt::spawn(async move {
+                loop {
+                    let _ = redis.refresh_clock().await;
+                    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        let state = web::Data::new(Floor {
+            presence,
+            auth: Authenticator::new(SECRET),
+            catalog: PlaceCatalog::new(&settings.places),
+            settings,
+        });
+        let floor = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route(REGISTER, web::post().to(floor_heartbeat))
+                .route(USERS, web::post().to(floor_lookup))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind(("127.0.0.1", 0))
+        .expect("the floor server binds");
+        let addr = floor.addrs()[0];
+        let floor = floor.run();
+        let handle = floor.handle();
+        let run = async move { floor.await.expect("the floor server failed") };
+        (addr, handle, run)
+    })
 }
 
 /// Starts a server with `start` (which builds it and returns its address, its handle and
@@ -973,12 +1010,17 @@ impl Row {
 /// Per scenario, the node CPU per request of the memory-backed and the Redis-backed
 /// servers, and Redis's over memory's.
 fn node_cpu_ratios(rows: &[Row]) -> Vec<(&'static str, f64, f64, f64)> {
+    cpu_ratios(rows, PRESENCE, PRESENCE_REDIS)
+}
+
+/// Per scenario, the node CPU of server `on_redis` against that of `on_memory`.
+fn cpu_ratios(rows: &[Row], on_memory: &str, on_redis: &str) -> Vec<(&'static str, f64, f64, f64)> {
     rows.iter()
-        .filter(|r| r.server == PRESENCE)
+        .filter(|r| r.server == on_memory)
         .filter_map(|memory| {
             let redis = rows
                 .iter()
-                .find(|r| r.server == PRESENCE_REDIS && r.scenario == memory.scenario)?;
+                .find(|r| r.server == on_redis && r.scenario == memory.scenario)?;
             let (m, r) = (memory.node_cpu_us?, redis.node_cpu_us?);
             Some((memory.scenario, m, r, r / m))
         })
@@ -1087,6 +1129,12 @@ fn print_table(rows: &[Row]) {
              Redis/memory {ratio:.2}x"
         );
     }
+    for (scenario, memory, redis, ratio) in cpu_ratios(rows, FLOOR, FLOOR_REDIS) {
+        println!(
+            "{scenario:<11} the floor's CPU per request: memory {memory:.2} µs, Redis \
+             {redis:.2} µs, Redis/memory {ratio:.2}x"
+        );
+    }
     println!();
     for (scenario, throughput, p50) in ratios(rows) {
         println!(
@@ -1140,6 +1188,13 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
             "unattributed_cpu_us_per_request": r.unattributed_cpu_us.and_then(finite),
         })).collect::<Vec<_>>(),
         "node_cpu_redis_over_memory": node_cpu_ratios(rows).into_iter()
+            .map(|(scenario, memory, redis, ratio)| serde_json::json!({
+                "scenario": scenario,
+                "memory_us_per_request": finite(memory),
+                "redis_us_per_request": finite(redis),
+                "redis_over_memory": finite(ratio),
+            })).collect::<Vec<_>>(),
+        "floor_cpu_redis_over_memory": cpu_ratios(rows, FLOOR, FLOOR_REDIS).into_iter()
             .map(|(scenario, memory, redis, ratio)| serde_json::json!({
                 "scenario": scenario,
                 "memory_us_per_request": finite(memory),
