@@ -256,11 +256,7 @@ impl Servers {
             (addr, handle, run)
         });
         let redis = redis_url.map(|url| {
-            let mut settings = presence_settings();
-            settings.store.backend = presence_server::config::Backend::Redis;
-            settings.redis.url = url.to_owned();
-            settings.redis.key_prefix = BENCH_PREFIX.into();
-            settings.validate().expect("bench settings must be valid");
+            let settings = on_redis(url, BENCH_PREFIX);
             serve_on_thread("bench-redis-node", move || {
                 let app = Application::build(settings).expect("the Redis-backed server builds");
                 let (addr, handle) = (app.local_addr(), app.handle());
@@ -291,14 +287,8 @@ impl Servers {
             (addr, handle, run)
         });
         let floor = start_floor("bench-floor", presence_settings());
-        let floor_redis = redis_url.map(|url| {
-            let mut settings = presence_settings();
-            settings.store.backend = presence_server::config::Backend::Redis;
-            settings.redis.url = url.to_owned();
-            settings.redis.key_prefix = BARE_REDIS_PREFIX.into();
-            settings.validate().expect("bench settings must be valid");
-            start_floor("bench-floor-redis", settings)
-        });
+        let floor_redis =
+            redis_url.map(|url| start_floor("bench-floor-redis", on_redis(url, BARE_REDIS_PREFIX)));
         Self {
             presence,
             redis,
@@ -459,6 +449,16 @@ fn presence_settings() -> Settings {
         sha256: sha256_hex(PRIVACY_KEY),
         scopes: vec!["privacy".into()],
     }];
+    settings.validate().expect("bench settings must be valid");
+    settings
+}
+
+/// [`presence_settings`] on the Redis backend at `url`, with keys under `prefix`.
+fn on_redis(url: &str, prefix: &str) -> Settings {
+    let mut settings = presence_settings();
+    settings.store.backend = presence_server::config::Backend::Redis;
+    settings.redis.url = url.to_owned();
+    settings.redis.key_prefix = prefix.into();
     settings.validate().expect("bench settings must be valid");
     settings
 }
