@@ -303,9 +303,13 @@ async fn expiry_is_exact_at_read_time_and_a_sweep_flips_and_publishes_it() {
     let (one_, two) = (5, 1029);
     r::wait_subscribed(&p, &p, 2053).await;
     let start = p.clock().wall();
-    p.heartbeat(user(one_), online("Website")).await.unwrap();
+    // Watching before the heartbeat, and its change received: its publish comes back
+    // through Redis, and would otherwise reach the watcher after the report's changes
+    // were asked for, in the middle of them.
     let mut sub = p.hub().subscribe();
     sub.add(&[user(one_), user(two)]);
+    p.heartbeat(user(one_), online("Website")).await.unwrap();
+    assert_eq!(next(&sub).await[0]["userPresenceType"], "Online");
     mock.increment(Duration::from_secs(1));
     p.report_game_server(game(1), &crossroads_place(), &users(&[one_, two]))
         .await
