@@ -70,6 +70,14 @@ fn frame_bytes(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     out
 }
 
+/// `GET {WS}` asking for an upgrade, with RFC 6455's own example key.
+fn upgrade_request(addr: SocketAddr) -> String {
+    format!(
+        "GET {WS} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 /// A WebSocket client over a plain socket, which writes and reads frames as bytes.
 struct RawWs {
     stream: TcpStream,
@@ -83,12 +91,25 @@ impl RawWs {
         if let Some(size) = rcvbuf {
             socket.set_recv_buffer_size(size).unwrap();
         }
-        let mut stream = socket.connect(addr).await.unwrap();
-        let request = format!(
-            "GET {WS} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        let stream = socket.connect(addr).await.unwrap();
+        let (head, ws) = Self::upgrade(stream, &[upgrade_request(addr).as_bytes()]).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // The accept value of RFC 6455's own example key.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        ws
+    }
+
+    /// Writes `writes` one after the other (an upgrade request, perhaps frames with it or
+    /// after it), then reads the answer's head and returns it; whatever came after the
+    /// head is kept for the frames.
+    async fn upgrade(mut stream: TcpStream, writes: &[&[u8]]) -> (String, Self) {
+        for bytes in writes {
+            stream.write_all(bytes).await.unwrap();
+        }
         let mut buf = Vec::new();
         let end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -100,15 +121,8 @@ impl RawWs {
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        // The accept value of RFC 6455's own example key.
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-            "{head}"
-        );
         buf.drain(..end);
-        Self { stream, buf }
+        (head, Self { stream, buf })
     }
 
     async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
@@ -320,33 +334,13 @@ async fn frames_sent_with_the_upgrade_request_are_answered() {
     // A client should wait for the `101` before it sends a frame; one that does not is
     // still served, in order, whether the frames came with the request or right after.
     let app = spawn_live(|_| {}).await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let mut bytes = format!(
-        "GET {WS} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        app.addr
-    )
-    .into_bytes();
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let mut bytes = upgrade_request(app.addr).into_bytes();
     bytes.extend(frame_bytes(true, PING, b"early", true));
     bytes.extend(frame_bytes(true, TEXT, br#"{"subscribe":[11]}"#, true));
-    stream.write_all(&bytes).await.unwrap();
-    stream
-        .write_all(&frame_bytes(true, TEXT, br#"{"subscribe":[12]}"#, true))
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{buf:?}");
-    buf.drain(..end);
-    let mut ws = RawWs { stream, buf };
+    let after = frame_bytes(true, TEXT, br#"{"subscribe":[12]}"#, true);
+    let (head, mut ws) = RawWs::upgrade(stream, &[&bytes, &after]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let pong = ws.next().await;
     assert_eq!(
         (pong.opcode, pong.payload.as_slice()),
