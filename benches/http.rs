@@ -46,6 +46,10 @@
 //!   `BENCH_WARMUP_SECONDS` of warm-up (default 1);
 //! - `BENCH_USERS`: distinct heartbeating users (default 4096);
 //! - `BENCH_CLIENT_THREADS`: load generator threads (default 1);
+//! - `BENCH_ROUNDS`: rounds of the heartbeat and lookup scenarios (default 1), each
+//!   running every server in turn; every ratio is taken within a round, and with more than
+//!   one round their medians over the rounds are printed too (`medians_over_rounds` in
+//!   the JSON);
 //! - `BENCH_REDIS_URL`: also run a third server, the presence server on the Redis backend
 //!   at that URL (standalone), in the same run. For its rows the bench reads Redis's own
 //!   CPU time (`INFO cpu`) over the measured seconds, per request; and it runs
@@ -141,21 +145,26 @@ fn main() {
     let targets = servers.targets();
     let groups: Vec<NodeThreads> = targets.iter().map(|(_, s)| s.threads.clone()).collect();
     let mut results = Vec::new();
-    for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
-        if scenario == "lookups" {
-            check_fair_baseline(servers.presence.addr, servers.bare.addr, &lookups[0]);
-        }
-        for &(server, served) in &targets {
-            eprintln!("running {scenario} against {server} ...");
-            let redis = redis_url
-                .as_deref()
-                .filter(|_| [PRESENCE_REDIS, FLOOR_REDIS].contains(&server));
-            let window = Window::after(config.warmup, config.measure);
-            let cpu = CpuDuring::start(window, &served.threads, &groups, redis);
-            let outcome = run_load(served.addr, requests, &config, window);
-            let mut row = Row::new(scenario, server, outcome, config.measure);
-            row.cpu(cpu.finish());
-            results.push(row);
+    // Round after round, every server in turn: a ratio is taken within a round, between
+    // runs minutes apart at most, and the rounds' medians are reported.
+    for round in 0..config.rounds {
+        for (scenario, requests) in [("heartbeats", &heartbeats), ("lookups", &lookups)] {
+            if scenario == "lookups" && round == 0 {
+                check_fair_baseline(servers.presence.addr, servers.bare.addr, &lookups[0]);
+            }
+            for &(server, served) in &targets {
+                eprintln!("round {round}: running {scenario} against {server} ...");
+                let redis = redis_url
+                    .as_deref()
+                    .filter(|_| [PRESENCE_REDIS, FLOOR_REDIS].contains(&server));
+                let window = Window::after(config.warmup, config.measure);
+                let cpu = CpuDuring::start(window, &served.threads, &groups, redis);
+                let outcome = run_load(served.addr, requests, &config, window);
+                let mut row = Row::new(scenario, server, outcome, config.measure);
+                row.round = round;
+                row.cpu(cpu.finish());
+                results.push(row);
+            }
         }
     }
 
@@ -170,6 +179,8 @@ fn main() {
         let cpu = CpuDuring::start(window, &served.threads, &groups, None);
         let outcome = run_load(served.addr, &signed_in, &config, window);
         let mut row = Row::new(FRIENDS_ONLY, server, outcome, config.measure);
+        // Compared with the anonymous lookups of the last round, the closest in time.
+        row.round = config.rounds - 1;
         row.cpu(cpu.finish());
         results.push(row);
     }
@@ -189,7 +200,7 @@ fn main() {
         results.extend(client_floor_rows(url, &config, &lookup_ids));
     }
 
-    print_table(&results);
+    print_table(&results, config.rounds);
     let json = to_json(&results, cores, &config);
     let path = json_path("bench-http.json");
     match write_json(&path, &json) {
@@ -205,6 +216,8 @@ struct Config {
     users: u64,
     warmup: Duration,
     measure: Duration,
+    /// Rounds of the heartbeat and lookup scenarios, each running every server in turn.
+    rounds: usize,
 }
 
 impl Config {
@@ -215,6 +228,7 @@ impl Config {
             users: env_number("BENCH_USERS", 4096.0).max(1.0) as u64,
             warmup: Duration::from_secs_f64(env_number("BENCH_WARMUP_SECONDS", 1.0).max(0.0)),
             measure: Duration::from_secs_f64(env_number("BENCH_SECONDS", 5.0).max(0.1)),
+            rounds: env_number("BENCH_ROUNDS", 1.0).max(1.0) as usize,
         }
     }
 }
@@ -936,7 +950,11 @@ async fn drive(
 // Report
 // ---------------------------------------------------------------------------------------
 
+#[derive(Clone)]
 struct Row {
+    /// The round of the heartbeat and lookup scenarios (see `BENCH_ROUNDS`); 0 for the
+    /// rows of a single run.
+    round: usize,
     scenario: &'static str,
     server: &'static str,
     requests: u64,
@@ -975,6 +993,7 @@ impl Row {
             sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
         };
         Self {
+            round: 0,
             scenario,
             server,
             requests: outcome.ok,
@@ -1080,10 +1099,11 @@ fn privacy_ratios(rows: &[Row]) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], rounds: usize) {
     println!();
     println!(
-        "{:<11} {:<18} {:>11} {:>8} {:>8} {:>7} {:>12} {:>12}",
+        "{}{:<11} {:<18} {:>11} {:>8} {:>8} {:>7} {:>12} {:>12}",
+        if rounds > 1 { "round " } else { "" },
         "scenario",
         "server",
         "requests/s",
@@ -1093,11 +1113,16 @@ fn print_table(rows: &[Row]) {
         "node CPU µs",
         "Redis CPU µs"
     );
-    println!("{}", "-".repeat(94));
+    println!("{}", "-".repeat(if rounds > 1 { 100 } else { 94 }));
     let us = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
     for row in rows {
         println!(
-            "{:<11} {:<18} {:>11.0} {:>8.0} {:>8.0} {:>7} {:>12} {:>12}",
+            "{}{:<11} {:<18} {:>11.0} {:>8.0} {:>8.0} {:>7} {:>12} {:>12}",
+            if rounds > 1 {
+                format!("{:<6}", row.round)
+            } else {
+                String::new()
+            },
             row.scenario,
             row.server,
             row.per_sec,
@@ -1122,32 +1147,16 @@ fn print_table(rows: &[Row]) {
             us(row.unattributed_cpu_us)
         );
     }
-    println!();
-    for (scenario, memory, redis, ratio) in node_cpu_ratios(rows) {
-        println!(
-            "{scenario:<11} node CPU per request: memory {memory:.2} µs, Redis {redis:.2} µs, \
-             Redis/memory {ratio:.2}x"
-        );
+    for round in 0..rounds {
+        println!();
+        if rounds > 1 {
+            println!("round {round}:");
+        }
+        let rows: Vec<Row> = rows.iter().filter(|r| r.round == round).cloned().collect();
+        print_ratios(&rows);
     }
-    for (scenario, memory, redis, ratio) in cpu_ratios(rows, FLOOR, FLOOR_REDIS) {
-        println!(
-            "{scenario:<11} the floor's CPU per request: memory {memory:.2} µs, Redis \
-             {redis:.2} µs, Redis/memory {ratio:.2}x"
-        );
-    }
-    println!();
-    for (scenario, throughput, p50) in ratios(rows) {
-        println!(
-            "{scenario:<11} presence/bare: throughput {throughput:.2}x, p50 latency {p50:.2}x"
-        );
-    }
-    for (scenario, floor, presence) in floor_ratios(rows) {
-        println!(
-            "{scenario:<11} {FLOOR}/bare: throughput {floor:.2}x; presence/({FLOOR}): {presence:.2}x"
-        );
-    }
-    for (server, ratio) in privacy_ratios(rows) {
-        println!("{FRIENDS_ONLY} signed-in / anonymous lookups on {server}: {ratio:.2}x");
+    if rounds > 1 {
+        print_medians(rows, rounds);
     }
     for row in rows.iter().filter(|r| r.first_error.is_some()) {
         let mut error = row.first_error.clone().unwrap_or_default();
@@ -1161,8 +1170,116 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// The ratios of one round's rows (or of a single run's).
+fn print_ratios(rows: &[Row]) {
+    let node = node_cpu_ratios(rows);
+    let floor = cpu_ratios(rows, FLOOR, FLOOR_REDIS);
+    for &(scenario, memory, redis, ratio) in &node {
+        println!(
+            "{scenario:<11} node CPU per request: memory {memory:.2} µs, Redis {redis:.2} µs, \
+             Redis/memory {ratio:.2}x"
+        );
+    }
+    for &(scenario, memory, redis, ratio) in &floor {
+        println!(
+            "{scenario:<11} the floor's CPU per request: memory {memory:.2} µs, Redis \
+             {redis:.2} µs, Redis/memory {ratio:.2}x"
+        );
+    }
+    if !node.is_empty() || !floor.is_empty() {
+        println!();
+    }
+    for (scenario, throughput, p50) in ratios(rows) {
+        println!(
+            "{scenario:<11} presence/bare: throughput {throughput:.2}x, p50 latency {p50:.2}x"
+        );
+    }
+    for (scenario, floor, presence) in floor_ratios(rows) {
+        println!(
+            "{scenario:<11} {FLOOR}/bare: throughput {floor:.2}x; presence/({FLOOR}): {presence:.2}x"
+        );
+    }
+    for (server, ratio) in privacy_ratios(rows) {
+        println!("{FRIENDS_ONLY} signed-in / anonymous lookups on {server}: {ratio:.2}x");
+    }
+}
+
+/// Each ratio's median over the rounds (each ratio taken within its round).
+fn print_medians(rows: &[Row], rounds: usize) {
+    println!("\nmedians of {rounds} rounds (ratios within each round):");
+    for (name, scenario, median, of) in round_medians(rows, rounds) {
+        println!("{scenario:<11} {name}: {median:.2}x (of {of})");
+    }
+}
+
+/// The median over the rounds of each ratio printed per round: (ratio, scenario, median,
+/// rounds that had it).
+fn round_medians(rows: &[Row], rounds: usize) -> Vec<(&'static str, &'static str, f64, usize)> {
+    let mut values: Vec<(&'static str, &'static str, Vec<f64>)> = Vec::new();
+    let mut add = |name: &'static str, scenario: &'static str, value: f64| match values
+        .iter_mut()
+        .find(|(n, s, _)| *n == name && *s == scenario)
+    {
+        Some((_, _, v)) => v.push(value),
+        None => values.push((name, scenario, vec![value])),
+    };
+    for round in 0..rounds {
+        let rows: Vec<Row> = rows.iter().filter(|r| r.round == round).cloned().collect();
+        for (scenario, throughput, _) in ratios(&rows) {
+            add("presence/bare throughput", scenario, throughput);
+        }
+        for (scenario, floor, presence) in floor_ratios(&rows) {
+            add("bare + store/bare throughput", scenario, floor);
+            add("presence/(bare + store) throughput", scenario, presence);
+        }
+        for (scenario, _, _, ratio) in node_cpu_ratios(&rows) {
+            add("node CPU Redis/memory", scenario, ratio);
+        }
+        for (scenario, _, _, ratio) in cpu_ratios(&rows, FLOOR, FLOOR_REDIS) {
+            add("the floor's CPU Redis/memory", scenario, ratio);
+        }
+    }
+    values
+        .into_iter()
+        .map(|(name, scenario, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            let median = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            };
+            (name, scenario, median, n)
+        })
+        .collect()
+}
+
 fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
     let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
+    // Every ratio is taken within a round, and says which.
+    let by_round: Vec<Vec<Row>> = (0..config.rounds)
+        .map(|k| rows.iter().filter(|r| r.round == k).cloned().collect())
+        .collect();
+    let each = |f: &dyn Fn(&[Row]) -> Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        by_round
+            .iter()
+            .enumerate()
+            .flat_map(|(round, rows)| {
+                f(rows).into_iter().map(move |mut entry| {
+                    entry["round"] = round.into();
+                    entry
+                })
+            })
+            .collect()
+    };
+    let cpu = |(scenario, memory, redis, ratio): (&str, f64, f64, f64)| {
+        serde_json::json!({
+            "scenario": scenario,
+            "memory_us_per_request": finite(memory),
+            "redis_us_per_request": finite(redis),
+            "redis_over_memory": finite(ratio),
+        })
+    };
     serde_json::json!({
         "cores": cores,
         "connections": config.connections,
@@ -1170,8 +1287,10 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
         "users": config.users,
         "warmup_seconds": config.warmup.as_secs_f64(),
         "seconds": config.measure.as_secs_f64(),
+        "rounds": config.rounds,
         "server_workers": 1,
         "results": rows.iter().map(|r| serde_json::json!({
+            "round": r.round,
             "scenario": r.scenario,
             "server": r.server,
             "requests": r.requests,
@@ -1187,34 +1306,33 @@ fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
                 .collect::<Vec<_>>(),
             "unattributed_cpu_us_per_request": r.unattributed_cpu_us.and_then(finite),
         })).collect::<Vec<_>>(),
-        "node_cpu_redis_over_memory": node_cpu_ratios(rows).into_iter()
-            .map(|(scenario, memory, redis, ratio)| serde_json::json!({
-                "scenario": scenario,
-                "memory_us_per_request": finite(memory),
-                "redis_us_per_request": finite(redis),
-                "redis_over_memory": finite(ratio),
-            })).collect::<Vec<_>>(),
-        "floor_cpu_redis_over_memory": cpu_ratios(rows, FLOOR, FLOOR_REDIS).into_iter()
-            .map(|(scenario, memory, redis, ratio)| serde_json::json!({
-                "scenario": scenario,
-                "memory_us_per_request": finite(memory),
-                "redis_us_per_request": finite(redis),
-                "redis_over_memory": finite(ratio),
-            })).collect::<Vec<_>>(),
-        "ratios": ratios(rows).into_iter().map(|(scenario, throughput, p50)| serde_json::json!({
+        "node_cpu_redis_over_memory": each(&|rows| {
+            node_cpu_ratios(rows).into_iter().map(cpu).collect()
+        }),
+        "floor_cpu_redis_over_memory": each(&|rows| {
+            cpu_ratios(rows, FLOOR, FLOOR_REDIS).into_iter().map(cpu).collect()
+        }),
+        "ratios": each(&|rows| ratios(rows).into_iter().map(|(scenario, throughput, p50)| serde_json::json!({
             "scenario": scenario,
             "throughput_presence_over_bare": finite(throughput),
             "p50_presence_over_bare": finite(p50),
-        })).collect::<Vec<_>>(),
-        "floor": floor_ratios(rows).into_iter().map(|(scenario, floor, presence)| serde_json::json!({
+        })).collect()),
+        "floor": each(&|rows| floor_ratios(rows).into_iter().map(|(scenario, floor, presence)| serde_json::json!({
             "scenario": scenario,
             "throughput_floor_over_bare": finite(floor),
             "throughput_presence_over_floor": finite(presence),
-        })).collect::<Vec<_>>(),
-        "friends_only_over_anonymous": privacy_ratios(rows).into_iter().map(|(server, ratio)| serde_json::json!({
+        })).collect()),
+        "friends_only_over_anonymous": each(&|rows| privacy_ratios(rows).into_iter().map(|(server, ratio)| serde_json::json!({
             "server": server,
             "throughput_signed_in_over_anonymous": finite(ratio),
-        })).collect::<Vec<_>>(),
+        })).collect()),
+        "medians_over_rounds": round_medians(rows, config.rounds).into_iter()
+            .map(|(ratio, scenario, median, of)| serde_json::json!({
+                "ratio": ratio,
+                "scenario": scenario,
+                "median": finite(median),
+                "rounds": of,
+            })).collect::<Vec<_>>(),
     })
 }
 
@@ -1458,6 +1576,7 @@ fn redis_benchmark_rows(url: &str, config: &Config) -> Vec<Row> {
         };
         let per_sec = fields.get(1).copied().unwrap_or(f64::NAN);
         rows.push(Row {
+            round: 0,
             scenario,
             server: REDIS_BENCHMARK,
             requests,
