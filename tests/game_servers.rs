@@ -110,6 +110,17 @@ async fn a_report_puts_every_listed_player_in_game_at_the_servers_place() {
     .await;
     expect(&app, 6, &in_game(6, SERVERS[3], 555, Some(7)), &t0).await;
     expect(&app, 8, &in_game(8, SERVERS[3], 555, Some(7)), &t0).await;
+    // Whole numbers written as floats, however many digits they have (a client that
+    // holds ids as floats writes `2171142742765205.0`), and numeric text with leading zeros.
+    let big = 2_171_142_742_765_205_u64;
+    app.report_body(
+        SERVERS[3],
+        &json!({"placeId": 555.0, "universeId": 7, "players": ["6", 8, big as f64, "009"]}),
+    )
+    .await;
+    for u in [6, 8, big, 9] {
+        expect(&app, u, &in_game(u, SERVERS[3], 555, Some(7)), &t0).await;
+    }
     // A catalog place of another root; the path's UUID in capitals is written lowercase.
     app.report(&SERVERS[4].to_uppercase(), 1819, &[7]).await;
     let arena = json!({

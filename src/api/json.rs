@@ -583,6 +583,35 @@ mod tests {
         );
     }
 
+    /// A whole number written as a float is read as exactly that number, however many
+    /// digits it has: read to the nearest float, not approximately (`2171142742765205.0`
+    /// was once read as a neighbour with a fraction and refused). Ids and the int64 fields
+    /// alike, written as `n.0` and as a float's shortest text (`2.3783896365854356e16`).
+    #[test]
+    fn whole_numbers_written_as_floats_are_read_exactly() {
+        let mut rng = crate::test_rng::XorShift::new(0xF10A7);
+        let mut numbers = vec![
+            2_171_142_742_765_205_u64,
+            (1 << 53) - 1,
+            1 << 53,
+            23_783_896_365_854_356,
+            9_223_372_036_854_774_784, // the largest float below 2^63
+        ];
+        // Below 2^53 every integer is a float; above, only those the float holds exactly.
+        numbers.extend((0..3000).map(|_| 1 + rng.below(1 << 53)));
+        numbers.extend((0..1000).map(|_| (1 + rng.below(1 << 52)) << (1 + rng.below(10))));
+        for n in numbers {
+            assert_eq!(n as f64 as u64, n, "{n} is a float");
+            for text in [format!("{n}.0"), format!("{:e}", n as f64)] {
+                let body = format!(r#"{{"userIds":[{text}]}}"#);
+                assert_eq!(ids(&body).unwrap(), vec![n], "{text}");
+                let body = format!(r#"{{"location":"Website","placeId":{text}}}"#);
+                let request = RegisterAppPresenceRequest::from_json(body.as_bytes()).unwrap();
+                assert_eq!(request.place_id, Some(n as i64), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn a_list_of_the_wrong_type_or_broken_json_is_a_bad_request() {
         for bad in [
