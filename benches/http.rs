@@ -1147,13 +1147,12 @@ fn print_table(rows: &[Row], rounds: usize) {
             us(row.unattributed_cpu_us)
         );
     }
-    for round in 0..rounds {
+    for (round, rows) in by_round(rows, rounds).iter().enumerate() {
         println!();
         if rounds > 1 {
             println!("round {round}:");
         }
-        let rows: Vec<Row> = rows.iter().filter(|r| r.round == round).cloned().collect();
-        print_ratios(&rows);
+        print_ratios(rows);
     }
     if rounds > 1 {
         print_medians(rows, rounds);
@@ -1204,6 +1203,13 @@ fn print_ratios(rows: &[Row]) {
     }
 }
 
+/// The rows of each round, in order of rounds.
+fn by_round(rows: &[Row], rounds: usize) -> Vec<Vec<Row>> {
+    (0..rounds)
+        .map(|round| rows.iter().filter(|r| r.round == round).cloned().collect())
+        .collect()
+}
+
 /// Each ratio's median over the rounds (each ratio taken within its round).
 fn print_medians(rows: &[Row], rounds: usize) {
     println!("\nmedians of {rounds} rounds (ratios within each round):");
@@ -1223,19 +1229,18 @@ fn round_medians(rows: &[Row], rounds: usize) -> Vec<(&'static str, &'static str
         Some((_, _, v)) => v.push(value),
         None => values.push((name, scenario, vec![value])),
     };
-    for round in 0..rounds {
-        let rows: Vec<Row> = rows.iter().filter(|r| r.round == round).cloned().collect();
-        for (scenario, throughput, _) in ratios(&rows) {
+    for rows in &by_round(rows, rounds) {
+        for (scenario, throughput, _) in ratios(rows) {
             add("presence/bare throughput", scenario, throughput);
         }
-        for (scenario, floor, presence) in floor_ratios(&rows) {
+        for (scenario, floor, presence) in floor_ratios(rows) {
             add("bare + store/bare throughput", scenario, floor);
             add("presence/(bare + store) throughput", scenario, presence);
         }
-        for (scenario, _, _, ratio) in node_cpu_ratios(&rows) {
+        for (scenario, _, _, ratio) in node_cpu_ratios(rows) {
             add("node CPU Redis/memory", scenario, ratio);
         }
-        for (scenario, _, _, ratio) in cpu_ratios(&rows, FLOOR, FLOOR_REDIS) {
+        for (scenario, _, _, ratio) in cpu_ratios(rows, FLOOR, FLOOR_REDIS) {
             add("the floor's CPU Redis/memory", scenario, ratio);
         }
     }
@@ -1257,9 +1262,7 @@ fn round_medians(rows: &[Row], rounds: usize) -> Vec<(&'static str, &'static str
 fn to_json(rows: &[Row], cores: usize, config: &Config) -> serde_json::Value {
     let finite = |x: f64| if x.is_finite() { Some(x) } else { None };
     // Every ratio is taken within a round, and says which.
-    let by_round: Vec<Vec<Row>> = (0..config.rounds)
-        .map(|k| rows.iter().filter(|r| r.round == k).cloned().collect())
-        .collect();
+    let by_round = by_round(rows, config.rounds);
     let each = |f: &dyn Fn(&[Row]) -> Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         by_round
             .iter()
